@@ -1,0 +1,347 @@
+/* api.c: request handlers. Each validates its input, does its work on the
+ * session table synchronously (nothing here waits), and answers. */
+#include "api.h"
+
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#include "hub.h"
+#include "limiter.h"
+#include "router.h"
+#include "run.h"
+#include "server.h"
+#include "session.h"
+
+static int draining;
+
+void api_set_draining(int value)
+{
+    draining = value;
+}
+
+static void respond_json_steal(struct conn *c, int status, json_t *obj)
+{
+    conn_respond_json(c, status, obj, NULL);
+    json_decref(obj);
+}
+
+static json_t *time_or_null(double t)
+{
+    return t > 0 ? json_real(t) : json_null();
+}
+
+/* The per-session status object of DESIGN.md "Task status". */
+static json_t *session_status(const struct session *s)
+{
+    const struct run *r = s->run;
+    json_t *o = json_object();
+    json_object_set_new(o, "session_id", json_string(s->id));
+    json_object_set_new(o, "app", json_string(s->app));
+    json_object_set_new(o, "user", json_string(s->user));
+    json_object_set_new(o, "has_task", json_boolean(r && run_is_active(r)));
+    json_object_set_new(o, "status", r ? json_string(run_state_name(r->state)) : json_null());
+    json_object_set_new(o, "run_id", r ? json_string(r->id) : json_null());
+    json_object_set_new(o, "created_at", r ? time_or_null(r->created_at) : json_null());
+    json_object_set_new(o, "started_at", r ? time_or_null(r->started_at) : json_null());
+    json_object_set_new(o, "ended_at", r ? time_or_null(r->ended_at) : json_null());
+    json_object_set_new(o, "events", json_integer(r ? (json_int_t)r->events : 0));
+    json_object_set_new(o, "subscribers", json_integer((json_int_t)hub_subscriber_count(s->hub)));
+    return o;
+}
+
+static void events_path(char *out, size_t size, const struct route_params *p)
+{
+    snprintf(out, size, "/apps/%s/users/%s/sessions/%s/run", p->app, p->user, p->session);
+}
+
+/* Builds the ADK newMessage from a POST body. Returns a new reference, or
+ * NULL with *why set to the reason the body is unusable. */
+static json_t *new_message_from_body(json_t *body, const char **why)
+{
+    json_t *nm = json_object_get(body, "newMessage");
+    if (nm == NULL)
+        nm = json_object_get(body, "new_message");
+    if (nm != NULL) {
+        json_t *parts = json_object_get(nm, "parts");
+        if (!json_is_object(nm) || !json_is_array(parts) || json_array_size(parts) == 0) {
+            *why = "newMessage must be an object with a non-empty \"parts\" array";
+            return NULL;
+        }
+        size_t i;
+        json_t *part;
+        json_array_foreach(parts, i, part) {
+            json_t *text = json_object_get(part, "text");
+            if (!json_is_object(part) || json_object_size(part) == 0 ||
+                (text && (!json_is_string(text) || json_string_length(text) == 0))) {
+                *why = "each part must be a non-empty object; a text part needs non-empty text";
+                return NULL;
+            }
+        }
+        json_t *copy = json_deep_copy(nm);
+        if (!json_is_string(json_object_get(copy, "role")))
+            json_object_set_new(copy, "role", json_string("user"));
+        return copy;
+    }
+    json_t *text = json_object_get(body, "message");
+    if (text == NULL)
+        text = json_object_get(body, "query");
+    if (!json_is_string(text) || json_string_length(text) == 0) {
+        *why = "the body needs a non-empty \"message\" (or \"query\", or \"newMessage\")";
+        return NULL;
+    }
+    return json_pack("{s:s, s:[{s:O}]}", "role", "user", "parts", "text", text);
+}
+
+static int content_type_is_json(const struct http_request *req)
+{
+    const struct http_header *h = http_find_header(req, "Content-Type");
+    if (h == NULL)
+        return 1; /* lenient: a body with no type is tried as JSON */
+    const char *v = h->value;
+    size_t n = h->value_len;
+    for (size_t i = 0; i < n; i++) {
+        if (v[i] == ';') {
+            n = i;
+            break;
+        }
+    }
+    while (n > 0 && (v[n - 1] == ' ' || v[n - 1] == '\t'))
+        n--;
+    return str_ieq(v, n, "application/json");
+}
+
+static void handle_post_run(struct conn *c, const struct http_request *req,
+                            const struct route_params *p)
+{
+    if (draining) {
+        conn_respond_error(c, 503, "draining", "runcast is shutting down", "Retry-After: 1\r\n");
+        return;
+    }
+    if (!content_type_is_json(req)) {
+        conn_respond_error(c, 415, "unsupported_media_type",
+                           "the body must be JSON (Content-Type: application/json)", NULL);
+        return;
+    }
+    json_error_t jerr;
+    json_t *body = json_loadb(req->body ? req->body : "", req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (body == NULL) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "invalid JSON body: %s", jerr.text);
+        conn_respond_error(c, 400, "invalid_json", msg, NULL);
+        return;
+    }
+    const char *why = NULL;
+    json_t *message = NULL, *state_delta = NULL;
+    json_t *streaming = json_object_get(body, "streaming");
+    json_t *delta = json_object_get(body, "stateDelta");
+    if (delta == NULL)
+        delta = json_object_get(body, "state_delta");
+    if (!json_is_object(body))
+        why = "the body must be a JSON object";
+    else if (streaming && !json_is_boolean(streaming))
+        why = "\"streaming\" must be a boolean";
+    else if (delta && !json_is_null(delta) && !json_is_object(delta))
+        why = "\"stateDelta\" must be an object";
+    else
+        message = new_message_from_body(body, &why);
+    if (message == NULL) {
+        conn_respond_error(c, 400, "invalid_request", why, NULL);
+        json_decref(body);
+        return;
+    }
+    if (json_is_object(delta))
+        state_delta = json_incref(delta);
+    int stream = streaming ? json_is_true(streaming) : 1;
+    json_decref(body);
+
+    struct session *s;
+    if (session_get_or_create(p->app, p->user, p->session, &s) < 0) {
+        json_decref(message);
+        json_decref(state_delta);
+        conn_respond_error(c, 503, "too_many_sessions", "the session limit (--max-sessions) is reached",
+                           "Retry-After: 1\r\n");
+        return;
+    }
+    struct run *r = run_start(s, message, state_delta, stream);
+    char path[512];
+    events_path(path, sizeof(path), p);
+    json_t *o = json_pack("{s:b, s:s, s:s, s:s, s:s}", "success", 1, "run_id", r->id,
+                          "session_id", s->id, "status", run_state_name(r->state), "events", path);
+    respond_json_steal(c, 202, o);
+}
+
+/* Reads Last-Event-ID from the header or ?last_event_id=. Returns 1 and fills
+ * out, 0 when absent, -EINVAL when unusable. */
+static int last_event_id(const struct http_request *req, char *out, size_t size)
+{
+    const struct http_header *h = http_find_header(req, "Last-Event-ID");
+    if (h) {
+        if (h->value_len == 0)
+            return 0;
+        if (h->value_len >= size)
+            return -EINVAL;
+        memcpy(out, h->value, h->value_len);
+        out[h->value_len] = '\0';
+        return 1;
+    }
+    if (req->query == NULL)
+        return 0;
+    ssize_t n = http_query_get(req->query, req->query_len, "last_event_id", out, size);
+    if (n == -ENOENT || n == 0)
+        return 0;
+    return n < 0 ? -EINVAL : 1;
+}
+
+static void handle_get_stream(struct conn *c, const struct http_request *req,
+                              const struct route_params *p)
+{
+    char id[256], from[16];
+    int has_id = last_event_id(req, id, sizeof(id));
+    if (has_id < 0) {
+        /* An id we cannot even read is an id we cannot place: reset. */
+        strcpy(id, "invalid");
+        has_id = 1;
+    }
+    int from_live = 0;
+    if (req->query && http_query_get(req->query, req->query_len, "from", from, sizeof(from)) > 0) {
+        if (strcmp(from, "live") != 0) {
+            conn_respond_error(c, 400, "invalid_request", "from must be \"live\"", NULL);
+            return;
+        }
+        from_live = 1;
+    }
+    struct session *s;
+    if (session_get_or_create(p->app, p->user, p->session, &s) < 0) {
+        conn_respond_error(c, 503, "too_many_sessions", "the session limit (--max-sessions) is reached",
+                           "Retry-After: 1\r\n");
+        return;
+    }
+    int err = hub_subscribe(s->hub, c, has_id ? id : NULL, from_live);
+    if (err == -ENOSPC)
+        conn_respond_error(c, 503, "too_many_subscribers",
+                           "the subscriber limit (--max-subscribers) is reached", "Retry-After: 1\r\n");
+}
+
+static void handle_cancel_run(struct conn *c, const struct route_params *p)
+{
+    struct session *s = session_find(p->app, p->user, p->session);
+    if (s == NULL) {
+        conn_respond_error(c, 404, "session_not_found", "no such session", NULL);
+        return;
+    }
+    session_touch(s);
+    if (s->run == NULL || !run_is_active(s->run)) {
+        conn_respond_error(c, 404, "no_active_run", "the session has no active run", NULL);
+        return;
+    }
+    run_cancel(s->run, "client_request");
+    respond_json_steal(c, 200, json_pack("{s:b, s:s, s:s}", "success", 1, "run_id", s->run->id,
+                                         "status", "cancelled"));
+}
+
+static void handle_session_status(struct conn *c, const struct route_params *p)
+{
+    struct session *s = session_find(p->app, p->user, p->session);
+    if (s == NULL) {
+        conn_respond_error(c, 404, "session_not_found", "no such session", NULL);
+        return;
+    }
+    session_touch(s);
+    respond_json_steal(c, 200, session_status(s));
+}
+
+static void handle_delete_session(struct conn *c, const struct route_params *p)
+{
+    struct session *s = session_find(p->app, p->user, p->session);
+    if (s == NULL) {
+        conn_respond_error(c, 404, "session_not_found", "no such session", NULL);
+        return;
+    }
+    json_t *o = json_pack("{s:b, s:s, s:o}", "success", 1, "session_id", p->session, "run_id",
+                          s->run ? json_string(s->run->id) : json_null());
+    session_delete(s, "session_deleted");
+    respond_json_steal(c, 200, o);
+}
+
+static void handle_all_status(struct conn *c, const struct http_request *req)
+{
+    char value[32];
+    int all = 0;
+    long limit = 1000;
+    if (req->query && http_query_get(req->query, req->query_len, "all", value, sizeof(value)) >= 0)
+        all = strcmp(value, "0") != 0 && strcmp(value, "false") != 0;
+    if (req->query && http_query_get(req->query, req->query_len, "limit", value, sizeof(value)) >= 0) {
+        char *end;
+        limit = strtol(value, &end, 10);
+        if (*value == '\0' || *end != '\0' || limit < 0) {
+            conn_respond_error(c, 400, "invalid_request", "limit must be a non-negative integer", NULL);
+            return;
+        }
+    }
+    json_t *list = json_array();
+    for (struct session *s = session_first(); s && (long)json_array_size(list) < limit;
+         s = session_next(s)) {
+        if (all || (s->run && run_is_active(s->run)))
+            json_array_append_new(list, session_status(s));
+    }
+    json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:o}", "total_tasks", (json_int_t)run_count_active(),
+                          "running_tasks", (json_int_t)limiter_active(), "queued_tasks",
+                          (json_int_t)limiter_queued(), "sessions_total", (json_int_t)session_count(),
+                          "sessions", list);
+    respond_json_steal(c, 200, o);
+}
+
+void api_handle_request(struct conn *c, const struct http_request *req, void *data)
+{
+    struct route_params p;
+    int route = router_match(req->path, req->path_len, &p);
+    if (route < 0) {
+        conn_respond_error(c, 400, "invalid_path_parameter",
+                           "app, user and session must be 1 to 128 characters of [A-Za-z0-9_.-]",
+                           NULL);
+        return;
+    }
+    if (route == ROUTE_NONE) {
+        conn_respond_error(c, 404, "not_found", "no such route", NULL);
+        return;
+    }
+    if (!router_allows(route, req->method)) {
+        conn_respond_error(c, 405, "method_not_allowed", "method not allowed on this route",
+                           router_allow_header(route));
+        return;
+    }
+    switch (route) {
+    case ROUTE_SESSION_RUN:
+        if (req->method == HTTP_POST)
+            handle_post_run(c, req, &p);
+        else if (req->method == HTTP_GET)
+            handle_get_stream(c, req, &p);
+        else
+            handle_cancel_run(c, &p);
+        break;
+    case ROUTE_SESSION_STATUS:
+        handle_session_status(c, &p);
+        break;
+    case ROUTE_SESSION:
+        handle_delete_session(c, &p);
+        break;
+    case ROUTE_ALL_STATUS:
+        handle_all_status(c, req);
+        break;
+    case ROUTE_HEALTHZ:
+        respond_json_steal(c, 200, json_pack("{s:s}", "status", "ok"));
+        break;
+    case ROUTE_READYZ:
+        if (draining)
+            respond_json_steal(c, 503, json_pack("{s:s}", "status", "draining"));
+        else
+            respond_json_steal(c, 200, json_pack("{s:s}", "status", "ready"));
+        break;
+    case ROUTE_METRICS:
+    case ROUTE_CONSOLE:
+    default:
+        conn_respond_error(c, 404, "not_found", "not available yet", NULL);
+        break;
+    }
+}

@@ -1,0 +1,15 @@
+/* api.h: the HTTP API of DESIGN.md, as the server's request callback. */
+#ifndef RUNCAST_API_H
+#define RUNCAST_API_H
+
+#include "http.h"
+
+struct conn;
+
+/* server_request_cb for the gateway's listener. Always answers (or turns the
+ * connection into a stream) before returning. */
+void api_handle_request(struct conn *c, const struct http_request *req, void *data);
+/* Draining: /readyz answers 503 and new runs are refused with 503. */
+void api_set_draining(int draining);
+
+#endif

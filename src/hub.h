@@ -1,0 +1,70 @@
+/* hub.h: a session's event log and the subscribers it fans out to.
+ *
+ * Every event is encoded once into a reference-counted frame; the log keeps
+ * the latest frames (bounded by count and bytes) and each subscriber is only
+ * a cursor into it, so no event byte is ever copied per subscriber. A
+ * subscriber with one write in flight gets the next batch when that write
+ * completes (the write callback is the "proceed" of h2o's generators). One
+ * loop-wide timer sends keepalive comments to idle streams.
+ */
+#ifndef RUNCAST_HUB_H
+#define RUNCAST_HUB_H
+
+#include <uv.h>
+
+#include "common.h"
+
+struct conn;
+struct hub;
+
+struct hub_config {
+    int history;              /* frames kept per session */
+    size_t history_bytes;     /* bytes kept per session */
+    size_t subscriber_buffer; /* unsent bytes queued per subscriber before it is dropped */
+    uint64_t heartbeat_ms;    /* keepalive comment interval on idle streams */
+    uint64_t retry_ms;        /* the stream's opening "retry:" line */
+    int max_subscribers;      /* over this, hub_subscribe() fails with -ENOSPC */
+};
+
+/* Why subscribers left, for metrics (runcast_subscribers_dropped_total{reason}). */
+enum hub_drop_reason {
+    HUB_DROP_SLOW = 0,  /* unsent bytes passed subscriber_buffer */
+    HUB_DROP_LAGGED,    /* its next event was evicted from the log before it was sent */
+    HUB_DROP_REASONS
+};
+
+/* Starts the heartbeat timer on loop. Call once. */
+void hub_init(uv_loop_t *loop, const struct hub_config *cfg);
+/* Stops and closes the heartbeat timer (at shutdown, once every hub is gone). */
+void hub_shutdown(void);
+
+/* A new empty log with a fresh incarnation id (ids of an earlier hub for the
+ * same session are recognised as foreign). Never fails. */
+struct hub *hub_create(void);
+/* Ends every stream (after flushing what was already published, so a
+ * session.closed published just before is delivered), then frees the log.
+ * Frames still being written are released when their writes complete. */
+void hub_destroy(struct hub *h);
+
+/* Appends one event to the log and starts sending it to every subscriber.
+ * data is a JSON object text (copied into the frame). run_start marks the
+ * first event of a run: the default replay of a new subscriber begins at the
+ * latest such event. Returns the event's sequence number (1, 2, ...). */
+uint64_t hub_publish(struct hub *h, const char *event, const char *data, size_t data_len,
+                     int run_start);
+
+/* Turns conn (whose request was GET …/run) into a subscriber: sends the SSE
+ * response head and the retry line, then replays from the position that
+ * last_event_id (NULL when the client sent none) or from_live selects, as
+ * DESIGN.md says, with a stream.reset first when an id cannot be placed.
+ * Returns 0, or -ENOSPC over max_subscribers (nothing was sent: the caller
+ * answers 503), or another negative errno when the connection is gone. */
+int hub_subscribe(struct hub *h, struct conn *conn, const char *last_event_id, int from_live);
+
+size_t hub_subscriber_count(const struct hub *h);
+/* Totals over every hub, for metrics, status and the soak. */
+size_t hub_total_subscribers(void);
+size_t hub_total_frames(void);
+uint64_t hub_dropped_total(enum hub_drop_reason reason);
+
+#endif

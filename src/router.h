@@ -1,0 +1,36 @@
+/* router.h: maps a request path to one of the API's routes. */
+#ifndef RUNCAST_ROUTER_H
+#define RUNCAST_ROUTER_H
+
+#include "common.h"
+#include "http.h"
+
+enum route {
+    ROUTE_NONE = 0,        /* unknown path: 404 */
+    ROUTE_SESSION_RUN,     /* /apps/{app}/users/{user}/sessions/{session}/run */
+    ROUTE_SESSION_STATUS,  /* /apps/{app}/users/{user}/sessions/{session}/task-status */
+    ROUTE_SESSION,         /* /apps/{app}/users/{user}/sessions/{session} */
+    ROUTE_ALL_STATUS,      /* /task-status */
+    ROUTE_METRICS,         /* /metrics */
+    ROUTE_HEALTHZ,         /* /healthz */
+    ROUTE_READYZ,          /* /readyz */
+    ROUTE_CONSOLE,         /* / */
+};
+
+/* Path parameters, NUL-terminated. */
+struct route_params {
+    char app[129];
+    char user[129];
+    char session[129];
+};
+
+/* Matches path. Returns the route (ROUTE_NONE when nothing matches), or
+ * -EINVAL when the path has a session route's shape but a parameter is not
+ * 1..128 characters of [A-Za-z0-9_.-]. */
+int router_match(const char *path, size_t path_len, struct route_params *params);
+/* 1 when route answers method. */
+int router_allows(enum route route, enum http_method method);
+/* The "Allow: ...\r\n" header line for a 405. */
+const char *router_allow_header(enum route route);
+
+#endif

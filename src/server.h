@@ -1,0 +1,107 @@
+/* server.h: an HTTP/1.1 listener and its connections on one libuv loop.
+ *
+ * A server owns its connections. Requests are parsed with http.h and handed to
+ * the request callback one at a time, in order (pipelined requests wait in the
+ * read buffer). The callback must, before it returns, either answer with one
+ * of the conn_respond*() functions or turn the connection into a stream with
+ * conn_stream_begin(). Nothing else may be pending, so answers are always in
+ * request order.
+ *
+ * A server has no global state: runcast's API and the demo agent each run one,
+ * on different loops (threads).
+ */
+#ifndef RUNCAST_SERVER_H
+#define RUNCAST_SERVER_H
+
+#include <uv.h>
+
+#include "common.h"
+#include "http.h"
+
+struct server;
+struct conn;
+
+typedef void (*server_request_cb)(struct conn *c, const struct http_request *req, void *data);
+
+struct server_config {
+    const char *host;              /* "127.0.0.1", "::1", "0.0.0.0" */
+    int port;                      /* 0: any free port, see server_port() */
+    size_t max_header;             /* --max-header */
+    size_t max_body;               /* --max-body */
+    uint64_t head_timeout_ms;      /* a started request must complete its head (and body) within this: 408 */
+    uint64_t keepalive_timeout_ms; /* an idle keep-alive connection is closed after this */
+};
+
+/* Binds, listens and starts accepting. On success stores the server in *out
+ * and returns 0; on error returns a negative errno (e.g. UV_EADDRINUSE) and
+ * *out is untouched. */
+int server_start(uv_loop_t *loop, const struct server_config *cfg,
+                 server_request_cb on_request, void *data, struct server **out);
+/* The port actually bound (useful with port 0). */
+int server_port(const struct server *s);
+/* Number of open connections (streams included). */
+size_t server_connection_count(const struct server *s);
+/* Stops accepting new connections; existing ones are served on. */
+void server_stop_accepting(struct server *s);
+/* Closes the listener and every connection (stream owners get their close
+ * callback), then frees the server and calls done(arg) from a libuv close
+ * callback. */
+void server_close(struct server *s, void (*done)(void *arg), void *arg);
+
+/* ---- answering a request ------------------------------------------------ */
+
+/* Sends a complete response with Content-Length. extra_headers is NULL or
+ * zero or more "Name: value\r\n" lines. The body is copied. A request that
+ * asked for Connection: close, or an error status from the parser, closes the
+ * connection after the write. */
+void conn_respond(struct conn *c, int status, const char *content_type,
+                  const char *extra_headers, const char *body, size_t body_len);
+/* Sends obj (a JSON object or array) as application/json. Does not steal the
+ * reference. */
+struct json_t;
+void conn_respond_json(struct conn *c, int status, struct json_t *obj, const char *extra_headers);
+/* Sends {"error": {"code": code, "message": message}} with status. */
+void conn_respond_error(struct conn *c, int status, const char *code, const char *message,
+                        const char *extra_headers);
+
+/* ---- streams ------------------------------------------------------------ */
+
+/* Notified once when a stream's connection goes away (peer closed or reset,
+ * write error, conn_close(), server_close()). After it returns the conn
+ * pointer is dead. Not called for conns that never began a stream. */
+typedef void (*conn_close_cb)(struct conn *c, void *arg);
+/* Notified when a stream write finished (status 0 or a negative errno). The
+ * buffers passed to conn_stream_write() may be released from here. */
+typedef void (*conn_write_cb)(struct conn *c, void *arg, int status);
+
+/* Sends the status line and headers of a response with no Content-Length.
+ * chunked=0: the body ends when the connection closes ("Connection: close" is
+ * sent; used for SSE to browsers). chunked=1: Transfer-Encoding: chunked, and
+ * conn_stream_end() ends the body and lets the connection serve the next
+ * request (used by the demo agent, so an upstream client can tell a cut from
+ * the end). Any pipelined bytes after the request are discarded for
+ * chunked=0. Returns 0 or a negative errno. */
+int conn_stream_begin(struct conn *c, int status, const char *headers, int chunked,
+                      conn_close_cb on_close, void *arg);
+/* Queues bufs (not copied: they must stay valid until on_done runs). For a
+ * chunked stream the chunk framing is added around them. on_done may be NULL.
+ * Returns 0 or a negative errno (the connection is closing; on_done is then
+ * not called). */
+int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
+                      conn_write_cb on_done, void *arg);
+/* Copies data and queues it (convenience for small writes). */
+int conn_stream_write_copy(struct conn *c, const void *data, size_t len);
+/* Bytes queued in libuv for this connection that the kernel has not taken. */
+size_t conn_write_queue_bytes(const struct conn *c);
+/* Ends a chunked stream (sends the last chunk); the connection goes back to
+ * reading requests. The close callback is not called. */
+void conn_stream_end(struct conn *c);
+/* Closes the connection (gracefully: queued writes are flushed first unless
+ * abort is nonzero, which resets it). Safe to call more than once and from
+ * any callback; the memory is released later from a libuv close callback. */
+void conn_close(struct conn *c, int abort);
+
+/* Peer address as text ("127.0.0.1:5555"), for logs. */
+const char *conn_peer(const struct conn *c);
+
+#endif

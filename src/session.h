@@ -1,0 +1,60 @@
+/* session.h: the table of chat sessions, keyed by (app, user, session).
+ *
+ * A session owns its hub (event log + subscribers) and its latest run. It is
+ * created by the first POST or GET of its stream, and removed by DELETE, by
+ * expiry (no subscriber and no activity for --session-ttl) or at shutdown.
+ * Sessions sit in a list ordered by last activity, so expiry looks only at
+ * the oldest ones: each session is touched in O(1).
+ */
+#ifndef RUNCAST_SESSION_H
+#define RUNCAST_SESSION_H
+
+#include <uv.h>
+
+#include "common.h"
+
+struct hub;
+struct run;
+
+struct session {
+    struct session *hash_next;
+    struct list activity_link; /* oldest activity first */
+    uint64_t hash;
+    const char *app, *user, *id; /* point into key[] */
+    struct hub *hub;           /* owned */
+    struct run *run;           /* latest run, active or finished; owned */
+    int upstream_ready;        /* the ADK session exists upstream */
+    uint64_t last_activity_ms;
+    double created_at;         /* wall clock seconds */
+    char key[];
+};
+
+struct session_config {
+    int max_sessions;
+    uint64_t ttl_ms; /* 0: sessions never expire */
+};
+
+void session_table_init(uv_loop_t *loop, const struct session_config *cfg);
+/* Ends every session's active run (reason) and every stream, without
+ * session.closed (the sessions were not deleted, the server is stopping), and
+ * stops the expiry timer. */
+void session_table_shutdown(const char *reason);
+
+/* The session, or NULL. Parameters must already be valid path parameters. */
+struct session *session_find(const char *app, const char *user, const char *id);
+/* Finds or creates. Returns 0 and *out, or -ENOSPC at --max-sessions. */
+int session_get_or_create(const char *app, const char *user, const char *id,
+                          struct session **out);
+/* Marks activity now (requests, run events, subscribers). O(1). */
+void session_touch(struct session *s);
+/* Cancels the active run (run.cancelled with reason), publishes
+ * session.closed, ends every stream and frees the session. */
+void session_delete(struct session *s, const char *reason);
+
+size_t session_count(void);
+/* Iteration in activity order; the session returned may not be deleted
+ * while iterating. */
+struct session *session_first(void);
+struct session *session_next(const struct session *s);
+
+#endif

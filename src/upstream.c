@@ -1,0 +1,1101 @@
+/* upstream.c: calls to the agent service (ADK api_server) over libcurl's
+ * multi interface, driven by the libuv loop (see upstream.h).
+ *
+ * How libcurl and libuv meet. libcurl tells us which sockets to watch
+ * (CURLMOPT_SOCKETFUNCTION: one uv_poll_t per socket, in a context stored with
+ * curl_multi_assign) and when to wake it up (CURLMOPT_TIMERFUNCTION: one
+ * uv_timer_t). When either fires we call curl_multi_socket_action() and then
+ * drain curl_multi_info_read() for finished transfers.
+ *
+ * Safe points. libcurl forbids removing an easy handle (or calling most of
+ * its API) from inside its own callbacks, and a caller's callback must be
+ * able to do anything, including cancelling its call or starting another.
+ * So nothing is torn down where it is decided: a call whose outcome is known
+ * (or that was cancelled) is marked and queued on the service queue, which a
+ * uv_idle_t drains outside any libcurl callback: it removes and cleans up the
+ * easy handle, runs on_end (ended calls only), then closes the call's timer
+ * and frees the call in the close callback. Bytes that arrive for a marked
+ * call are swallowed (the write callback always returns the full length; it
+ * never aborts the transfer itself). The same queue also runs work that must
+ * not happen inside libcurl: a transfer started while libcurl is on the stack
+ * (say, upstream_call_start() from an on_event callback) and the
+ * on_request_sent notification.
+ *
+ * When is a request "sent"? When its easy handle is handed to libcurl
+ * (curl_multi_add_handle of the first /run_sse attempt). The notification
+ * itself runs from the service queue (or, at the latest, just before the
+ * first response byte is reported), so no callback ever runs before
+ * upstream_call_start() has returned: run.c always holds the call pointer
+ * when it hears from it. Only the first /run_sse attempt is reported;
+ * retries after a 404 or 429/503 are not.
+ *
+ * Timeouts. connect: libcurl's CURLOPT_CONNECTTIMEOUT_MS (no other libcurl
+ * timeout is set, so CURLE_OPERATION_TIMEDOUT always means "connect"); 0
+ * leaves libcurl's own default (300 s). first_event, idle and total: one
+ * uv_timer_t per call, armed for the nearest deadline; moving a deadline
+ * later (a byte arrived) does not re-arm it: the timer recomputes when it
+ * fires. idle applies to the create-session request from the moment it is
+ * handed to libcurl, and to /run_sse once its response has started; before
+ * the first event, the first_event deadline (request sent -> first event)
+ * applies too, and the nearer one wins.
+ *
+ * Ownership: the module state (struct upstream_module) is owned by
+ * upstream_init()/upstream_shutdown(). A call is owned by this module: it is
+ * freed from its timer's close callback after on_end (or after a cancel).
+ */
+#include "upstream.h"
+
+#include <curl/curl.h>
+#include <jansson.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <strings.h>
+#include <time.h>
+
+#include "log.h"
+#include "sse.h"
+
+#define EXCERPT_BYTES 200
+#define DEFAULT_MAX_EVENT_BYTES (1024 * 1024)
+#define NO_DEADLINE UINT64_MAX
+#define RETRY_AFTER_CAP_MS (24ull * 3600 * 1000)
+
+/* One watched socket. Owned by the module; a fresh one is made whenever
+ * libcurl starts watching a socket that has none, and freed in the poll
+ * handle's close callback, so a socket number reused while the previous
+ * handle is still closing never meets the old context. */
+struct sock_ctx {
+    uv_poll_t poll;
+    curl_socket_t fd;
+    struct list node; /* in upstream_module.sockets until closed */
+};
+
+enum call_state {
+    CALL_ACTIVE = 0, /* running: transfers, backoff waits */
+    CALL_ENDING,     /* outcome recorded; teardown and on_end are queued */
+    CALL_CANCELLED,  /* cancelled: teardown queued, no callback ever again */
+    CALL_CLOSING,    /* torn down; the timer is closing, then the call is freed */
+};
+
+enum call_step {
+    STEP_CREATE_SESSION = 0,
+    STEP_RUN,
+};
+
+/* What the body of the current response is for, decided at the end of its
+ * headers. */
+enum body_mode {
+    BODY_PENDING = 0, /* headers not finished yet */
+    BODY_DISCARD,     /* nobody reads it (session created, retry coming) */
+    BODY_EXCERPT,     /* an error answer: keep its first bytes for the message */
+    BODY_STREAM,      /* 2xx text/event-stream: parse and relay */
+};
+
+/* What to do when the current transfer finishes. */
+enum verdict {
+    VERDICT_NONE = 0,
+    VERDICT_SESSION_READY, /* create answered 2xx/409/400: go on with /run_sse */
+    VERDICT_RETRY_404,     /* /run_sse said 404: create the session, retry once */
+    VERDICT_RETRY_LATER,   /* 429/503 with retries left: wait, retry */
+    VERDICT_HTTP,          /* end UPSTREAM_HTTP with an excerpt */
+    VERDICT_RATE_LIMITED,  /* end UPSTREAM_RATE_LIMITED with an excerpt */
+    VERDICT_STREAM,        /* the event stream; its end is the end of the run */
+};
+
+struct upstream_call {
+    struct list service_node; /* in upstream_module.service_queue while work is queued */
+    enum call_state state;
+    struct upstream_callbacks cb;
+    void *arg;
+
+    /* The two requests, serialised once at start (owned). */
+    char *create_url, *create_body;
+    char *run_url, *run_body;
+    struct curl_slist *create_headers, *run_headers;
+
+    enum call_step step;
+    int retried_404;     /* the one create-and-retry after a 404 was used */
+    int rate_retries;    /* 429/503 retries done */
+    int sent_reported;   /* on_request_sent was scheduled (first /run_sse only) */
+    int sent_pending;    /* ... and has not run yet */
+    int start_deferred;  /* the next transfer waits for the service queue */
+    int got_first_event;
+
+    /* The current transfer (easy == NULL between transfers). */
+    CURL *easy;
+    char errbuf[CURL_ERROR_SIZE];
+    int response_started; /* a response byte arrived */
+    int headers_done;     /* the final (non-1xx) header block ended */
+    enum body_mode mode;
+    enum verdict verdict;
+    char content_type[128];
+    int64_t retry_after_ms; /* -1: no Retry-After */
+    uint64_t retry_wait_ms; /* VERDICT_RETRY_LATER: how long to wait */
+    struct buf excerpt;
+    struct sse_parser parser;
+    int parser_live;
+
+    /* Deadlines, in uv_now() milliseconds. */
+    uint64_t start_ms;      /* upstream_call_start */
+    uint64_t sent_ms;       /* the current /run_sse attempt was handed to libcurl */
+    uint64_t last_rx_ms;    /* last byte received (or the transfer's start) */
+    uint64_t backoff_until_ms; /* NO_DEADLINE unless waiting to retry */
+    uv_timer_t timer;
+
+    struct upstream_result result; /* result.detail owned until teardown */
+};
+
+/* The module: one multi handle on one loop. */
+static struct upstream_module {
+    int initialized;
+    uv_loop_t *loop;
+    struct upstream_config cfg;
+    char *base_url;
+    CURLM *multi;
+    uv_timer_t multi_timer;
+    uv_idle_t service;
+    struct list service_queue;
+    struct list sockets;
+    size_t calls;         /* allocated calls, closing ones included */
+    size_t live;          /* easy handles not yet cleaned up */
+    int in_curl;          /* depth of curl_multi_socket_action on the stack */
+    int shutting_down;
+    int closing_handles;  /* the multi is gone; handles are closing */
+    int handles_to_close;
+    void (*done)(void *arg);
+    void *done_arg;
+    uint64_t rng;
+} up;
+
+static int curl_globally_initialized;
+
+static void call_timer_cb(uv_timer_t *timer);
+static void service_schedule(struct upstream_call *call);
+static void attempt_begin(struct upstream_call *call);
+static void maybe_finish_shutdown(void);
+
+/* ---- small helpers ---- */
+
+static uint64_t now_ms(void)
+{
+    return uv_now(up.loop);
+}
+
+/* xorshift64*: jitter only, no need for quality. */
+static double random_unit(void)
+{
+    up.rng ^= up.rng >> 12;
+    up.rng ^= up.rng << 25;
+    up.rng ^= up.rng >> 27;
+    return (double)((up.rng * 2685821657736338717ull) >> 11) / (double)(1ull << 53);
+}
+
+/* retry_backoff_ms * 2^k, with +-20% jitter. */
+static uint64_t backoff_ms(int k)
+{
+    if (k > 20)
+        k = 20;
+    double base = (double)up.cfg.retry_backoff_ms * (double)(1ull << k);
+    return (uint64_t)(base * (0.8 + 0.4 * random_unit()));
+}
+
+/* Copies text into out (size n), replacing control bytes by spaces so that a
+ * body excerpt cannot break a log line, and trimming trailing blanks. */
+static void copy_printable(char *out, size_t n, const char *text, size_t len)
+{
+    size_t j = 0;
+    for (size_t i = 0; i < len && j + 1 < n; i++) {
+        unsigned char c = (unsigned char)text[i];
+        out[j++] = (c < 0x20 || c == 0x7f) ? ' ' : (char)c;
+    }
+    while (j > 0 && out[j - 1] == ' ')
+        j--;
+    out[j] = '\0';
+}
+
+static int is_connect_error(CURLcode res)
+{
+    switch (res) {
+    case CURLE_COULDNT_CONNECT:
+    case CURLE_COULDNT_RESOLVE_HOST:
+    case CURLE_COULDNT_RESOLVE_PROXY:
+    case CURLE_SSL_CONNECT_ERROR:
+    case CURLE_PEER_FAILED_VERIFICATION:
+    case CURLE_SSL_CACERT_BADFILE:
+    case CURLE_SSL_CERTPROBLEM:
+    case CURLE_SSL_CIPHER:
+    case CURLE_UNSUPPORTED_PROTOCOL:
+    case CURLE_URL_MALFORMAT:
+        return 1;
+    default:
+        return 0;
+    }
+}
+
+/* ---- ending a call ---- */
+
+/* Records the outcome and queues the teardown; on_end runs from the service
+ * queue. Only the first outcome counts. Safe from any libcurl callback. */
+static void finish(struct upstream_call *call, enum upstream_outcome outcome,
+                   const char *phase, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void finish(struct upstream_call *call, enum upstream_outcome outcome,
+                   const char *phase, const char *fmt, ...)
+{
+    if (call->state != CALL_ACTIVE)
+        return;
+    call->state = CALL_ENDING;
+    call->result.outcome = outcome;
+    call->result.phase = phase;
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(call->result.message, sizeof(call->result.message), fmt, ap);
+    va_end(ap);
+    uv_timer_stop(&call->timer);
+    service_schedule(call);
+}
+
+/* Ends with the current error answer: UPSTREAM_HTTP or UPSTREAM_RATE_LIMITED,
+ * its status and the first bytes of its body. */
+static void finish_with_excerpt(struct upstream_call *call)
+{
+    char excerpt[EXCERPT_BYTES + 1];
+    copy_printable(excerpt, sizeof(excerpt), call->excerpt.data ? call->excerpt.data : "",
+                   call->excerpt.len);
+    long status = call->result.status;
+    if (call->verdict == VERDICT_RATE_LIMITED)
+        finish(call, UPSTREAM_RATE_LIMITED, NULL, "upstream answered %ld after %d attempts: %s",
+               status, call->rate_retries + 1, excerpt);
+    else
+        finish(call, UPSTREAM_HTTP, NULL, "upstream answered %ld: %s", status, excerpt);
+}
+
+/* ---- the current transfer ---- */
+
+/* Removes and frees the current easy handle. Never from a libcurl callback. */
+static void transfer_release(struct upstream_call *call)
+{
+    if (call->easy != NULL) {
+        curl_multi_remove_handle(up.multi, call->easy);
+        curl_easy_cleanup(call->easy);
+        call->easy = NULL;
+        up.live--;
+    }
+    if (call->parser_live) {
+        sse_parser_free(&call->parser);
+        call->parser_live = 0;
+    }
+    buf_reset(&call->excerpt);
+}
+
+/* ---- timers ---- */
+
+/* The nearest deadline of the call and what it is (a phase, or "backoff"). */
+static uint64_t nearest_deadline(const struct upstream_call *call, const char **what)
+{
+    uint64_t best = NO_DEADLINE;
+    *what = NULL;
+#define CONSIDER(deadline, name) do { \
+        uint64_t d_ = (deadline); \
+        if (d_ < best) { best = d_; *what = (name); } \
+    } while (0)
+    if (up.cfg.run_timeout_ms)
+        CONSIDER(call->start_ms + up.cfg.run_timeout_ms, "total");
+    if (call->easy != NULL) {
+        if (call->step == STEP_RUN && !call->got_first_event && up.cfg.first_event_timeout_ms)
+            CONSIDER(call->sent_ms + up.cfg.first_event_timeout_ms, "first_event");
+        if (up.cfg.idle_timeout_ms && (call->step == STEP_CREATE_SESSION || call->response_started))
+            CONSIDER(call->last_rx_ms + up.cfg.idle_timeout_ms, "idle");
+    }
+    if (call->backoff_until_ms != NO_DEADLINE)
+        CONSIDER(call->backoff_until_ms, "backoff");
+#undef CONSIDER
+    return best;
+}
+
+/* Arms the call's timer for its nearest deadline. Call after a deadline
+ * appears or moves earlier; a deadline moving later needs nothing. */
+static void timer_rearm(struct upstream_call *call)
+{
+    const char *what;
+    uint64_t deadline = nearest_deadline(call, &what);
+    if (deadline == NO_DEADLINE) {
+        uv_timer_stop(&call->timer);
+        return;
+    }
+    uint64_t now = now_ms();
+    uv_timer_start(&call->timer, call_timer_cb, deadline > now ? deadline - now : 0, 0);
+}
+
+static void call_timer_cb(uv_timer_t *timer)
+{
+    struct upstream_call *call = container_of(timer, struct upstream_call, timer);
+    if (call->state != CALL_ACTIVE)
+        return;
+    const char *what;
+    uint64_t deadline = nearest_deadline(call, &what);
+    if (deadline == NO_DEADLINE)
+        return;
+    if (deadline > now_ms()) {
+        timer_rearm(call);
+        return;
+    }
+    if (strcmp(what, "backoff") == 0) {
+        call->backoff_until_ms = NO_DEADLINE;
+        attempt_begin(call);
+        return;
+    }
+    if (strcmp(what, "total") == 0)
+        finish(call, UPSTREAM_TIMED_OUT, "total", "the run took longer than %llu ms",
+               (unsigned long long)up.cfg.run_timeout_ms);
+    else if (strcmp(what, "first_event") == 0)
+        finish(call, UPSTREAM_TIMED_OUT, "first_event", "no event from the upstream within %llu ms",
+               (unsigned long long)up.cfg.first_event_timeout_ms);
+    else
+        finish(call, UPSTREAM_TIMED_OUT, "idle", "the upstream sent nothing for %llu ms",
+               (unsigned long long)up.cfg.idle_timeout_ms);
+}
+
+/* ---- callbacks to the caller ---- */
+
+/* Delivers a pending on_request_sent. Returns 0 if the call is still active. */
+static int deliver_request_sent(struct upstream_call *call)
+{
+    if (call->sent_pending && call->state != CALL_CANCELLED) {
+        call->sent_pending = 0;
+        if (call->cb.on_request_sent)
+            call->cb.on_request_sent(call->arg);
+    }
+    return call->state == CALL_ACTIVE ? 0 : -1;
+}
+
+/* ---- response parsing (libcurl callbacks: mark, never tear down) ---- */
+
+static int content_type_is_event_stream(const char *ct)
+{
+    static const char want[] = "text/event-stream";
+    size_t n = sizeof(want) - 1;
+    if (strncasecmp(ct, want, n) != 0)
+        return 0;
+    char c = ct[n];
+    return c == '\0' || c == ';' || c == ' ' || c == '\t';
+}
+
+static void parse_retry_after(struct upstream_call *call, const char *value)
+{
+    if (*value >= '0' && *value <= '9') {
+        char *end;
+        unsigned long long seconds = strtoull(value, &end, 10);
+        uint64_t ms = seconds >= RETRY_AFTER_CAP_MS / 1000 ? RETRY_AFTER_CAP_MS : seconds * 1000;
+        call->retry_after_ms = (int64_t)ms;
+        return;
+    }
+    time_t when = curl_getdate(value, NULL);
+    if (when == (time_t)-1)
+        return;
+    time_t now = time(NULL);
+    int64_t ms = when > now ? (int64_t)(when - now) * 1000 : 0;
+    call->retry_after_ms = ms > (int64_t)RETRY_AFTER_CAP_MS ? (int64_t)RETRY_AFTER_CAP_MS : ms;
+}
+
+/* Decides what a /run_sse response means, at the end of its headers. */
+static void judge_run_response(struct upstream_call *call, long status)
+{
+    if (status >= 200 && status < 300) {
+        if (!content_type_is_event_stream(call->content_type)) {
+            finish(call, UPSTREAM_PROTOCOL, NULL, "unexpected content type \"%s\" from the upstream",
+                   call->content_type);
+            return;
+        }
+        call->mode = BODY_STREAM;
+        call->verdict = VERDICT_STREAM;
+        size_t max = up.cfg.max_event_bytes ? up.cfg.max_event_bytes : DEFAULT_MAX_EVENT_BYTES;
+        sse_parser_init(&call->parser, max);
+        call->parser_live = 1;
+        return;
+    }
+    if (status == 404 && !call->retried_404) {
+        call->mode = BODY_DISCARD;
+        call->verdict = VERDICT_RETRY_404;
+        return;
+    }
+    if (status == 429 || status == 503) {
+        if (call->rate_retries < up.cfg.retries) {
+            uint64_t wait = call->retry_after_ms >= 0 ? (uint64_t)call->retry_after_ms
+                                                      : backoff_ms(call->rate_retries);
+            uint64_t deadline = call->start_ms + up.cfg.run_timeout_ms;
+            if (up.cfg.run_timeout_ms == 0 || now_ms() + wait < deadline) {
+                call->mode = BODY_DISCARD;
+                call->verdict = VERDICT_RETRY_LATER;
+                call->retry_wait_ms = wait;
+                return;
+            }
+        }
+        call->mode = BODY_EXCERPT;
+        call->verdict = VERDICT_RATE_LIMITED;
+        return;
+    }
+    call->mode = BODY_EXCERPT;
+    call->verdict = VERDICT_HTTP;
+}
+
+static void end_of_headers(struct upstream_call *call)
+{
+    long status = 0;
+    curl_easy_getinfo(call->easy, CURLINFO_RESPONSE_CODE, &status);
+    if (status >= 100 && status < 200)
+        return; /* an interim response; the real one follows */
+    call->headers_done = 1;
+    call->result.status = status;
+    if (call->step == STEP_CREATE_SESSION) {
+        int exists = (status >= 200 && status < 300) || status == 409 || status == 400;
+        call->mode = exists ? BODY_DISCARD : BODY_EXCERPT;
+        call->verdict = exists ? VERDICT_SESSION_READY : VERDICT_HTTP;
+        return;
+    }
+    judge_run_response(call, status);
+}
+
+/* CURLOPT_HEADERFUNCTION: one header line at a time, status lines included. */
+static size_t on_header(char *data, size_t size, size_t nitems, void *userp)
+{
+    struct upstream_call *call = userp;
+    size_t len = size * nitems;
+    if (call->state != CALL_ACTIVE)
+        return len;
+    call->last_rx_ms = now_ms();
+    if (!call->response_started) {
+        call->response_started = 1;
+        timer_rearm(call); /* the idle deadline starts now */
+    }
+    if (deliver_request_sent(call) < 0 || call->headers_done)
+        return len; /* trailers after the body are of no interest */
+    if (len >= 5 && memcmp(data, "HTTP/", 5) == 0) {
+        call->content_type[0] = '\0';
+        call->retry_after_ms = -1;
+        return len;
+    }
+    if ((len == 2 && data[0] == '\r' && data[1] == '\n') || (len == 1 && data[0] == '\n')) {
+        end_of_headers(call);
+        return len;
+    }
+    const char *colon = memchr(data, ':', len);
+    if (colon == NULL)
+        return len;
+    size_t name_len = (size_t)(colon - data);
+    const char *v = colon + 1, *end = data + len;
+    while (v < end && (*v == ' ' || *v == '\t'))
+        v++;
+    while (end > v && (end[-1] == '\r' || end[-1] == '\n' || end[-1] == ' ' || end[-1] == '\t'))
+        end--;
+    size_t vlen = (size_t)(end - v);
+    if (str_ieq(data, name_len, "content-type")) {
+        if (vlen >= sizeof(call->content_type))
+            vlen = sizeof(call->content_type) - 1;
+        memcpy(call->content_type, v, vlen);
+        call->content_type[vlen] = '\0';
+    } else if (str_ieq(data, name_len, "retry-after")) {
+        char value[64];
+        copy_printable(value, sizeof(value), v, vlen);
+        parse_retry_after(call, value);
+    }
+    return len;
+}
+
+/* An old ADK builds its error frame with string formatting: keep the raw text
+ * as {"error": "<text>"}. */
+static json_t *raw_error_detail(const char *data, size_t len)
+{
+    json_t *text = json_stringn(data, len);
+    if (text == NULL) { /* not UTF-8: keep what is ASCII */
+        char *copy = xstrndup(data, len);
+        for (size_t i = 0; i < len; i++)
+            if ((unsigned char)copy[i] >= 0x80 || copy[i] == '\0')
+                copy[i] = '?';
+        text = json_stringn(copy, len);
+        free(copy);
+    }
+    json_t *detail = json_object();
+    json_object_set_new(detail, "error", text ? text : json_string(""));
+    return detail;
+}
+
+static int starts_with_error_key(const char *data, size_t len)
+{
+    static const char prefix[] = "{\"error\"";
+    size_t i = 0;
+    while (i < len && (data[i] == ' ' || data[i] == '\t' || data[i] == '\n' || data[i] == '\r'))
+        i++;
+    return len - i >= sizeof(prefix) - 1 && memcmp(data + i, prefix, sizeof(prefix) - 1) == 0;
+}
+
+/* sse_event_cb: one upstream frame. Returns nonzero to stop the parser once
+ * the call is no longer active (ended by this frame or cancelled by on_event). */
+static int on_sse_event(void *arg, const struct sse_event *ev)
+{
+    struct upstream_call *call = arg;
+    if (call->state != CALL_ACTIVE)
+        return 1;
+    call->got_first_event = 1;
+    json_error_t error;
+    json_t *frame = json_loadb(ev->data, ev->data_len, JSON_DECODE_ANY, &error);
+    if (frame == NULL) {
+        if (starts_with_error_key(ev->data, ev->data_len)) {
+            call->result.detail = raw_error_detail(ev->data, ev->data_len);
+            char text[160];
+            copy_printable(text, sizeof(text), ev->data, ev->data_len);
+            finish(call, UPSTREAM_AGENT_ERROR, NULL, "agent error: %s", text);
+        } else {
+            finish(call, UPSTREAM_PROTOCOL, NULL, "upstream sent a frame that is not JSON");
+        }
+        return 1;
+    }
+    if (!json_is_object(frame)) {
+        json_decref(frame);
+        finish(call, UPSTREAM_PROTOCOL, NULL, "upstream sent a frame that is not a JSON object");
+        return 1;
+    }
+    json_t *err = json_object_get(frame, "error");
+    if (err != NULL && !json_is_null(err) && json_object_get(frame, "content") == NULL) {
+        call->result.detail = frame;
+        char text[160];
+        if (json_is_string(err))
+            copy_printable(text, sizeof(text), json_string_value(err), json_string_length(err));
+        else
+            snprintf(text, sizeof(text), "(non-text error)");
+        finish(call, UPSTREAM_AGENT_ERROR, NULL, "agent error: %s", text);
+        return 1;
+    }
+    json_decref(frame);
+    if (call->cb.on_event)
+        call->cb.on_event(call->arg, ev->data, ev->data_len);
+    return call->state == CALL_ACTIVE ? 0 : 1;
+}
+
+/* CURLOPT_WRITEFUNCTION: body bytes. Always takes everything: a call that is
+ * no longer active swallows the rest until the service queue removes it. */
+static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
+{
+    struct upstream_call *call = userp;
+    size_t len = size * nmemb;
+    if (call->state != CALL_ACTIVE)
+        return len;
+    call->last_rx_ms = now_ms();
+    if (deliver_request_sent(call) < 0)
+        return len;
+    switch (call->mode) {
+    case BODY_STREAM: {
+        int r = sse_parser_feed(&call->parser, data, len, on_sse_event, call);
+        if (r == -E2BIG)
+            finish(call, UPSTREAM_PROTOCOL, NULL, "upstream frame larger than %zu bytes",
+                   call->parser.max_event_bytes);
+        break;
+    }
+    case BODY_EXCERPT: {
+        size_t room = EXCERPT_BYTES - call->excerpt.len;
+        buf_append(&call->excerpt, data, len < room ? len : room);
+        if (call->excerpt.len >= EXCERPT_BYTES)
+            finish_with_excerpt(call); /* no need to read the rest */
+        break;
+    }
+    case BODY_PENDING:
+    case BODY_DISCARD:
+        break;
+    }
+    return len;
+}
+
+/* ---- starting transfers ---- */
+
+static CURL *make_easy(struct upstream_call *call)
+{
+    CURL *easy = curl_easy_init();
+    if (easy == NULL)
+        return NULL;
+    int run = call->step == STEP_RUN;
+    const char *body = run ? call->run_body : call->create_body;
+    curl_easy_setopt(easy, CURLOPT_URL, run ? call->run_url : call->create_url);
+    curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
+    curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, run ? call->run_headers : call->create_headers);
+    curl_easy_setopt(easy, CURLOPT_USERAGENT, "runcast");
+    curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
+    curl_easy_setopt(easy, CURLOPT_TCP_KEEPALIVE, 1L);
+    if (up.cfg.connect_timeout_ms)
+        curl_easy_setopt(easy, CURLOPT_CONNECTTIMEOUT_MS, (long)up.cfg.connect_timeout_ms);
+    curl_easy_setopt(easy, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(easy, CURLOPT_HEADERDATA, call);
+    curl_easy_setopt(easy, CURLOPT_WRITEFUNCTION, on_body);
+    curl_easy_setopt(easy, CURLOPT_WRITEDATA, call);
+    curl_easy_setopt(easy, CURLOPT_PRIVATE, call);
+    call->errbuf[0] = '\0';
+    curl_easy_setopt(easy, CURLOPT_ERRORBUFFER, call->errbuf);
+    return easy;
+}
+
+/* Hands the transfer for call->step to libcurl. Failures end the call.
+ * Never from inside a libcurl callback (see attempt_begin). */
+static void attempt_start(struct upstream_call *call)
+{
+    call->response_started = 0;
+    call->headers_done = 0;
+    call->mode = BODY_PENDING;
+    call->verdict = VERDICT_NONE;
+    call->content_type[0] = '\0';
+    call->retry_after_ms = -1;
+    call->result.status = 0;
+    buf_reset(&call->excerpt);
+
+    CURL *easy = make_easy(call);
+    if (easy == NULL) {
+        finish(call, UPSTREAM_UNREACHABLE, NULL, "cannot create a libcurl transfer");
+        return;
+    }
+    if (curl_multi_add_handle(up.multi, easy) != CURLM_OK) {
+        curl_easy_cleanup(easy);
+        finish(call, UPSTREAM_UNREACHABLE, NULL, "libcurl refused the transfer");
+        return;
+    }
+    call->easy = easy;
+    up.live++;
+    uint64_t now = now_ms();
+    call->last_rx_ms = now;
+    if (call->step == STEP_RUN) {
+        call->sent_ms = now;
+        if (!call->sent_reported) {
+            call->sent_reported = 1;
+            call->sent_pending = 1;
+            service_schedule(call);
+        }
+    }
+    timer_rearm(call);
+}
+
+/* Starts the next transfer now, or from the service queue when libcurl is on
+ * the stack (curl_multi_add_handle is not allowed there). */
+static void attempt_begin(struct upstream_call *call)
+{
+    if (up.in_curl) {
+        call->start_deferred = 1;
+        service_schedule(call);
+        return;
+    }
+    attempt_start(call);
+}
+
+/* ---- finished transfers (outside libcurl callbacks) ---- */
+
+static void transfer_failed(struct upstream_call *call, CURLcode res)
+{
+    const char *why = call->errbuf[0] ? call->errbuf : curl_easy_strerror(res);
+    if (res == CURLE_OPERATION_TIMEDOUT) {
+        finish(call, UPSTREAM_TIMED_OUT, "connect", "cannot connect to the upstream within %llu ms",
+               (unsigned long long)up.cfg.connect_timeout_ms);
+        return;
+    }
+    if (is_connect_error(res)) {
+        finish(call, UPSTREAM_UNREACHABLE, NULL, "cannot reach the upstream: %s", why);
+        return;
+    }
+    finish(call, UPSTREAM_PROTOCOL, NULL, "the upstream gave no valid response: %s", why);
+}
+
+static void transfer_done(struct upstream_call *call, CURLcode res)
+{
+    if (call->state != CALL_ACTIVE)
+        return; /* the service queue removes it */
+    if (!call->headers_done) {
+        transfer_failed(call, res == CURLE_OK ? CURLE_GOT_NOTHING : res);
+        return;
+    }
+    switch (call->verdict) {
+    case VERDICT_SESSION_READY:
+        transfer_release(call);
+        call->step = STEP_RUN;
+        if (call->cb.on_session_ready)
+            call->cb.on_session_ready(call->arg);
+        if (call->state == CALL_ACTIVE)
+            attempt_begin(call);
+        return;
+    case VERDICT_RETRY_404:
+        transfer_release(call);
+        call->retried_404 = 1;
+        call->step = STEP_CREATE_SESSION;
+        attempt_begin(call);
+        return;
+    case VERDICT_RETRY_LATER:
+        transfer_release(call);
+        call->rate_retries++;
+        log_event(LOG_DEBUG, "upstream.retry", "url", call->run_url, NULL);
+        call->backoff_until_ms = now_ms() + call->retry_wait_ms;
+        timer_rearm(call);
+        return;
+    case VERDICT_HTTP:
+    case VERDICT_RATE_LIMITED:
+        finish_with_excerpt(call);
+        return;
+    case VERDICT_STREAM:
+        if (res != CURLE_OK)
+            finish(call, UPSTREAM_PROTOCOL, NULL, "upstream connection cut before the end of the body");
+        else if (sse_parser_has_partial(&call->parser))
+            finish(call, UPSTREAM_PROTOCOL, NULL, "stream ended inside a frame");
+        else
+            finish(call, UPSTREAM_COMPLETED, NULL, "upstream stream ended");
+        return;
+    case VERDICT_NONE:
+        break;
+    }
+    transfer_failed(call, res);
+}
+
+static void drain_finished(void)
+{
+    CURLMsg *msg;
+    int left;
+    while (up.multi != NULL && (msg = curl_multi_info_read(up.multi, &left)) != NULL) {
+        if (msg->msg != CURLMSG_DONE)
+            continue;
+        struct upstream_call *call = NULL;
+        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&call);
+        if (call != NULL && call->easy == msg->easy_handle)
+            transfer_done(call, msg->data.result);
+    }
+}
+
+static void socket_action(curl_socket_t fd, int flags)
+{
+    int running;
+    up.in_curl++;
+    curl_multi_socket_action(up.multi, fd, flags, &running);
+    up.in_curl--;
+    drain_finished();
+}
+
+/* ---- the service queue: teardown and deferred work at a safe point ---- */
+
+static void call_closed_cb(uv_handle_t *handle)
+{
+    struct upstream_call *call = container_of((uv_timer_t *)handle, struct upstream_call, timer);
+    free(call->create_url);
+    free(call->create_body);
+    free(call->run_url);
+    free(call->run_body);
+    curl_slist_free_all(call->create_headers);
+    curl_slist_free_all(call->run_headers);
+    buf_free(&call->excerpt);
+    free(call);
+    up.calls--;
+    maybe_finish_shutdown();
+}
+
+/* Removes the transfer, runs on_end for an ended call, closes the call. */
+static void teardown(struct upstream_call *call)
+{
+    int ended = call->state == CALL_ENDING;
+    transfer_release(call);
+    call->state = CALL_CLOSING;
+    if (ended && call->cb.on_end)
+        call->cb.on_end(call->arg, &call->result);
+    json_decref(call->result.detail);
+    call->result.detail = NULL;
+    uv_close((uv_handle_t *)&call->timer, call_closed_cb);
+}
+
+static void service_call(struct upstream_call *call)
+{
+    if (call->state == CALL_CLOSING)
+        return;
+    if (call->start_deferred && call->state == CALL_ACTIVE) {
+        call->start_deferred = 0;
+        attempt_start(call);
+    }
+    /* A call that ended before the notification ran still reports it first:
+     * on_request_sent then on_end, never on_end alone for a sent request. */
+    deliver_request_sent(call);
+    if (call->state == CALL_ENDING || call->state == CALL_CANCELLED)
+        teardown(call);
+}
+
+static void service_cb(uv_idle_t *idle)
+{
+    while (!list_empty(&up.service_queue)) {
+        struct list *node = up.service_queue.next;
+        list_remove(node);
+        service_call(container_of(node, struct upstream_call, service_node));
+    }
+    uv_idle_stop(idle);
+}
+
+static void service_schedule(struct upstream_call *call)
+{
+    if (!list_linked(&call->service_node))
+        list_insert_tail(&up.service_queue, &call->service_node);
+    uv_idle_start(&up.service, service_cb);
+}
+
+/* ---- libcurl <-> libuv glue ---- */
+
+static void sock_closed_cb(uv_handle_t *handle)
+{
+    free(container_of((uv_poll_t *)handle, struct sock_ctx, poll));
+}
+
+static void sock_close(struct sock_ctx *ctx)
+{
+    list_remove(&ctx->node);
+    uv_close((uv_handle_t *)&ctx->poll, sock_closed_cb);
+}
+
+static void poll_cb(uv_poll_t *poll, int status, int events)
+{
+    struct sock_ctx *ctx = container_of(poll, struct sock_ctx, poll);
+    int flags = 0;
+    if (status < 0) {
+        flags = CURL_CSELECT_ERR;
+    } else {
+        if (events & UV_READABLE)
+            flags |= CURL_CSELECT_IN;
+        if (events & UV_WRITABLE)
+            flags |= CURL_CSELECT_OUT;
+    }
+    socket_action(ctx->fd, flags);
+}
+
+/* CURLMOPT_SOCKETFUNCTION. */
+static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    struct sock_ctx *ctx = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (ctx != NULL) {
+            sock_close(ctx);
+            curl_multi_assign(up.multi, fd, NULL);
+        }
+        return 0;
+    }
+    if (up.closing_handles)
+        return 0;
+    if (ctx == NULL) {
+        ctx = xcalloc(1, sizeof(*ctx));
+        ctx->fd = fd;
+        if (uv_poll_init_socket(up.loop, &ctx->poll, fd) != 0) {
+            free(ctx);
+            return -1;
+        }
+        list_insert_tail(&up.sockets, &ctx->node);
+        curl_multi_assign(up.multi, fd, ctx);
+    }
+    int events = 0;
+    if (what & CURL_POLL_IN)
+        events |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        events |= UV_WRITABLE;
+    uv_poll_start(&ctx->poll, events, poll_cb);
+    return 0;
+}
+
+static void multi_timer_cb(uv_timer_t *timer)
+{
+    socket_action(CURL_SOCKET_TIMEOUT, 0);
+}
+
+/* CURLMOPT_TIMERFUNCTION: one timer for the whole multi handle. */
+static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    if (up.closing_handles)
+        return 0;
+    if (timeout_ms < 0)
+        uv_timer_stop(&up.multi_timer);
+    else
+        uv_timer_start(&up.multi_timer, multi_timer_cb, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+/* ---- module life ---- */
+
+int upstream_init(uv_loop_t *loop, const struct upstream_config *cfg)
+{
+    if (up.initialized || loop == NULL || cfg == NULL || cfg->base_url == NULL)
+        return -EINVAL;
+    if (!curl_globally_initialized) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
+            return -EIO;
+        curl_globally_initialized = 1;
+    }
+    memset(&up, 0, sizeof(up));
+    up.multi = curl_multi_init();
+    if (up.multi == NULL)
+        return -ENOMEM;
+    up.loop = loop;
+    up.cfg = *cfg;
+    up.base_url = xstrdup(cfg->base_url);
+    up.cfg.base_url = up.base_url;
+    up.rng = uv_hrtime() | 1;
+    list_init(&up.service_queue);
+    list_init(&up.sockets);
+    uv_timer_init(loop, &up.multi_timer);
+    uv_idle_init(loop, &up.service);
+    curl_multi_setopt(up.multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
+    curl_multi_setopt(up.multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
+    up.initialized = 1;
+    return 0;
+}
+
+static void module_handle_closed_cb(uv_handle_t *handle)
+{
+    if (--up.handles_to_close > 0)
+        return;
+    void (*done)(void *) = up.done;
+    void *arg = up.done_arg;
+    free(up.base_url);
+    memset(&up, 0, sizeof(up));
+    if (done)
+        done(arg);
+}
+
+/* Runs once no call is left: stops watching sockets while libcurl still owns
+ * them (so no poll handle outlives its descriptor), frees the multi handle,
+ * then closes the module's handles; done() runs from the last close. */
+static void maybe_finish_shutdown(void)
+{
+    if (!up.shutting_down || up.calls > 0 || up.closing_handles)
+        return;
+    up.closing_handles = 1;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &up.sockets) {
+        struct sock_ctx *ctx = container_of(pos, struct sock_ctx, node);
+        curl_multi_assign(up.multi, ctx->fd, NULL);
+        sock_close(ctx);
+    }
+    curl_multi_cleanup(up.multi);
+    up.multi = NULL;
+    up.handles_to_close = 2;
+    uv_close((uv_handle_t *)&up.multi_timer, module_handle_closed_cb);
+    uv_close((uv_handle_t *)&up.service, module_handle_closed_cb);
+}
+
+void upstream_shutdown(void (*done)(void *arg), void *arg)
+{
+    if (!up.initialized || up.shutting_down)
+        return;
+    up.shutting_down = 1;
+    up.done = done;
+    up.done_arg = arg;
+    maybe_finish_shutdown();
+}
+
+size_t upstream_live_transfers(void)
+{
+    return up.live;
+}
+
+/* ---- calls ---- */
+
+static struct curl_slist *make_headers(const char *accept)
+{
+    struct curl_slist *h = NULL;
+    h = curl_slist_append(h, "Content-Type: application/json");
+    h = curl_slist_append(h, accept);
+    h = curl_slist_append(h, "Expect:"); /* no 100-continue round trip */
+    return h;
+}
+
+/* Serialises the /run_sse body; NULL if jansson cannot (bad input). */
+static char *run_body(const struct upstream_request *req)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "appName", json_string(req->app));
+    json_object_set_new(o, "userId", json_string(req->user));
+    json_object_set_new(o, "sessionId", json_string(req->session));
+    json_object_set(o, "newMessage", req->new_message);
+    json_object_set_new(o, "streaming", json_boolean(req->streaming));
+    if (req->state_delta != NULL)
+        json_object_set(o, "stateDelta", req->state_delta);
+    char *text = NULL;
+    if (json_object_size(o) == (req->state_delta ? 6u : 5u))
+        text = json_dumps(o, JSON_COMPACT);
+    json_decref(o);
+    return text;
+}
+
+static char *create_body(const struct upstream_request *req)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "sessionId", json_string(req->session));
+    char *text = json_object_size(o) == 1 ? json_dumps(o, JSON_COMPACT) : NULL;
+    json_decref(o);
+    return text;
+}
+
+/* Copies a jansson-allocated string into our allocator's memory. */
+static char *take_json_text(char *text)
+{
+    if (text == NULL)
+        return NULL;
+    char *copy = xstrdup(text);
+    free(text);
+    return copy;
+}
+
+struct upstream_call *upstream_call_start(const struct upstream_request *req,
+                                          const struct upstream_callbacks *cb, void *arg,
+                                          int *err)
+{
+    int dummy;
+    if (err == NULL)
+        err = &dummy;
+    if (!up.initialized || up.shutting_down) {
+        *err = up.shutting_down ? -ESHUTDOWN : -EINVAL;
+        return NULL;
+    }
+    if (req == NULL || cb == NULL || req->app == NULL || req->user == NULL ||
+        req->session == NULL || req->new_message == NULL) {
+        *err = -EINVAL;
+        return NULL;
+    }
+    char *rbody = take_json_text(run_body(req));
+    char *cbody = take_json_text(create_body(req));
+    if (rbody == NULL || cbody == NULL) {
+        free(rbody);
+        free(cbody);
+        *err = -EINVAL;
+        return NULL;
+    }
+
+    struct upstream_call *call = xcalloc(1, sizeof(*call));
+    list_init(&call->service_node);
+    call->cb = *cb;
+    call->arg = arg;
+    call->run_body = rbody;
+    call->create_body = cbody;
+    struct buf url = {0};
+    buf_printf(&url, "%s/run_sse", up.base_url);
+    call->run_url = url.data;
+    url = (struct buf){0};
+    buf_printf(&url, "%s/apps/%s/users/%s/sessions", up.base_url, req->app, req->user);
+    call->create_url = url.data;
+    call->create_headers = make_headers("Accept: application/json");
+    call->run_headers = make_headers("Accept: text/event-stream");
+    call->step = req->session_ready ? STEP_RUN : STEP_CREATE_SESSION;
+    call->retry_after_ms = -1;
+    call->backoff_until_ms = NO_DEADLINE;
+    call->start_ms = now_ms();
+    uv_timer_init(up.loop, &call->timer);
+    up.calls++;
+    attempt_begin(call);
+    *err = 0;
+    return call;
+}
+
+void upstream_call_cancel(struct upstream_call *call)
+{
+    if (call == NULL || call->state == CALL_CLOSING || call->state == CALL_CANCELLED)
+        return;
+    call->state = CALL_CANCELLED;
+    call->sent_pending = 0;
+    uv_timer_stop(&call->timer);
+    service_schedule(call);
+}

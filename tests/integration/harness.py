@@ -1,0 +1,820 @@
+"""harness.py: a small, dependency-free integration harness for runcast.
+
+Pieces:
+  Daemon     starts build/runcast (or the standalone demo agent), waits for its
+             "listening" log line, captures stderr, stops it with SIGTERM and a
+             deadline (SIGKILL and a test failure when it does not exit).
+  Response / request() / Conn
+             an HTTP/1.1 client over raw sockets, so tests can also send
+             malformed bytes; every read has a deadline.
+  SseClient  a subscriber that parses the event stream incrementally on its own
+             thread; tests wait on received events with wait_for(predicate,
+             timeout), never on sleeps.
+  Ctx        per-test context: owns daemons and sockets and releases them when
+             the test ends (also when it fails or times out).
+
+Everything waits with a deadline; nothing sleeps and hopes.
+"""
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+RUNCAST_BIN = os.environ.get("RUNCAST_BIN") or os.path.join(
+    os.path.dirname(os.path.abspath(__file__)), "..", "..", "build", "runcast")
+
+DEFAULT_TIMEOUT = 5.0
+
+
+class TestFailure(Exception):
+    pass
+
+
+def fail(msg):
+    raise TestFailure(msg)
+
+
+def expect(cond, msg):
+    if not cond:
+        raise TestFailure(msg)
+
+
+def eq(actual, expected, what):
+    if actual != expected:
+        raise TestFailure("%s: expected %r, got %r" % (what, expected, actual))
+
+
+def wait_until(fn, timeout, what, interval=0.02):
+    """Polls fn() until it returns a truthy value (returned) or the deadline
+    passes (TestFailure naming `what` and the last value seen)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        last = fn()
+        if last:
+            return last
+        if time.monotonic() >= deadline:
+            raise TestFailure("timed out after %.1fs waiting for %s (last: %r)" % (timeout, what, last))
+        time.sleep(interval)
+
+
+def now_us():
+    return int(time.time() * 1_000_000)
+
+
+# ---------------------------------------------------------------- logs
+
+def parse_log_line(line):
+    """A JSON log line as a dict; a logfmt line as a dict of its fields; None
+    for anything else."""
+    line = line.strip()
+    if not line:
+        return None
+    if line.startswith("{"):
+        try:
+            obj = json.loads(line)
+            return obj if isinstance(obj, dict) else None
+        except ValueError:
+            return None
+    fields = {}
+    for m in re.finditer(r'([A-Za-z0-9_.]+)=("(?:[^"\\]|\\.)*"|\S*)', line):
+        v = m.group(2)
+        if v.startswith('"'):
+            try:
+                v = json.loads(v)
+            except ValueError:
+                v = v[1:-1]
+        fields[m.group(1)] = v
+    return fields or None
+
+
+def port_of(address):
+    return int(str(address).rsplit(":", 1)[1])
+
+
+# ---------------------------------------------------------------- daemon
+
+class Daemon:
+    """A runcast process. upstream="demo" waits for both the gateway's and the
+    embedded demo agent's listening lines; demo_port is then set."""
+
+    def __init__(self, ctx, args=(), upstream="demo", agent=False, env=None,
+                 start_timeout=10.0):
+        self.ctx = ctx
+        self.agent = agent
+        self.lines = []
+        self.cond = threading.Condition()
+        self.eof = False
+        self.port = None
+        self.demo_port = None
+        self.stopped = False
+        if agent:
+            argv = [RUNCAST_BIN, "demo-agent", "--listen", "127.0.0.1:0"] + list(args)
+        else:
+            argv = [RUNCAST_BIN, "--listen", "127.0.0.1:0", "--upstream", upstream,
+                    "--log-format", "json"] + list(args)
+        self.argv = argv
+        penv = dict(os.environ)
+        penv.setdefault("RUNCAST_SHUTDOWN_GRACE", "0.2s")
+        if env:
+            penv.update(env)
+        if not os.path.exists(RUNCAST_BIN):
+            fail("binary not found: %s" % RUNCAST_BIN)
+        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.PIPE, env=penv)
+        ctx.daemons.append(self)
+        self.reader = threading.Thread(target=self._read_stderr, daemon=True)
+        self.reader.start()
+        if agent:
+            rec = self.wait_log(lambda r: r.get("event") == "demo.listening", start_timeout,
+                                "demo.listening log line")
+            self.port = port_of(rec["address"])
+            self.demo_port = self.port
+        else:
+            rec = self.wait_log(lambda r: r.get("event") == "listening", start_timeout,
+                                "listening log line")
+            self.port = port_of(rec["address"])
+            if upstream == "demo":
+                rec = self.wait_log(lambda r: r.get("event") == "demo.listening", start_timeout,
+                                    "demo.listening log line")
+                self.demo_port = port_of(rec["address"])
+
+    def _read_stderr(self):
+        f = self.proc.stderr
+        for raw in iter(f.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            with self.cond:
+                self.lines.append(line)
+                self.cond.notify_all()
+        with self.cond:
+            self.eof = True
+            self.cond.notify_all()
+
+    def logs(self):
+        with self.cond:
+            return [r for r in (parse_log_line(l) for l in self.lines) if r is not None]
+
+    def wait_log(self, pred, timeout, what):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            i = 0
+            while True:
+                while i < len(self.lines):
+                    rec = parse_log_line(self.lines[i])
+                    i += 1
+                    if rec is not None and pred(rec):
+                        return rec
+                if self.eof:
+                    fail("process exited (rc=%s) before %s; stderr tail:\n%s"
+                         % (self.proc.poll(), what, self.tail()))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    fail("timed out after %.1fs waiting for %s; stderr tail:\n%s"
+                         % (timeout, what, self.tail()))
+                self.cond.wait(left)
+
+    def tail(self, n=20):
+        return "\n".join("    | " + l for l in self.lines[-n:])
+
+    def sanitizer_errors(self):
+        with self.cond:
+            return [l for l in self.lines
+                    if "ERROR: AddressSanitizer" in l or "ERROR: LeakSanitizer" in l
+                    or "runtime error:" in l]
+
+    def alive(self):
+        return self.proc.poll() is None
+
+    def stop(self, timeout=6.0):
+        """SIGTERM, wait up to timeout, SIGKILL if still running. Returns a
+        list of problems (empty when the daemon behaved)."""
+        if self.stopped:
+            return []
+        self.stopped = True
+        problems = []
+        rc = self.proc.poll()
+        if rc is not None:
+            problems.append("%s exited on its own during the test (rc=%s)" % (self.name(), rc))
+        else:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                rc = self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+                problems.append("%s did not exit within %.0fs of SIGTERM (killed)" % (self.name(), timeout))
+                rc = None
+            if rc is not None and rc != 0:
+                problems.append("%s exited with rc=%s after SIGTERM" % (self.name(), rc))
+        self.reader.join(2)
+        san = self.sanitizer_errors()
+        if san:
+            problems.append("%s sanitizer report: %s" % (self.name(), san[0]))
+        if problems:
+            problems[-1] += "\n  stderr tail:\n" + self.tail()
+        return problems
+
+    def name(self):
+        return "demo-agent" if self.agent else "runcast"
+
+    # ---- convenience wrappers over request()
+
+    def get(self, path, **kw):
+        return request(self.port, "GET", path, **kw)
+
+    def post_json(self, path, obj, **kw):
+        return request(self.port, "POST", path, body=json.dumps(obj).encode(),
+                       headers={"Content-Type": "application/json"}, **kw)
+
+    def delete(self, path, **kw):
+        return request(self.port, "DELETE", path, **kw)
+
+    def demo_calls(self, session=None):
+        expect(self.demo_port is not None, "no demo agent port known")
+        path = "/debug/calls" + ("?session=" + session if session else "")
+        r = request(self.demo_port, "GET", path)
+        eq(r.status, 200, "demo GET %s status" % path)
+        return r.json()["calls"]
+
+    def healthy(self):
+        r = self.get("/healthz")
+        eq(r.status, 200, "GET /healthz status")
+        return r
+
+
+# ---------------------------------------------------------------- HTTP client
+
+class Response:
+    def __init__(self, status, reason, headers, body, version):
+        self.status = status
+        self.reason = reason
+        self.headers = headers  # list of (name, value), names as sent
+        self.body = body
+        self.version = version
+
+    def header(self, name):
+        name = name.lower()
+        for k, v in self.headers:
+            if k.lower() == name:
+                return v
+        return None
+
+    def json(self):
+        try:
+            return json.loads(self.body.decode("utf-8"))
+        except ValueError as e:
+            fail("response body is not JSON (%s): %r" % (e, self.body[:300]))
+
+    def __repr__(self):
+        return "<%d %s %r>" % (self.status, self.reason, self.body[:300])
+
+
+class Conn:
+    """One TCP connection. Reads buffer what they do not consume, so pipelined
+    responses can be read one after another."""
+
+    def __init__(self, port, timeout=DEFAULT_TIMEOUT, rcvbuf=None, ctx=None):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        if rcvbuf is not None:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+        self.sock.settimeout(timeout)
+        self.sock.connect(("127.0.0.1", port))
+        self.buf = b""
+        self.eof = False
+        self.timeout = timeout
+        if ctx is not None:
+            ctx.closers.append(self.close)
+
+    def send(self, data):
+        self.sock.sendall(data)
+
+    def close(self):
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+
+    def _fill(self, deadline):
+        """Reads more bytes; False at EOF. TestFailure past the deadline."""
+        if self.eof:
+            return False
+        left = deadline - time.monotonic()
+        if left <= 0:
+            fail("read timed out (have %d bytes: %r)" % (len(self.buf), self.buf[:200]))
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(65536)
+        except socket.timeout:
+            fail("read timed out (have %d bytes: %r)" % (len(self.buf), self.buf[:200]))
+        except ConnectionResetError:
+            self.eof = True
+            return False
+        if not data:
+            self.eof = True
+            return False
+        self.buf += data
+        return True
+
+    def read_until(self, marker, deadline):
+        while marker not in self.buf:
+            if not self._fill(deadline):
+                fail("connection closed before %r (have %r)" % (marker, self.buf[:300]))
+        i = self.buf.index(marker) + len(marker)
+        out, self.buf = self.buf[:i], self.buf[i:]
+        return out
+
+    def read_exact(self, n, deadline):
+        while len(self.buf) < n:
+            if not self._fill(deadline):
+                fail("connection closed after %d of %d bytes" % (len(self.buf), n))
+        out, self.buf = self.buf[:n], self.buf[n:]
+        return out
+
+    def read_to_eof(self, deadline):
+        while self._fill(deadline):
+            pass
+        out, self.buf = self.buf, b""
+        return out
+
+    def wait_eof(self, timeout):
+        """True when the peer closes (or resets) within timeout; the bytes
+        read meanwhile are discarded."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self._fill(deadline):
+                self.buf = b""
+        except TestFailure:
+            return False
+        return True
+
+    def read_head(self, timeout=None):
+        deadline = time.monotonic() + (timeout or self.timeout)
+        head = self.read_until(b"\r\n\r\n", deadline).decode("latin-1")
+        lines = head.split("\r\n")
+        m = re.match(r"(HTTP/1\.[01]) (\d{3}) ?(.*)$", lines[0])
+        expect(m is not None, "bad status line %r" % lines[0])
+        headers = []
+        for l in lines[1:]:
+            if not l:
+                continue
+            k, _, v = l.partition(":")
+            headers.append((k.strip(), v.strip()))
+        return m.group(1), int(m.group(2)), m.group(3), headers
+
+    def read_response(self, timeout=None, head_request=False):
+        deadline = time.monotonic() + (timeout or self.timeout)
+        version, status, reason, headers = self.read_head(deadline - time.monotonic())
+        r = Response(status, reason, headers, b"", version)
+        te = (r.header("Transfer-Encoding") or "").lower()
+        cl = r.header("Content-Length")
+        if head_request or status in (204, 304) or 100 <= status < 200:
+            body = b""
+        elif "chunked" in te:
+            body = b""
+            while True:
+                size_line = self.read_until(b"\r\n", deadline)
+                size = int(size_line.split(b";")[0].strip(), 16)
+                if size == 0:
+                    # trailers until an empty line
+                    while self.read_until(b"\r\n", deadline) != b"\r\n":
+                        pass
+                    break
+                body += self.read_exact(size, deadline)
+                self.read_exact(2, deadline)
+        elif cl is not None:
+            body = self.read_exact(int(cl), deadline)
+        else:
+            body = self.read_to_eof(deadline)
+        r.body = body
+        return r
+
+
+def build_request(method, path, body=None, headers=None, host="127.0.0.1"):
+    hdrs = {"Host": host}
+    if headers:
+        hdrs.update(headers)
+    if body is not None and not any(k.lower() in ("content-length", "transfer-encoding") for k in hdrs):
+        hdrs["Content-Length"] = str(len(body))
+    out = "%s %s HTTP/1.1\r\n" % (method, path)
+    for k, v in hdrs.items():
+        out += "%s: %s\r\n" % (k, v)
+    out += "\r\n"
+    return out.encode("latin-1") + (body or b"")
+
+
+def request(port, method, path, body=None, headers=None, timeout=DEFAULT_TIMEOUT):
+    """One request on a fresh connection (Connection: close)."""
+    h = {"Connection": "close"}
+    if headers:
+        h.update(headers)
+    c = Conn(port, timeout)
+    try:
+        c.send(build_request(method, path, body, h))
+        return c.read_response(timeout, head_request=(method == "HEAD"))
+    finally:
+        c.close()
+
+
+def raw_exchange(port, data, timeout=DEFAULT_TIMEOUT):
+    """Sends raw bytes, returns the first response."""
+    c = Conn(port, timeout)
+    try:
+        c.send(data)
+        return c.read_response(timeout)
+    finally:
+        c.close()
+
+
+def check_error(resp, status, what, code=None):
+    """The status and the JSON error shape {"error":{"code","message"}}."""
+    if resp.status != status:
+        fail("%s: expected status %d, got %d (body %r)" % (what, status, resp.status, resp.body[:300]))
+    ctype = resp.header("Content-Type") or ""
+    expect(ctype.startswith("application/json"),
+           "%s: error Content-Type is %r, want application/json" % (what, ctype))
+    obj = resp.json()
+    expect(isinstance(obj, dict) and isinstance(obj.get("error"), dict),
+           "%s: error body not {\"error\":{...}}: %r" % (what, obj))
+    err = obj["error"]
+    expect(isinstance(err.get("code"), str) and re.fullmatch(r"[a-z0-9_]+", err["code"] or "") is not None,
+           "%s: error.code not snake_case string: %r" % (what, err))
+    expect(isinstance(err.get("message"), str) and err["message"] != "",
+           "%s: error.message missing/empty: %r" % (what, err))
+    if code is not None:
+        eq(err["code"], code, "%s: error.code" % what)
+    return err
+
+
+# ---------------------------------------------------------------- SSE client
+
+class Event:
+    __slots__ = ("id", "has_id", "type", "data", "raw", "at")
+
+    def __init__(self, id_, has_id, type_, data, raw, at):
+        self.id = id_
+        self.has_id = has_id
+        self.type = type_
+        self.data = data  # the data text (str)
+        self.raw = raw
+        self.at = at      # time.monotonic() when dispatched
+
+    def json(self):
+        try:
+            return json.loads(self.data)
+        except ValueError:
+            fail("event %s data is not JSON: %r" % (self.type, self.data[:300]))
+
+    def key(self):
+        return (self.id, self.type, self.data)
+
+    def __repr__(self):
+        return "<%s id=%r %s>" % (self.type, self.id, self.data[:120])
+
+
+class SseClient:
+    """GET an SSE stream and parse it on a thread.
+
+    Each event records whether it had an id line of its own (has_id); the
+    stream's opening bytes (the "retry:" line) and comments are kept too."""
+
+    def __init__(self, ctx, port, path, headers=None, timeout=DEFAULT_TIMEOUT, expect_status=200):
+        self.ctx = ctx
+        self.path = path
+        self.conn = Conn(port, timeout)
+        ctx.closers.append(self.close)
+        h = {}
+        if headers:
+            h.update(headers)
+        self.conn.send(build_request("GET", path, None, h))
+        version, status, reason, hdrs = self.conn.read_head(timeout)
+        self.status = status
+        self.resp = Response(status, reason, hdrs, b"", version)
+        if status != expect_status:
+            body = b""
+            try:
+                cl = self.resp.header("Content-Length")
+                if cl:
+                    body = self.conn.read_exact(int(cl), time.monotonic() + timeout)
+            except TestFailure:
+                pass
+            fail("GET %s: expected %d, got %d %r" % (path, expect_status, status, body[:300]))
+        self.events = []
+        self.comments = []
+        self.retry = None
+        self.raw = bytearray()
+        self.eof = False
+        self.closed = False
+        self.error = None
+        self.cond = threading.Condition()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def header(self, name):
+        return self.resp.header(name)
+
+    def close(self):
+        with self.cond:
+            self.closed = True
+        self.conn.close()
+
+    def _run(self):
+        sock = self.conn.sock
+        pending = bytes(self.conn.buf)
+        self.conn.buf = b""
+        line_buf = b""
+        cur = {"id": None, "has_id": False, "event": None, "data": [], "raw": []}
+
+        def feed(data):
+            nonlocal line_buf, cur
+            with self.cond:
+                self.raw += data
+            line_buf += data
+            while b"\n" in line_buf:
+                line, line_buf = line_buf.split(b"\n", 1)
+                if line.endswith(b"\r"):
+                    line = line[:-1]
+                text = line.decode("utf-8", "replace")
+                if text == "":
+                    if cur["data"] or cur["event"] is not None or cur["has_id"]:
+                        ev = Event(cur["id"], cur["has_id"], cur["event"] or "message",
+                                   "\n".join(cur["data"]), "\n".join(cur["raw"]), time.monotonic())
+                        with self.cond:
+                            self.events.append(ev)
+                            self.cond.notify_all()
+                    cur = {"id": None, "has_id": False, "event": None, "data": [], "raw": []}
+                    continue
+                cur["raw"].append(text)
+                if text.startswith(":"):
+                    with self.cond:
+                        self.comments.append(text[1:].strip())
+                        self.cond.notify_all()
+                    cur["raw"].pop()
+                    continue
+                name, _, value = text.partition(":")
+                if value.startswith(" "):
+                    value = value[1:]
+                if name == "id":
+                    cur["id"] = value
+                    cur["has_id"] = True
+                elif name == "event":
+                    cur["event"] = value
+                elif name == "data":
+                    cur["data"].append(value)
+                elif name == "retry":
+                    with self.cond:
+                        self.retry = value
+                        self.cond.notify_all()
+                    cur["raw"].pop()
+
+        try:
+            if pending:
+                feed(pending)
+            sock.settimeout(0.1)
+            while True:
+                with self.cond:
+                    if self.closed:
+                        return
+                try:
+                    data = sock.recv(65536)
+                except socket.timeout:
+                    continue
+                except OSError as e:
+                    with self.cond:
+                        if not self.closed:
+                            self.error = e
+                    break
+                if not data:
+                    break
+                feed(data)
+        finally:
+            with self.cond:
+                self.eof = True
+                self.cond.notify_all()
+
+    # ---- waiting
+
+    def wait_for(self, pred, timeout, what):
+        """Waits until pred(events) is truthy; returns its value."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                v = pred(self.events)
+                if v:
+                    return v
+                if self.eof:
+                    fail("stream %s ended (error=%r) while waiting for %s; got %s"
+                         % (self.path, self.error, what, self.summary()))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    fail("timed out after %.1fs waiting for %s on %s; got %s"
+                         % (timeout, what, self.path, self.summary()))
+                self.cond.wait(min(left, 0.2))
+
+    def wait_event(self, type_, timeout=DEFAULT_TIMEOUT, run_id=None, where=None):
+        """The first event of this type (and run_id / matching where(data))."""
+        def pred(evs):
+            for e in evs:
+                if e.type != type_:
+                    continue
+                if run_id is not None or where is not None:
+                    d = e.json()
+                    if run_id is not None and d.get("run_id") != run_id:
+                        continue
+                    if where is not None and not where(d):
+                        continue
+                return e
+            return None
+        return self.wait_for(pred, timeout, "%s%s" % (type_, " run_id=%s" % run_id if run_id else ""))
+
+    def wait_count(self, n, timeout=DEFAULT_TIMEOUT):
+        return self.wait_for(lambda evs: len(evs) >= n and list(evs[:n]), timeout, "%d events" % n)
+
+    def wait_retry(self, timeout=DEFAULT_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while self.retry is None:
+                if self.eof:
+                    fail("stream %s ended before its retry line" % self.path)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    fail("no retry line within %.1fs on %s (raw %r)" % (timeout, self.path, bytes(self.raw[:200])))
+                self.cond.wait(min(left, 0.2))
+            return self.retry
+
+    def wait_comment(self, text, timeout):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while text not in self.comments:
+                if self.eof:
+                    fail("stream %s ended while waiting for comment %r" % (self.path, text))
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    fail("no %r comment within %.1fs (comments %r)" % (text, timeout, self.comments))
+                self.cond.wait(min(left, 0.2))
+
+    def wait_eof(self, timeout):
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not self.eof:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    fail("stream %s did not end within %.1fs; got %s" % (self.path, timeout, self.summary()))
+                self.cond.wait(min(left, 0.2))
+
+    def snapshot(self):
+        with self.cond:
+            return list(self.events)
+
+    def summary(self, n=12):
+        evs = self.snapshot()
+        if len(evs) <= n:
+            return "%d events %r" % (len(evs), evs)
+        return "%d events, first %r ... last %r" % (len(evs), evs[:n // 2], evs[-n // 2:])
+
+
+def run_events(events, run_id):
+    """The slice of events belonging to one run: from its run.queued or
+    run.started (data.run_id) to its terminal event, inclusive; agent.event
+    frames between them are attributed to the run (they may not carry a
+    run_id: their data is the upstream's JSON verbatim)."""
+    out = []
+    inside = False
+    for e in events:
+        d = None
+        if e.type != "agent.event":
+            try:
+                d = json.loads(e.data)
+            except ValueError:
+                d = None
+        rid = d.get("run_id") if isinstance(d, dict) else None
+        if e.type in ("run.queued", "run.started") and rid == run_id:
+            inside = True
+        if inside and (e.type == "agent.event" or rid == run_id):
+            out.append(e)
+        if e.type in TERMINAL and rid == run_id:
+            break
+        if inside and rid is not None and rid != run_id and e.type in ("run.queued", "run.started"):
+            inside = False
+    return out
+
+
+TERMINAL = ("run.completed", "run.failed", "run.cancelled", "run.timed_out", "run.superseded")
+
+
+def terminal_events(events, run_id):
+    out = []
+    for e in events:
+        if e.type in TERMINAL:
+            d = e.json()
+            if d.get("run_id") == run_id:
+                out.append(e)
+    return out
+
+
+# ---------------------------------------------------------------- per-test context
+
+class Ctx:
+    def __init__(self, name):
+        self.name = name
+        self.daemons = []
+        self.closers = []
+
+    def daemon(self, *args, upstream="demo", env=None):
+        return Daemon(self, args, upstream=upstream, env=env)
+
+    def agent(self, *args):
+        return Daemon(self, args, agent=True)
+
+    def sse(self, d, path, **kw):
+        return SseClient(self, d.port, path, **kw)
+
+    def conn(self, d, timeout=DEFAULT_TIMEOUT, rcvbuf=None):
+        return Conn(d.port, timeout, rcvbuf=rcvbuf, ctx=self)
+
+    def cleanup(self):
+        """Closes sockets and stops daemons; returns the daemons' problems."""
+        for c in self.closers:
+            try:
+                c()
+            except Exception:
+                pass
+        problems = []
+        for d in self.daemons:
+            try:
+                problems += d.stop()
+            except Exception as e:  # never let cleanup hang the suite
+                problems.append("stopping %s: %r" % (d.name(), e))
+        return problems
+
+
+# ---------------------------------------------------------------- registry
+
+TESTS = []
+
+
+def test(timeout=20.0):
+    def deco(fn):
+        TESTS.append((fn.__name__, fn, timeout))
+        return fn
+    return deco
+
+
+# ---------------------------------------------------------------- API helpers
+
+def spath(sid, app="app", user="u"):
+    return "/apps/%s/users/%s/sessions/%s" % (app, user, sid)
+
+
+def post_run(d, sid, message, expect_status=202, conn=None, **kw):
+    """POST {"message": message} to the session's run endpoint; checks the
+    202 shape and returns (json, posted_at_us, returned_at_monotonic)."""
+    body = json.dumps({"message": message}).encode()
+    t_us = now_us()
+    path = spath(sid, **kw) + "/run"
+    if conn is not None:
+        conn.send(build_request("POST", path, body, {"Content-Type": "application/json"}))
+        r = conn.read_response()
+    else:
+        r = request(d.port, "POST", path, body=body, headers={"Content-Type": "application/json"})
+    if r.status != expect_status:
+        fail("POST %s %r: expected %d, got %d %r" % (path, message, expect_status, r.status, r.body[:300]))
+    if expect_status != 202:
+        return r, t_us, time.monotonic()
+    j = r.json()
+    eq(j.get("success"), True, "POST run success")
+    expect(isinstance(j.get("run_id"), str) and j["run_id"], "POST run: run_id missing: %r" % j)
+    eq(j.get("session_id"), sid, "POST run session_id")
+    expect(j.get("status") in ("running", "queued"), "POST run status: %r" % j)
+    eq(j.get("events"), path, "POST run events (stream path)")
+    return j, t_us, time.monotonic()
+
+
+def task_status(d, sid, expect_status=200, **kw):
+    path = spath(sid, **kw) + "/task-status"
+    r = d.get(path)
+    if expect_status == 404:
+        check_error(r, 404, "GET %s" % path)
+        return None
+    if r.status != expect_status:
+        fail("GET %s: expected %d, got %d %r" % (path, expect_status, r.status, r.body[:300]))
+    return r.json()
+
+
+def all_status(d, query=""):
+    r = d.get("/task-status" + query)
+    eq(r.status, 200, "GET /task-status status")
+    return r.json()
+
+
+def demo_call(d, sid, text_contains=None):
+    """The demo agent's calls for a session (optionally only those whose text
+    contains text_contains)."""
+    calls = d.demo_calls(sid)
+    if text_contains is not None:
+        calls = [c for c in calls if text_contains in c.get("text", "")]
+    return calls

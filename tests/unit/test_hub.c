@@ -1,0 +1,390 @@
+/* Unit tests for hub.c: the log, replay positions, fan-out and drops, with a
+ * fake connection that records what would go on the wire. Writes complete
+ * only when the test says so, as with a real socket. */
+#include "../../src/hub.c"
+
+#include <stdlib.h>
+
+#include "test.h"
+
+struct pending_write {
+    conn_write_cb cb;
+    void *arg;
+    size_t bytes;
+};
+
+struct conn {
+    struct buf wire;        /* every byte handed to "the socket" */
+    conn_close_cb on_close;
+    void *close_arg;
+    int closed;
+    int close_calls;
+    struct pending_write pending[64];
+    int npending;
+    size_t queue_bytes;     /* what conn_write_queue_bytes reports */
+};
+
+int conn_stream_begin(struct conn *c, int status, const char *headers, int chunked,
+                      conn_close_cb on_close, void *arg)
+{
+    c->on_close = on_close;
+    c->close_arg = arg;
+    return 0;
+}
+
+int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
+                      conn_write_cb on_done, void *arg)
+{
+    if (c->closed)
+        return -ECANCELED;
+    size_t bytes = 0;
+    for (unsigned i = 0; i < nbufs; i++) {
+        buf_append(&c->wire, bufs[i].base, bufs[i].len);
+        bytes += bufs[i].len;
+    }
+    c->pending[c->npending++] = (struct pending_write){on_done, arg, bytes};
+    return 0;
+}
+
+size_t conn_write_queue_bytes(const struct conn *c)
+{
+    return c->queue_bytes;
+}
+
+void conn_close(struct conn *c, int abort)
+{
+    if (c->closed)
+        return;
+    c->closed = 1;
+    c->close_calls++;
+    c->on_close(c, c->close_arg);
+}
+
+/* Completes every pending write (status 0, or -ECANCELED once closed). */
+static void complete_writes(struct conn *c)
+{
+    while (c->npending > 0) {
+        struct pending_write w = c->pending[0];
+        memmove(c->pending, c->pending + 1, (size_t)--c->npending * sizeof(w));
+        w.cb(c, w.arg, c->closed ? UV_ECANCELED : 0);
+    }
+}
+
+static uv_loop_t loop;
+
+static void setup(int history, size_t history_bytes, size_t subscriber_buffer)
+{
+    struct hub_config cfg = {
+        .history = history,
+        .history_bytes = history_bytes,
+        .subscriber_buffer = subscriber_buffer,
+        .heartbeat_ms = 0,
+        .retry_ms = 3000,
+        .max_subscribers = 10,
+    };
+    uv_loop_init(&loop);
+    hub_init(&loop, &cfg);
+}
+
+static void teardown(void)
+{
+    hub_shutdown();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ(uv_loop_close(&loop), 0);
+    CHECK_EQ(hub_total_frames(), 0);
+    CHECK_EQ(hub_total_subscribers(), 0);
+}
+
+static void publish_n(struct hub *h, const char *event, int n)
+{
+    for (int i = 0; i < n; i++) {
+        char data[64];
+        int len = snprintf(data, sizeof(data), "{\"n\":%d}", i);
+        hub_publish(h, event, data, (size_t)len, 0);
+    }
+}
+
+/* Number of occurrences of needle in the conn's wire bytes. */
+static int count(const struct conn *c, const char *needle)
+{
+    int n = 0;
+    for (const char *p = c->wire.data; p && (p = strstr(p, needle)) != NULL; p++)
+        n++;
+    return n;
+}
+
+static void id_line(char *out, size_t size, const struct hub *h, uint64_t seq)
+{
+    char id[40];
+    format_id(id, sizeof(id), h->epoch, seq);
+    snprintf(out, size, "id: %s\n", id);
+}
+
+static void default_replay_starts_at_latest_run(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    struct hub *h = hub_create();
+    hub_publish(h, "run.started", "{}", 2, 1);
+    publish_n(h, "agent.event", 3);
+    hub_publish(h, "run.started", "{\"second\":1}", 12, 1); /* seq 5 */
+    publish_n(h, "agent.event", 2);
+    struct conn c = {0};
+    CHECK_EQ(hub_subscribe(h, &c, NULL, 0), 0);
+    CHECK(strncmp(c.wire.data, "retry: 3000\n\n", 13) == 0);
+    CHECK_EQ(count(&c, "event: run.started"), 1);
+    CHECK_EQ(count(&c, "{\"second\":1}"), 1);
+    CHECK_EQ(count(&c, "event: agent.event"), 2);
+    char line[64];
+    id_line(line, sizeof(line), h, 5);
+    CHECK(strstr(c.wire.data, line) != NULL);
+    id_line(line, sizeof(line), h, 4);
+    CHECK(strstr(c.wire.data, line) == NULL);
+    complete_writes(&c);
+    hub_destroy(h);
+    CHECK_EQ(c.close_calls, 1);
+    complete_writes(&c);
+    buf_free(&c.wire);
+    teardown();
+}
+
+static void last_event_id_resumes_without_gap_or_duplicate(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    struct hub *h = hub_create();
+    hub_publish(h, "run.started", "{}", 2, 1);
+    publish_n(h, "agent.event", 9); /* seq 1..10 */
+    char id[40];
+    format_id(id, sizeof(id), h->epoch, 6);
+    struct conn c = {0};
+    CHECK_EQ(hub_subscribe(h, &c, id, 0), 0);
+    CHECK_EQ(count(&c, "id: "), 4); /* 7, 8, 9, 10 */
+    CHECK_EQ(count(&c, "stream.reset"), 0);
+    char line[64];
+    id_line(line, sizeof(line), h, 7);
+    CHECK(strstr(c.wire.data, line) != NULL);
+    id_line(line, sizeof(line), h, 6);
+    CHECK(strstr(c.wire.data, line) == NULL);
+    complete_writes(&c);
+    publish_n(h, "agent.event", 1); /* live: 11 */
+    CHECK_EQ(count(&c, "id: "), 5);
+    complete_writes(&c);
+    /* The newest id: nothing to replay, no reset. */
+    format_id(id, sizeof(id), h->epoch, 11);
+    struct conn d = {0};
+    CHECK_EQ(hub_subscribe(h, &d, id, 0), 0);
+    CHECK_EQ(count(&d, "id: "), 0);
+    CHECK_EQ(count(&d, "stream.reset"), 0);
+    complete_writes(&d);
+    hub_destroy(h);
+    complete_writes(&c);
+    complete_writes(&d);
+    buf_free(&c.wire);
+    buf_free(&d.wire);
+    teardown();
+}
+
+static void unplaceable_ids_reset_then_replay_oldest(void)
+{
+    setup(5, 1 << 20, 1 << 20);
+    struct hub *h = hub_create();
+    hub_publish(h, "run.started", "{}", 2, 1);
+    publish_n(h, "agent.event", 9); /* seq 1..10, log keeps 6..10 */
+    CHECK_EQ(h->count, 5);
+    const char *foreign[] = {"bogus", "00000000-3", "", "ffffffff-99999999999999999999"};
+    for (size_t i = 0; i < RC_ARRAY_SIZE(foreign); i++) {
+        struct conn c = {0};
+        CHECK_EQ(hub_subscribe(h, &c, foreign[i], 0), 0);
+        CHECK_EQ(count(&c, "event: stream.reset\ndata: {\"reason\":\"unknown_event_id\"}"), 1);
+        CHECK_EQ(count(&c, "id: "), 5);
+        complete_writes(&c);
+        conn_close(&c, 0);
+        buf_free(&c.wire);
+    }
+    char id[40];
+    format_id(id, sizeof(id), h->epoch, 3); /* evicted */
+    struct conn c = {0};
+    CHECK_EQ(hub_subscribe(h, &c, id, 0), 0);
+    CHECK_EQ(count(&c, "\"reason\":\"event_id_evicted\""), 1);
+    CHECK_EQ(count(&c, "id: "), 5);
+    complete_writes(&c);
+    conn_close(&c, 0);
+    buf_free(&c.wire);
+    /* Default replay whose run start was evicted also resets. */
+    struct conn d = {0};
+    CHECK_EQ(hub_subscribe(h, &d, NULL, 0), 0);
+    CHECK_EQ(count(&d, "\"reason\":\"run_start_evicted\""), 1);
+    complete_writes(&d);
+    conn_close(&d, 0);
+    buf_free(&d.wire);
+    /* An id of an earlier incarnation of the session is foreign. */
+    struct hub *again = hub_create();
+    hub_publish(again, "run.started", "{}", 2, 1);
+    format_id(id, sizeof(id), h->epoch, 10);
+    struct conn e = {0};
+    CHECK_EQ(hub_subscribe(again, &e, id, 0), 0);
+    CHECK_EQ(count(&e, "\"reason\":\"unknown_event_id\""), 1);
+    complete_writes(&e);
+    hub_destroy(again);
+    hub_destroy(h);
+    complete_writes(&e);
+    buf_free(&e.wire);
+    teardown();
+}
+
+static void from_live_skips_replay(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    struct hub *h = hub_create();
+    hub_publish(h, "run.started", "{}", 2, 1);
+    publish_n(h, "agent.event", 3);
+    struct conn c = {0};
+    CHECK_EQ(hub_subscribe(h, &c, NULL, 1), 0);
+    CHECK_EQ(count(&c, "id: "), 0);
+    complete_writes(&c);
+    publish_n(h, "agent.event", 1);
+    CHECK_EQ(count(&c, "id: "), 1);
+    complete_writes(&c);
+    hub_destroy(h);
+    complete_writes(&c);
+    buf_free(&c.wire);
+    teardown();
+}
+
+static void ids_strictly_increase(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    struct hub *h = hub_create();
+    uint64_t prev = 0;
+    for (int i = 0; i < 50; i++) {
+        uint64_t seq = hub_publish(h, "agent.event", "{}", 2, i == 0);
+        CHECK(seq > prev);
+        prev = seq;
+    }
+    CHECK_EQ(prev, 50);
+    hub_destroy(h);
+    teardown();
+}
+
+static void log_is_bounded_by_count_and_bytes(void)
+{
+    setup(10, 1024, 1 << 20);
+    struct hub *h = hub_create();
+    publish_n(h, "agent.event", 25);
+    CHECK_EQ(h->count, 10);
+    CHECK_EQ(log_oldest_seq(h), 16);
+    char big[300];
+    memset(big, 'x', sizeof(big));
+    big[0] = '"';
+    big[sizeof(big) - 1] = '"';
+    for (int i = 0; i < 10; i++)
+        hub_publish(h, "agent.event", big, sizeof(big), 0);
+    CHECK(h->bytes <= 1024);
+    CHECK(h->count >= 2 && h->count <= 3);
+    CHECK_EQ(hub_total_frames(), h->count);
+    hub_destroy(h);
+    teardown();
+}
+
+static void slow_subscriber_is_dropped_and_others_get_everything(void)
+{
+    setup(1000, 1 << 22, 4096);
+    struct hub *h = hub_create();
+    struct conn fast = {0}, slow = {0};
+    CHECK_EQ(hub_subscribe(h, &fast, NULL, 1), 0);
+    CHECK_EQ(hub_subscribe(h, &slow, NULL, 1), 0);
+    complete_writes(&fast);
+    complete_writes(&slow);
+    char data[512];
+    memset(data, 'y', sizeof(data));
+    data[0] = '"';
+    data[sizeof(data) - 1] = '"';
+    for (int i = 0; i < 40; i++) {
+        hub_publish(h, "agent.event", data, sizeof(data), 0);
+        complete_writes(&fast); /* the fast reader drains each time */
+        slow.queue_bytes = slow.npending ? slow.pending[0].bytes : 0; /* stuck in libuv */
+    }
+    CHECK_EQ(slow.close_calls, 1);
+    CHECK_EQ(fast.close_calls, 0);
+    CHECK_EQ(count(&fast, "event: agent.event"), 40);
+    CHECK_EQ(hub_dropped_total(HUB_DROP_SLOW), 1);
+    CHECK_EQ(hub_subscriber_count(h), 1);
+    complete_writes(&slow);
+    hub_destroy(h);
+    complete_writes(&fast);
+    buf_free(&fast.wire);
+    buf_free(&slow.wire);
+    teardown();
+}
+
+static void destroy_flushes_everything_before_closing(void)
+{
+    setup(1000, 1 << 22, 1 << 20);
+    struct hub *h = hub_create();
+    struct conn c = {0};
+    CHECK_EQ(hub_subscribe(h, &c, NULL, 1), 0);
+    /* The first write stays in flight; more events pile up behind it. */
+    publish_n(h, "agent.event", 100);
+    hub_publish(h, "session.closed", "{\"reason\":\"session_deleted\"}", 28, 0);
+    hub_destroy(h);
+    CHECK_EQ(c.close_calls, 1);
+    CHECK_EQ(count(&c, "event: agent.event"), 100);
+    CHECK_EQ(count(&c, "event: session.closed"), 1);
+    complete_writes(&c);
+    buf_free(&c.wire);
+    teardown();
+}
+
+static void heartbeat_reaches_idle_streams_only(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    struct hub *h = hub_create();
+    struct conn idle = {0}, busy = {0};
+    CHECK_EQ(hub_subscribe(h, &idle, NULL, 1), 0);
+    CHECK_EQ(hub_subscribe(h, &busy, NULL, 1), 0);
+    complete_writes(&idle);
+    complete_writes(&busy);
+    heartbeat_cb(&heartbeat_timer); /* both wrote their preamble this tick */
+    CHECK_EQ(count(&idle, ": keepalive"), 0);
+    publish_n(h, "agent.event", 0);
+    heartbeat_cb(&heartbeat_timer);
+    CHECK_EQ(count(&idle, ": keepalive\n\n"), 1);
+    complete_writes(&idle);
+    complete_writes(&busy);
+    hub_destroy(h);
+    buf_free(&idle.wire);
+    buf_free(&busy.wire);
+    teardown();
+}
+
+static void subscriber_limit_is_enforced(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    struct hub *h = hub_create();
+    struct conn c[11];
+    memset(c, 0, sizeof(c));
+    for (int i = 0; i < 10; i++)
+        CHECK_EQ(hub_subscribe(h, &c[i], NULL, 0), 0);
+    CHECK_EQ(hub_subscribe(h, &c[10], NULL, 0), -ENOSPC);
+    CHECK_EQ(hub_total_subscribers(), 10);
+    for (int i = 0; i < 10; i++)
+        complete_writes(&c[i]);
+    hub_destroy(h);
+    for (int i = 0; i < 11; i++)
+        buf_free(&c[i].wire);
+    teardown();
+}
+
+int main(void)
+{
+    RUN_TEST(default_replay_starts_at_latest_run);
+    RUN_TEST(last_event_id_resumes_without_gap_or_duplicate);
+    RUN_TEST(unplaceable_ids_reset_then_replay_oldest);
+    RUN_TEST(from_live_skips_replay);
+    RUN_TEST(ids_strictly_increase);
+    RUN_TEST(log_is_bounded_by_count_and_bytes);
+    RUN_TEST(slow_subscriber_is_dropped_and_others_get_everything);
+    RUN_TEST(destroy_flushes_everything_before_closing);
+    RUN_TEST(heartbeat_reaches_idle_streams_only);
+    RUN_TEST(subscriber_limit_is_enforced);
+    return test_report("test_hub");
+}

@@ -1,0 +1,259 @@
+/* Unit tests for the run state machine (run.c) with the real limiter, session
+ * table and hub, and a fake upstream whose calls the test ends by hand. */
+#include "../../src/hub.c"
+#include "../../src/run.c"
+
+#include "test.h"
+
+/* ---- fake connection (no subscribers in these tests) ---------------------- */
+int conn_stream_begin(struct conn *c, int status, const char *headers, int chunked,
+                      conn_close_cb on_close, void *arg) { return -ENOTCONN; }
+int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
+                      conn_write_cb on_done, void *arg) { return -ENOTCONN; }
+size_t conn_write_queue_bytes(const struct conn *c) { return 0; }
+void conn_close(struct conn *c, int abort) {}
+
+/* ---- fake upstream ------------------------------------------------------- */
+struct upstream_call {
+    void *arg;
+    int cancelled;
+};
+static struct upstream_call calls[64];
+static int calls_started, calls_cancelled;
+
+struct upstream_call *upstream_call_start(const struct upstream_request *req,
+                                          const struct upstream_callbacks *cb, void *arg, int *err)
+{
+    struct upstream_call *c = &calls[calls_started++];
+    c->arg = arg;
+    c->cancelled = 0;
+    return c;
+}
+
+void upstream_call_cancel(struct upstream_call *call)
+{
+    CHECK(!call->cancelled); /* at most once */
+    call->cancelled = 1;
+    calls_cancelled++;
+}
+
+static uv_loop_t loop;
+
+static void setup(int max_concurrent)
+{
+    log_configure(LOG_ERROR, LOG_TEXT);
+    uv_loop_init(&loop);
+    struct hub_config hc = {.history = 1000, .history_bytes = 1 << 22,
+                            .subscriber_buffer = 1 << 20, .retry_ms = 1000, .max_subscribers = 10};
+    hub_init(&loop, &hc);
+    struct limiter_config lc = {.max_concurrent = max_concurrent, .queue_timeout_ms = 100000};
+    limiter_init(&loop, &lc);
+    struct session_config sc = {.max_sessions = 100, .ttl_ms = 0};
+    session_table_init(&loop, &sc);
+    memset(calls, 0, sizeof(calls));
+    memset(outcomes, 0, sizeof(outcomes));
+    calls_started = calls_cancelled = 0;
+}
+
+static void teardown(void)
+{
+    session_table_shutdown("shutdown");
+    CHECK_EQ(limiter_active(), 0);
+    CHECK_EQ(limiter_queued(), 0);
+    CHECK_EQ(run_count_active(), 0);
+    limiter_shutdown();
+    hub_shutdown();
+    uv_run(&loop, UV_RUN_DEFAULT);
+    CHECK_EQ(uv_loop_close(&loop), 0);
+    CHECK_EQ(hub_total_frames(), 0);
+}
+
+static struct session *new_session(const char *id)
+{
+    struct session *s = NULL;
+    CHECK_EQ(session_get_or_create("app", "user", id, &s), 0);
+    return s;
+}
+
+static struct run *start(struct session *s)
+{
+    json_t *msg = json_pack("{s:s, s:[{s:s}]}", "role", "user", "parts", "text", "hi");
+    return run_start(s, msg, NULL, 1);
+}
+
+/* The event names in a session's log, space-separated. */
+static void log_events(struct session *s, char *out, size_t size)
+{
+    struct hub *h = s->hub;
+    out[0] = '\0';
+    for (size_t i = 0; i < h->count; i++) {
+        const char *ev = strstr(log_at(h, i)->data, "event: ") + 7;
+        size_t n = strcspn(ev, "\n");
+        strncat(out, ev, n < size - strlen(out) - 2 ? n : 0);
+        strcat(out, " ");
+    }
+}
+
+static void finish(struct run *r, enum upstream_outcome outcome)
+{
+    struct upstream_result res = {.outcome = outcome, .status = 500, .phase = "idle"};
+    snprintf(res.message, sizeof(res.message), "boom");
+    on_end(r, &res);
+}
+
+static void run_starts_at_once_when_a_slot_is_free(void)
+{
+    setup(4);
+    struct session *s = new_session("s1");
+    struct run *r = start(s);
+    CHECK_EQ(r->state, RUN_RUNNING);
+    CHECK_EQ(calls_started, 1);
+    CHECK_EQ(limiter_active(), 1);
+    CHECK(r->started_at > 0);
+    on_event(r, "{\"a\":1}", 7);
+    on_event(r, "{\"a\":2}", 7);
+    finish(r, UPSTREAM_COMPLETED);
+    CHECK_EQ(r->state, RUN_COMPLETED);
+    CHECK_EQ(r->events, 2);
+    CHECK_EQ(limiter_active(), 0);
+    char evs[512];
+    log_events(s, evs, sizeof(evs));
+    CHECK_STREQ(evs, "run.started agent.event agent.event run.completed ");
+    CHECK_EQ(s->hub->run_start_seq, 1);
+    teardown();
+}
+
+static void superseded_run_gets_one_terminal_event(void)
+{
+    setup(4);
+    struct session *s = new_session("s1");
+    struct run *first = start(s);
+    char first_id[24];
+    strcpy(first_id, first->id);
+    struct run *second = start(s);
+    CHECK(s->run == second);
+    CHECK_EQ(second->state, RUN_RUNNING);
+    CHECK_EQ(calls_started, 2);
+    CHECK_EQ(calls_cancelled, 1);
+    CHECK(calls[0].cancelled);
+    CHECK_EQ(limiter_active(), 1);
+    CHECK_EQ(run_count_outcome(RUN_SUPERSEDED), 1);
+    char evs[512];
+    log_events(s, evs, sizeof(evs));
+    CHECK_STREQ(evs, "run.started run.superseded run.started ");
+    char by[64];
+    snprintf(by, sizeof(by), "\"by\":\"%s\"", second->id);
+    CHECK(strstr(log_at(s->hub, 1)->data, by) != NULL);
+    CHECK(strstr(log_at(s->hub, 1)->data, first_id) != NULL);
+    CHECK_EQ(s->hub->run_start_seq, 3);
+    teardown();
+}
+
+static void ten_back_to_back_runs_leave_one_active(void)
+{
+    setup(2);
+    struct session *s = new_session("s1");
+    struct run *r = NULL;
+    for (int i = 0; i < 10; i++)
+        r = start(s);
+    CHECK_EQ(run_count_outcome(RUN_SUPERSEDED), 9);
+    CHECK_EQ(run_count_active(), 1);
+    CHECK_EQ(limiter_active(), 1);
+    CHECK_EQ(calls_cancelled, 9);
+    finish(r, UPSTREAM_COMPLETED);
+    CHECK_EQ(run_count_outcome(RUN_COMPLETED), 1);
+    CHECK_EQ(limiter_active(), 0);
+    teardown();
+}
+
+static void queued_run_starts_when_a_slot_frees(void)
+{
+    setup(1);
+    struct session *a = new_session("a"), *b = new_session("b"), *c = new_session("c");
+    struct run *ra = start(a);
+    struct run *rb = start(b);
+    struct run *rc = start(c);
+    CHECK_EQ(rb->state, RUN_QUEUED);
+    CHECK_EQ(rc->state, RUN_QUEUED);
+    CHECK_EQ(limiter_queued(), 2);
+    CHECK(strstr(log_at(c->hub, 0)->data, "\"position\":2") != NULL);
+    CHECK_EQ(calls_started, 1);
+    /* Cancelling a queued run takes it out of the queue, nothing starts. */
+    run_cancel(rb, "client_request");
+    CHECK_EQ(limiter_queued(), 1);
+    CHECK_EQ(calls_started, 1);
+    finish(ra, UPSTREAM_COMPLETED);
+    CHECK_EQ(rc->state, RUN_RUNNING);
+    CHECK_EQ(calls_started, 2);
+    CHECK_EQ(limiter_queued(), 0);
+    char evs[512];
+    log_events(c, evs, sizeof(evs));
+    CHECK_STREQ(evs, "run.queued run.started ");
+    CHECK_EQ(c->hub->run_start_seq, 1);
+    teardown();
+}
+
+static void every_path_releases_its_slot_exactly_once(void)
+{
+    setup(3);
+    enum upstream_outcome ends[] = {UPSTREAM_COMPLETED, UPSTREAM_UNREACHABLE, UPSTREAM_HTTP,
+                                    UPSTREAM_RATE_LIMITED, UPSTREAM_AGENT_ERROR,
+                                    UPSTREAM_PROTOCOL, UPSTREAM_TIMED_OUT};
+    for (size_t i = 0; i < RC_ARRAY_SIZE(ends); i++) {
+        char id[16];
+        snprintf(id, sizeof(id), "e%zu", i);
+        struct run *r = start(new_session(id));
+        finish(r, ends[i]);
+        CHECK_EQ(limiter_active(), 0);
+    }
+    CHECK_EQ(run_count_outcome(RUN_COMPLETED), 1);
+    CHECK_EQ(run_count_outcome(RUN_FAILED), 5);
+    CHECK_EQ(run_count_outcome(RUN_TIMED_OUT), 1);
+    /* cancelled, superseded, queued then superseded, queued then expired */
+    struct session *s = new_session("x");
+    run_cancel(start(s), "client_request");
+    CHECK_EQ(limiter_active(), 0);
+    start(s);
+    start(s);
+    start(new_session("y"));
+    start(new_session("z"));
+    CHECK_EQ(limiter_active(), 3);
+    struct session *q = new_session("q");
+    struct run *queued = start(q);
+    CHECK_EQ(queued->state, RUN_QUEUED);
+    start(q); /* supersedes the queued run */
+    CHECK_EQ(limiter_queued(), 1);
+    on_queue_expired(&q->run->waiter); /* as the limiter's timer would */
+    CHECK_EQ(q->run->state, RUN_FAILED);
+    CHECK_EQ(limiter_active(), 3);
+    teardown(); /* cancels the three running ones: every slot comes back */
+    CHECK_EQ(run_count_outcome(RUN_CANCELLED), 4);
+}
+
+static void agent_error_carries_detail(void)
+{
+    setup(2);
+    struct session *s = new_session("s");
+    struct run *r = start(s);
+    json_t *detail = json_pack("{s:s}", "error", "ValueError: boom");
+    struct upstream_result res = {.outcome = UPSTREAM_AGENT_ERROR, .detail = detail};
+    on_end(r, &res);
+    json_decref(detail);
+    CHECK_EQ(r->state, RUN_FAILED);
+    const char *data = log_at(s->hub, 1)->data;
+    CHECK(strstr(data, "\"code\":\"agent_error\"") != NULL);
+    CHECK(strstr(data, "\"message\":\"ValueError: boom\"") != NULL);
+    CHECK(strstr(data, "\"detail\":{\"error\":\"ValueError: boom\"}") != NULL);
+    teardown();
+}
+
+int main(void)
+{
+    RUN_TEST(run_starts_at_once_when_a_slot_is_free);
+    RUN_TEST(superseded_run_gets_one_terminal_event);
+    RUN_TEST(ten_back_to_back_runs_leave_one_active);
+    RUN_TEST(queued_run_starts_when_a_slot_frees);
+    RUN_TEST(every_path_releases_its_slot_exactly_once);
+    RUN_TEST(agent_error_carries_detail);
+    return test_report("test_run");
+}
