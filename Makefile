@@ -41,6 +41,11 @@ $(BUILD)/tests/%: tests/unit/%.c tests/unit/test.h $(BUILD)/libruncast.a $(wildc
 	$(CC) $(CFLAGS) -Isrc -o $@ $< $(BUILD)/libruncast.a $(LDFLAGS) $(LDLIBS)
 
 run: $(BUILD)/runcast
+	@echo "runcast on http://127.0.0.1:8000 with the built-in demo agent. Try, in another terminal:"
+	@echo "  curl -N localhost:8000/apps/demo/users/alice/sessions/s1/run &"
+	@echo "  curl -s -X POST localhost:8000/apps/demo/users/alice/sessions/s1/run -H 'Content-Type: application/json' -d '{\"message\": \"hello there\"}'"
+	@echo "  curl -s localhost:8000/task-status"
+	@echo "Stop with Ctrl-C."
 	$(BUILD)/runcast --listen 127.0.0.1:8000 --upstream demo
 
 # Every test: unit binaries, then the integration suite against the real binary.

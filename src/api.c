@@ -8,12 +8,23 @@
 
 #include "hub.h"
 #include "limiter.h"
+#include "metrics.h"
 #include "router.h"
 #include "run.h"
 #include "server.h"
 #include "session.h"
 
 static int draining;
+
+/* Until the console ships: where to look. */
+static const char index_page[] =
+    "<!doctype html><meta charset=utf-8><title>runcast</title>"
+    "<h1>runcast</h1><ul>"
+    "<li><a href=\"/task-status?all=1\">/task-status</a>"
+    "<li><a href=\"/metrics\">/metrics</a>"
+    "<li><a href=\"/healthz\">/healthz</a>"
+    "</ul><p>POST a message to /apps/{app}/users/{user}/sessions/{session}/run "
+    "and read the same path as an event stream.</p>\n";
 
 void api_set_draining(int value)
 {
@@ -338,10 +349,20 @@ void api_handle_request(struct conn *c, const struct http_request *req, void *da
         else
             respond_json_steal(c, 200, json_pack("{s:s}", "status", "ready"));
         break;
-    case ROUTE_METRICS:
+    case ROUTE_METRICS: {
+        struct buf text = {0};
+        metrics_render(&text);
+        conn_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, text.data, text.len);
+        buf_free(&text);
+        break;
+    }
     case ROUTE_CONSOLE:
+        conn_respond(c, 200, "text/html; charset=utf-8",
+                     "Content-Security-Policy: default-src 'none'\r\n", index_page,
+                     sizeof(index_page) - 1);
+        break;
     default:
-        conn_respond_error(c, 404, "not_found", "not available yet", NULL);
+        conn_respond_error(c, 404, "not_found", "no such route", NULL);
         break;
     }
 }

@@ -132,7 +132,8 @@ struct demo_session {
     size_t key_len;
     const char *app, *user, *id; /* into key */
     double created_at;     /* wall seconds (lastUpdateTime) */
-    uint64_t run_calls;    /* /run_sse calls received for it (for !status=CODExN) */
+    uint64_t status_text_hash; /* !status=CODExN: the message being refused... */
+    uint64_t status_count;     /* ...and how many calls in a row carried it */
 };
 
 struct session_table {
@@ -238,6 +239,29 @@ static struct demo_session *session_add(struct session_table *t, const char *app
     while (t->count > DEMO_MAX_SESSIONS)
         session_remove(t, container_of(t->by_age.next, struct demo_session, age_node));
     return s;
+}
+
+/* !status=CODExN: counts this call among the calls in a row that carry the
+ * same message (the gateway's retries of it). Returns 1 while the count is
+ * at most n (answer with the status); the call after that runs normally and
+ * the count starts over. n == 0 (a call without CODExN) ends the row. */
+static int session_status_turn(struct demo_session *s, const char *text, uint64_t n)
+{
+    if (n == 0) {
+        s->status_count = 0;
+        return 0;
+    }
+    uint64_t h = key_hash(text, strlen(text));
+    if (s->status_count > 0 && s->status_text_hash == h) {
+        s->status_count++;
+    } else {
+        s->status_text_hash = h;
+        s->status_count = 1;
+    }
+    if (s->status_count <= n)
+        return 1;
+    s->status_count = 0;
+    return 0;
 }
 
 static void session_table_free(struct session_table *t)
@@ -540,7 +564,6 @@ struct demo_run {
     uint64_t call_id;
     struct demo_directives dir;
     int status_answer;  /* !status to answer after !delay; 0: stream */
-    int streaming;      /* the request's "streaming" */
     char *echo;         /* "Echo: <words>" */
     size_t echo_len;
     size_t echo_pos;    /* start of the next word to stream */
@@ -602,7 +625,7 @@ static void run_on_conn_close(struct conn *c, void *arg)
 static void frame_append_json(struct buf *out, json_t *obj)
 {
     buf_append(out, "data: ", 6);
-    json_dump_callback(obj, json_buf_append, out, JSON_COMPACT);
+    json_dump_callback(obj, json_buf_append, out, JSON_COMPACT | JSON_REAL_PRECISION(16));
     buf_append(out, "\n\n", 2);
 }
 
@@ -716,6 +739,13 @@ static int run_flush(struct demo_run *run, struct buf *out)
 static void run_end(struct demo_run *run)
 {
     struct conn *c = run->conn;
+    /* An empty write only checks the conn: when it is already closing (the
+     * peer left, its close callback not yet delivered), ending the stream
+     * would not be certain to cancel that callback, so let it come. */
+    if (conn_stream_write_copy(c, "", 0) != 0) {
+        run_release(run);
+        return;
+    }
     run->conn = NULL; /* conn_stream_end() never calls the close callback */
     call_set_state(call_get(run->demo, run->call_id), CALL_FINISHED);
     run_release(run);
@@ -855,7 +885,6 @@ static void run_start(struct demo *d, struct conn *c, struct demo_call *call,
     run->dir = *dir;
     dir->error = NULL;
     run->status_answer = status_answer;
-    run->streaming = streaming;
     run->prompt_words = prompt_words;
     struct buf echo = {0};
     buf_append_str(&echo, words->len ? "Echo: " : "Echo:");
@@ -1074,9 +1103,9 @@ static void demo_run_sse(struct demo *d, struct conn *c, const struct http_reque
         struct demo_directives dir = {.bytes = 16, .cut_after = -1};
         struct buf words = {0};
         uint64_t prompt_words = directives_parse(text.data ? text.data : "", &dir, &words);
-        s->run_calls++;
-        int status = dir.status && (dir.status_calls == 0 || s->run_calls <= dir.status_calls)
-                         ? dir.status : 0;
+        int refused = session_status_turn(s, text.data ? text.data : "",
+                                          dir.status ? dir.status_calls : 0);
+        int status = dir.status && (dir.status_calls == 0 || refused) ? dir.status : 0;
         if (dir.forget)
             session_remove(&d->sessions, s);
         run_start(d, c, call, &dir, &words, prompt_words, streaming, status);
@@ -1333,6 +1362,7 @@ int demo_start_thread(const struct demo_config *cfg, int *port_out)
         uv_loop_close(&demo_thread.loop);
         return rc;
     }
+    json_object_seed(0); /* jansson's one global, set before a second thread uses it */
     rc = uv_thread_create(&demo_thread.thread, demo_thread_main, NULL);
     if (rc != 0) {
         uv_sem_destroy(&demo_thread.ready);

@@ -18,32 +18,35 @@
 /* One encoded event, shared by every subscriber. */
 struct frame {
     uint32_t refs;
-    uint64_t seq;
-    uint64_t offset_end; /* bytes published by the hub up to and including this frame */
+    uint64_t seq; /* 0 for a frame outside the log (one subscriber's preamble) */
     size_t len;
     char data[];
 };
 
 struct subscriber;
 
-/* One stream write: a batch of frames (or a static keepalive/head) in flight. */
+/* One stream write in flight: the frames it carries, one reference each. */
 struct sub_write {
+    struct list link;       /* in sub->writes while the subscriber lives */
     struct subscriber *sub; /* NULL once the subscriber is gone */
     unsigned nframes;
     struct frame *frames[];
 };
 
+/* A subscriber is a cursor into its hub's log plus the frames it has been
+ * given but not yet handed to its connection. While it replays, it reads
+ * from the log; once caught up, every publish gives it a reference at once,
+ * so eviction from the log can never make a live subscriber miss an event. */
 struct subscriber {
     struct list hub_link; /* in hub->subscribers */
     struct list all_link; /* in the loop-wide list the heartbeat walks */
-    struct hub *hub;
+    struct hub *hub;      /* NULL once the hub is destroyed */
     struct conn *conn;
-    uint64_t next_seq;      /* next frame to hand to the connection */
-    uint64_t handed_offset; /* hub bytes published before next_seq */
-    uint64_t join_offset;   /* hub bytes published when it subscribed: the
-                               replay backlog is the log's, not this subscriber's */
-    struct sub_write *inflight;
-    struct frame *preamble; /* bytes for this subscriber only, sent before the next batch */
+    uint64_t next_seq;    /* next frame this subscriber needs */
+    struct frame **queue; /* referenced, not yet handed to the connection */
+    unsigned queued, queue_cap;
+    size_t queued_bytes;
+    struct list writes;   /* struct sub_write in flight; a completion is "proceed" */
     int wrote_since_tick;
 };
 
@@ -52,7 +55,6 @@ struct hub {
     size_t capacity, first, count;
     size_t bytes;        /* bytes of the frames in the log */
     uint64_t last_seq;   /* seq of the newest frame, 0 when none yet */
-    uint64_t published_bytes;
     uint64_t run_start_seq; /* first frame of the latest run, 0 when none */
     uint32_t epoch;      /* incarnation: ids from another hub are foreign */
     struct list subscribers;
@@ -72,9 +74,31 @@ static uint32_t epoch_next;
 static struct buf encode_scratch;
 
 static const char keepalive_comment[] = ": keepalive\n\n";
+static struct frame *keepalive_frame; /* shared by every idle stream */
 
-static void subscriber_flush(struct subscriber *s);
+static void subscriber_offer(struct subscriber *s, struct frame *f);
 static void heartbeat_cb(uv_timer_t *t);
+
+static void frame_release(struct frame *f)
+{
+    if (--f->refs == 0) {
+        total_frames--;
+        free(f);
+    }
+}
+
+/* A frame outside the log, for bytes sent to one subscriber only. */
+static struct frame *frame_private(const char *data, size_t len)
+{
+    struct frame *f = xmalloc(sizeof(*f) + len);
+    f->refs = 1;
+    f->seq = 0;
+    f->len = len;
+    memcpy(f->data, data, len);
+    total_frames++;
+    return f;
+}
+
 
 void hub_init(uv_loop_t *loop, const struct hub_config *cfg)
 {
@@ -82,6 +106,7 @@ void hub_init(uv_loop_t *loop, const struct hub_config *cfg)
     list_init(&all_subscribers);
     if (uv_random(NULL, NULL, &epoch_next, sizeof(epoch_next), 0, NULL) != 0)
         epoch_next = (uint32_t)(uv_hrtime() ^ (uint64_t)uv_os_getpid());
+    keepalive_frame = frame_private(keepalive_comment, sizeof(keepalive_comment) - 1);
     uv_timer_init(loop, &heartbeat_timer);
     uv_unref((uv_handle_t *)&heartbeat_timer);
     if (config.heartbeat_ms > 0)
@@ -93,14 +118,8 @@ void hub_shutdown(void)
     uv_timer_stop(&heartbeat_timer);
     uv_close((uv_handle_t *)&heartbeat_timer, NULL);
     buf_free(&encode_scratch);
-}
-
-static void frame_release(struct frame *f)
-{
-    if (--f->refs == 0) {
-        total_frames--;
-        free(f);
-    }
+    frame_release(keepalive_frame);
+    keepalive_frame = NULL;
 }
 
 struct hub *hub_create(void)
@@ -185,8 +204,6 @@ uint64_t hub_publish(struct hub *h, const char *event, const char *data, size_t 
     f->seq = seq;
     f->len = encode_scratch.len;
     memcpy(f->data, encode_scratch.data, encode_scratch.len);
-    h->published_bytes += f->len;
-    f->offset_end = h->published_bytes;
     h->last_seq = seq;
     if (run_start)
         h->run_start_seq = seq;
@@ -195,7 +212,7 @@ uint64_t hub_publish(struct hub *h, const char *event, const char *data, size_t 
 
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &h->subscribers)
-        subscriber_flush(container_of(pos, struct subscriber, hub_link));
+        subscriber_offer(container_of(pos, struct subscriber, hub_link), f);
     return seq;
 }
 
@@ -207,22 +224,6 @@ static void subscriber_drop(struct subscriber *s, enum hub_drop_reason reason)
     conn_close(s->conn, 0); /* runs subscriber_on_close, which frees s */
 }
 
-static void subscriber_on_close(struct conn *c, void *arg)
-{
-    struct subscriber *s = arg;
-    if (s->inflight)
-        s->inflight->sub = NULL;
-    if (s->hub) {
-        list_remove(&s->hub_link);
-        s->hub->subscriber_count--;
-    }
-    list_remove(&s->all_link);
-    total_subscribers--;
-    if (s->preamble)
-        frame_release(s->preamble);
-    free(s);
-}
-
 static void sub_write_free(struct sub_write *w)
 {
     for (unsigned i = 0; i < w->nframes; i++)
@@ -230,126 +231,151 @@ static void sub_write_free(struct sub_write *w)
     free(w);
 }
 
-static void write_done(struct conn *c, void *arg, int status)
+static void subscriber_on_close(struct conn *c, void *arg)
 {
-    struct sub_write *w = arg;
-    struct subscriber *s = w->sub;
-    sub_write_free(w);
-    if (s == NULL)
-        return;
-    s->inflight = NULL;
-    if (status < 0) {
-        conn_close(s->conn, 1);
-        return;
+    struct subscriber *s = arg;
+    while (!list_empty(&s->writes)) {
+        struct sub_write *w = container_of(s->writes.next, struct sub_write, link);
+        w->sub = NULL;
+        list_remove(&w->link);
     }
-    if (s->hub)
-        subscriber_flush(s);
+    if (s->hub) {
+        list_remove(&s->hub_link);
+        s->hub->subscriber_count--;
+    }
+    list_remove(&s->all_link);
+    total_subscribers--;
+    for (unsigned i = 0; i < s->queued; i++)
+        frame_release(s->queue[i]);
+    free(s->queue);
+    free(s);
 }
 
-/* Bytes this subscriber still has to receive that sit in runcast: live
- * events published but not yet handed over, plus what libuv could not write
- * to the kernel. */
-static uint64_t subscriber_unsent_bytes(const struct subscriber *s)
+static void subscriber_enqueue(struct subscriber *s, struct frame *f)
 {
-    uint64_t from = s->handed_offset > s->join_offset ? s->handed_offset : s->join_offset;
-    return s->hub->published_bytes - from + conn_write_queue_bytes(s->conn);
+    if (s->queued == s->queue_cap) {
+        s->queue_cap = s->queue_cap ? s->queue_cap * 2 : 8;
+        s->queue = xrealloc(s->queue, s->queue_cap * sizeof(*s->queue));
+    }
+    f->refs++;
+    s->queue[s->queued++] = f;
+    s->queued_bytes += f->len;
 }
 
-/* Bytes the hub published before seq (seq retained, or last_seq + 1). */
-static uint64_t offset_before(const struct hub *h, uint64_t seq)
+/* Bytes this subscriber still has to receive that sit in runcast: frames
+ * given to it but not handed over, plus what libuv could not write to the
+ * kernel. The replay backlog is not counted: it is the log's, not a copy. */
+static size_t subscriber_unsent_bytes(const struct subscriber *s)
 {
-    const struct frame *f = log_find(h, seq);
-    return f ? f->offset_end - f->len : h->published_bytes;
+    return s->queued_bytes + conn_write_queue_bytes(s->conn);
 }
 
-/* A frame outside the log (seq 0), for bytes sent to one subscriber only. */
-static struct frame *frame_private(const char *data, size_t len)
-{
-    struct frame *f = xmalloc(sizeof(*f) + len);
-    f->refs = 1;
-    f->seq = 0;
-    f->offset_end = 0;
-    f->len = len;
-    memcpy(f->data, data, len);
-    total_frames++;
-    return f;
-}
-
-/* Takes the preamble and up to max_frames frames (and about max_bytes, at
- * least one frame) from the subscriber's cursor into a new write holding a
- * reference to each. Returns NULL when there is nothing to send. */
-static struct sub_write *subscriber_take_batch(struct subscriber *s, uint64_t max_frames,
-                                               size_t max_bytes)
+/* Moves the subscriber's queued frames into a new write, followed, while it
+ * is still replaying, by up to max_frames / about max_bytes frames from the
+ * log (frames are queued only once it has caught up, so the order holds).
+ * Returns NULL when there is nothing to send; *lagged is set when the next
+ * frame it needs was evicted before it could be sent. */
+static struct sub_write *subscriber_take_batch(struct subscriber *s, size_t max_frames,
+                                               size_t max_bytes, int *lagged)
 {
     struct hub *h = s->hub;
-    uint64_t pending = h->last_seq + 1 - s->next_seq;
-    if (pending > max_frames)
-        pending = max_frames;
-    size_t nframes = (size_t)pending + (s->preamble != NULL);
-    if (nframes == 0)
+    uint64_t behind = h->last_seq + 1 - s->next_seq;
+    *lagged = behind > 0 && log_find(h, s->next_seq) == NULL;
+    if (*lagged)
         return NULL;
-    struct sub_write *w = xmalloc(sizeof(*w) + nframes * sizeof(w->frames[0]));
+    if (behind > max_frames)
+        behind = max_frames;
+    if (s->queued == 0 && behind == 0)
+        return NULL;
+    struct sub_write *w = xmalloc(sizeof(*w) + (s->queued + (size_t)behind) * sizeof(w->frames[0]));
+    memcpy(w->frames, s->queue, s->queued * sizeof(w->frames[0]));
+    w->nframes = s->queued;
     w->sub = NULL;
-    w->nframes = 0;
-    if (s->preamble) {
-        w->frames[w->nframes++] = s->preamble;
-        s->preamble = NULL;
-    }
-    size_t bytes = 0;
-    for (uint64_t i = 0; i < pending && (i == 0 || bytes < max_bytes); i++) {
+    list_init(&w->link);
+    size_t bytes = s->queued_bytes;
+    s->queued = 0;
+    s->queued_bytes = 0;
+    for (uint64_t i = 0; i < behind && (i == 0 || bytes < max_bytes); i++) {
         struct frame *f = log_find(h, s->next_seq++);
         f->refs++;
         bytes += f->len;
         w->frames[w->nframes++] = f;
-        s->handed_offset = f->offset_end;
     }
     return w;
 }
 
+static void write_done(struct conn *c, void *arg, int status);
+
 /* Queues w's frames on conn with one vectored write. Returns 0, or a
- * negative errno when the connection is closing (w is then released here). */
+ * negative errno when the connection is closing (w is then freed here). */
 static int sub_write_send(struct conn *conn, struct sub_write *w)
 {
-    uv_buf_t small[HUB_MAX_BATCH + 1];
+    uv_buf_t small[HUB_MAX_BATCH + 2];
     uv_buf_t *bufs = w->nframes <= RC_ARRAY_SIZE(small) ? small : xmalloc(w->nframes * sizeof(*bufs));
     for (unsigned i = 0; i < w->nframes; i++)
         bufs[i] = uv_buf_init(w->frames[i]->data, (unsigned)w->frames[i]->len);
     int err = conn_stream_write(conn, bufs, w->nframes, write_done, w);
     if (bufs != small)
         free(bufs);
+    if (err < 0)
+        sub_write_free(w);
     return err;
 }
 
-/* Hands the next batch to the connection unless a write is in flight (its
- * completion calls back here). Drops the subscriber when it cannot keep up.
- * May free s. */
+/* Hands the next batch to the connection, unless the connection is backed
+ * up (libuv holds bytes the kernel has not taken): then the completion of a
+ * write in flight calls back here. May free s (a lagging subscriber is
+ * dropped). */
 static void subscriber_flush(struct subscriber *s)
 {
-    struct hub *h = s->hub;
-    if (subscriber_unsent_bytes(s) > config.subscriber_buffer) {
-        subscriber_drop(s, HUB_DROP_SLOW);
+    if (!list_empty(&s->writes) && conn_write_queue_bytes(s->conn) > 0)
         return;
-    }
-    if (s->inflight)
-        return;
-    if (s->next_seq <= h->last_seq && log_find(h, s->next_seq) == NULL) {
+    int lagged;
+    struct sub_write *w = subscriber_take_batch(s, HUB_MAX_BATCH, HUB_MAX_BATCH_BYTES, &lagged);
+    if (lagged) {
         subscriber_drop(s, HUB_DROP_LAGGED);
         return;
     }
-    struct sub_write *w = subscriber_take_batch(s, HUB_MAX_BATCH, HUB_MAX_BATCH_BYTES);
     if (w == NULL)
         return;
     w->sub = s;
-    s->inflight = w;
+    list_insert_tail(&s->writes, &w->link);
     s->wrote_since_tick = 1;
-    int err = sub_write_send(s->conn, w);
-    if (err < 0) {
-        /* The connection is closing and took nothing: its close callback
-         * frees s (or already did, clearing w->sub). */
-        if (w->sub)
-            w->sub->inflight = NULL;
-        sub_write_free(w);
+    /* On error the connection is closing: w is freed, and so is s by the
+     * close callback, which already ran or will run. */
+    sub_write_send(s->conn, w);
+}
+
+static void write_done(struct conn *c, void *arg, int status)
+{
+    struct sub_write *w = arg;
+    struct subscriber *s = w->sub;
+    list_remove(&w->link);
+    sub_write_free(w);
+    if (s == NULL)
+        return;
+    if (status < 0)
+        conn_close(s->conn, 1);
+    else if (s->hub)
+        subscriber_flush(s);
+}
+
+/* Gives a newly published frame to a subscriber that is caught up, and
+ * drops the subscriber when its unsent bytes pass the buffer. */
+static void subscriber_offer(struct subscriber *s, struct frame *f)
+{
+    if (s->next_seq == f->seq) {
+        subscriber_enqueue(s, f);
+        s->next_seq++;
     }
+    /* Only a connection that is backed up can be too slow: bytes queued in
+     * one loop iteration for a socket that takes everything are in transit. */
+    if (conn_write_queue_bytes(s->conn) > 0 &&
+        subscriber_unsent_bytes(s) > config.subscriber_buffer) {
+        subscriber_drop(s, HUB_DROP_SLOW);
+        return;
+    }
+    subscriber_flush(s);
 }
 
 static void heartbeat_cb(uv_timer_t *t)
@@ -357,8 +383,8 @@ static void heartbeat_cb(uv_timer_t *t)
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &all_subscribers) {
         struct subscriber *s = container_of(pos, struct subscriber, all_link);
-        if (s->hub && !s->wrote_since_tick && !s->inflight) {
-            s->preamble = frame_private(keepalive_comment, sizeof(keepalive_comment) - 1);
+        if (s->hub && !s->wrote_since_tick && list_empty(&s->writes) && s->queued == 0) {
+            subscriber_enqueue(s, keepalive_frame);
             subscriber_flush(s);
         }
         s->wrote_since_tick = 0;
@@ -432,6 +458,7 @@ int hub_subscribe(struct hub *h, struct conn *conn, const char *last_event_id, i
     }
     s->hub = h;
     s->conn = conn;
+    list_init(&s->writes);
     list_insert_tail(&h->subscribers, &s->hub_link);
     list_insert_tail(&all_subscribers, &s->all_link);
     h->subscriber_count++;
@@ -439,9 +466,6 @@ int hub_subscribe(struct hub *h, struct conn *conn, const char *last_event_id, i
 
     const char *reset_reason;
     s->next_seq = start_position(h, last_event_id, from_live, &reset_reason);
-    s->handed_offset = offset_before(h, s->next_seq);
-    s->join_offset = h->published_bytes;
-
     struct buf pre = {0};
     buf_printf(&pre, "retry: %" PRIu64 "\n\n", config.retry_ms);
     if (reset_reason) {
@@ -449,8 +473,10 @@ int hub_subscribe(struct hub *h, struct conn *conn, const char *last_event_id, i
         int n = snprintf(data, sizeof(data), "{\"reason\":\"%s\"}", reset_reason);
         sse_encode(&pre, NULL, "stream.reset", data, (size_t)n);
     }
-    s->preamble = frame_private(pre.data, pre.len);
+    struct frame *preamble = frame_private(pre.data, pre.len);
     buf_free(&pre);
+    subscriber_enqueue(s, preamble);
+    frame_release(preamble);
     subscriber_flush(s);
     return 0;
 }
@@ -480,11 +506,14 @@ void hub_destroy(struct hub *h)
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &h->subscribers) {
         struct subscriber *s = container_of(pos, struct subscriber, hub_link);
-        /* Everything published goes out before the graceful close; this
-         * write completes after s is gone, so it carries no subscriber. */
-        struct sub_write *w = subscriber_take_batch(s, UINT64_MAX, SIZE_MAX);
-        if (w && sub_write_send(s->conn, w) < 0)
-            sub_write_free(w);
+        /* Everything published goes out before the graceful close. These
+         * writes may complete after s is gone, so they carry no subscriber. */
+        int lagged = 0;
+        struct sub_write *w;
+        while (!lagged && (w = subscriber_take_batch(s, SIZE_MAX, SIZE_MAX, &lagged)) != NULL) {
+            if (sub_write_send(s->conn, w) < 0)
+                break;
+        }
         list_remove(&s->hub_link);
         s->hub = NULL;
         conn_close(s->conn, 0);

@@ -17,6 +17,7 @@
 #include "hub.h"
 #include "limiter.h"
 #include "log.h"
+#include "run.h"
 #include "server.h"
 #include "session.h"
 #include "upstream.h"
@@ -128,6 +129,7 @@ int main(int argc, char **argv)
         .queue_timeout_ms = cfg.queue_timeout_ms,
     };
     limiter_init(loop, &lc);
+    run_configure(cfg.delay_alert_ms);
     struct session_config sc = {.max_sessions = cfg.max_sessions, .ttl_ms = cfg.session_ttl_ms};
     session_table_init(loop, &sc);
 

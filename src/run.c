@@ -11,9 +11,11 @@
 
 #include "hub.h"
 #include "log.h"
+#include "metrics.h"
 #include "session.h"
 #include "upstream.h"
 
+static uint64_t delay_alert_ns;
 static uint64_t id_counter;
 static uint32_t id_base;
 static size_t active_runs;
@@ -35,6 +37,11 @@ static const char *state_events[RUN_STATES] = {
     [RUN_CANCELLED] = "run.cancelled", [RUN_TIMED_OUT] = "run.timed_out",
     [RUN_SUPERSEDED] = "run.superseded",
 };
+
+void run_configure(uint64_t delay_alert_ms)
+{
+    delay_alert_ns = delay_alert_ms * 1000000u;
+}
 
 const char *run_state_name(enum run_state state)
 {
@@ -105,6 +112,7 @@ static void run_transition(struct run *r, enum run_state to, json_t *data)
         limiter_leave(&r->waiter);
         active_runs--;
         outcomes[to]++;
+        metrics_observe(METRICS_RUN_DURATION, (double)(now_ns - r->registered_ns) / 1e9);
         if (to == RUN_COMPLETED)
             json_object_set_new(data, "duration_ms",
                                 json_integer((json_int_t)((now_ns - r->started_ns) / 1000000)));
@@ -141,9 +149,20 @@ static void on_session_ready(void *arg)
     r->session->upstream_ready = 1;
 }
 
+/* The metric that would have caught the original bug: how long a registered
+ * run waited before its request reached the network. */
 static void on_request_sent(void *arg)
 {
-    RC_UNUSED(arg);
+    struct run *r = arg;
+    uint64_t now_ns = time_mono_ns();
+    uint64_t delay_ns = now_ns - r->registered_ns;
+    r->sent_ns = now_ns;
+    metrics_observe(METRICS_TASK_EXECUTION_DELAY, (double)delay_ns / 1e9);
+    if (delay_alert_ns > 0 && delay_ns > delay_alert_ns) {
+        char ms[32];
+        log_event(LOG_WARN, "run.start_delayed", "session", r->session->id, "run", r->id,
+                  "delay_ms", ms_text(ms, sizeof(ms), delay_ns), NULL);
+    }
 }
 
 static void on_event(void *arg, const char *json, size_t len)
@@ -151,9 +170,12 @@ static void on_event(void *arg, const char *json, size_t len)
     struct run *r = arg;
     if (r->events++ == 0) {
         char ms[32];
+        uint64_t after_ns = time_mono_ns() - (r->sent_ns ? r->sent_ns : r->started_ns);
+        metrics_observe(METRICS_TIME_TO_FIRST_EVENT, (double)after_ns / 1e9);
         log_event(LOG_INFO, "run.first_event", "session", r->session->id, "run", r->id,
-                  "after_ms", ms_text(ms, sizeof(ms), time_mono_ns() - r->started_ns), NULL);
+                  "after_ms", ms_text(ms, sizeof(ms), after_ns), NULL);
     }
+    metrics_count_event();
     hub_publish(r->session->hub, "agent.event", json, len, 0);
     session_touch(r->session);
 }
@@ -175,17 +197,21 @@ static void on_end(void *arg, const struct upstream_result *res)
         data = json_pack("{s:I}", "events", (json_int_t)r->events);
         break;
     case UPSTREAM_UNREACHABLE:
+        metrics_count_upstream_error(METRICS_UPSTREAM_UNREACHABLE);
         data = failure("upstream_unreachable", res->message);
         break;
     case UPSTREAM_HTTP:
+        metrics_count_upstream_error(METRICS_UPSTREAM_HTTP);
         data = failure("upstream_http", res->message);
         json_object_set_new(data, "status", json_integer(res->status));
         break;
     case UPSTREAM_RATE_LIMITED:
+        metrics_count_upstream_error(METRICS_UPSTREAM_RATE_LIMITED);
         data = failure("rate_limited", res->message);
         json_object_set_new(data, "status", json_integer(res->status));
         break;
     case UPSTREAM_AGENT_ERROR: {
+        metrics_count_upstream_error(METRICS_UPSTREAM_AGENT_ERROR);
         json_t *err = res->detail ? json_object_get(res->detail, "error") : NULL;
         data = failure("agent_error", json_is_string(err) ? json_string_value(err) : res->message);
         if (res->detail)
@@ -193,9 +219,11 @@ static void on_end(void *arg, const struct upstream_result *res)
         break;
     }
     case UPSTREAM_PROTOCOL:
+        metrics_count_upstream_error(METRICS_UPSTREAM_PROTOCOL);
         data = failure("upstream_protocol", res->message);
         break;
     case UPSTREAM_TIMED_OUT:
+        metrics_count_upstream_error(METRICS_UPSTREAM_TIMEOUT);
         to = RUN_TIMED_OUT;
         data = json_pack("{s:s}", "phase", res->phase ? res->phase : "total");
         break;

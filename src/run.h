@@ -40,7 +40,7 @@ struct run {
     struct session *session;
     enum run_state state;
     double created_at, started_at, ended_at; /* wall clock seconds; 0 = not yet */
-    uint64_t registered_ns, started_ns;
+    uint64_t registered_ns, started_ns, sent_ns; /* monotonic; 0 = not yet */
     uint64_t events;          /* agent events relayed */
     struct json_t *new_message; /* owned until the upstream call is started */
     struct json_t *state_delta;
@@ -49,6 +49,9 @@ struct run {
     struct upstream_call *call;
     struct limiter_waiter waiter;
 };
+
+/* A warning is logged when a run's start delay passes this (0: never). */
+void run_configure(uint64_t delay_alert_ms);
 
 /* Registers a new run as the session's current run: the previous active run
  * (if any) ends as superseded first, then the new run starts or queues. Takes

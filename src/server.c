@@ -7,6 +7,9 @@
  * be using it: a conn is marked CONN_CLOSING, its handles are closed, and its
  * memory goes only from the last of these callbacks: the two handle close
  * callbacks and every write/shutdown callback (see conn_maybe_free()).
+ * A stream's owner hears of the close once, synchronously, when the conn
+ * starts closing for whatever reason (see conn_notify_close()); from then on
+ * every conn_* call on it is a harmless no-op or error.
  *
  * A conn's life:
  *
@@ -19,8 +22,8 @@
  * returns; it may also answer later (src/demo.c does, for !delay): the conn
  * then "owes an answer", parses nothing more until it comes, and its memory
  * stays valid until the owner answers (conn_respond*() on a closed conn is a
- * no-op, conn_stream_begin() fails) or server_close() runs, even if the peer
- * left meanwhile.
+ * no-op, conn_stream_begin() fails), calls conn_close(), or server_close()
+ * runs, even if the peer left meanwhile.
  *
  * Timers. One uv_timer_t per conn, whose meaning is conn->timer_mode: the
  * keep-alive idle timeout between requests, the head timeout from the first
@@ -42,6 +45,7 @@
 #include <arpa/inet.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -56,8 +60,6 @@
  * and resume when it is down to WRITE_QUEUE_LOW. */
 #define WRITE_QUEUE_HIGH (1024 * 1024)
 #define WRITE_QUEUE_LOW (256 * 1024)
-/* A drained read buffer bigger than this is released rather than kept. */
-#define RBUF_KEEP 4096
 /* A graceful close gets this long to flush queued writes before it resets. */
 #define CLOSE_FLUSH_MS 5000
 /* After an error response, unread request bytes are drained (and dropped)
@@ -86,7 +88,7 @@ struct server {
     uv_timer_t accept_timer;  /* accept back-off; open from start to close */
     int listen_fd;            /* our dup of the listening socket, -1 once stopped */
     int port;
-    char host[64];
+    char host[256];
     struct server_config cfg; /* cfg.host points to host */
     struct http_limits limits;
     server_request_cb on_request;
@@ -146,6 +148,7 @@ struct conn_write {
 };
 
 static void conn_process(struct conn *c, const char *data, size_t len);
+static void conn_begin_close(struct conn *c, int abort);
 static void conn_close_handles(struct conn *c, int reset);
 static void conn_maybe_free(struct conn *c);
 static void server_maybe_free(struct server *s);
@@ -245,7 +248,7 @@ static void conn_on_write(uv_write_t *req, int status)
     if (on_done)
         on_done(c, arg, status);
     if (status < 0)
-        conn_close(c, 1);
+        conn_begin_close(c, 1);
     else
         conn_maybe_resume(c);
     conn_maybe_free(c);
@@ -319,7 +322,7 @@ static void conn_send_response(struct conn *c, int status, const char *content_t
         memcpy(w->data + head_len, body, body_len);
     int rc = conn_submit_data(c, w, (size_t)head_len + body_len);
     if (rc < 0 || closing)
-        conn_close(c, rc < 0);
+        conn_begin_close(c, rc < 0);
 }
 
 static void conn_send_error(struct conn *c, int status, const char *code, const char *message)
@@ -417,11 +420,12 @@ static void conn_process(struct conn *c, const char *data, size_t len)
             break;
         }
         if (n == 0) {
-            if (req.head_len && req.expect_continue && !c->continue_sent) {
+            if (req.head_len && req.expect_continue && req.version_minor == 1 &&
+                !c->continue_sent) {
                 c->continue_sent = 1;
                 static const char cont[] = "HTTP/1.1 100 Continue\r\n\r\n";
                 if (conn_send_copy(c, cont, sizeof(cont) - 1) < 0)
-                    conn_close(c, 1);
+                    conn_begin_close(c, 1);
             }
             http_request_free(&req);
             break;
@@ -444,8 +448,8 @@ static void conn_process(struct conn *c, const char *data, size_t len)
     } else {
         buf_consume(&c->rbuf, off);
     }
-    if (c->rbuf.len == 0 && c->rbuf.cap > RBUF_KEEP)
-        buf_free(&c->rbuf);
+    if (c->rbuf.len == 0)
+        buf_free(&c->rbuf); /* an idle conn holds no buffer */
     if (c->state == CONN_READING)
         conn_arm_reading_timer(c);
 }
@@ -457,7 +461,7 @@ static void conn_on_read_end(struct conn *c, ssize_t err)
     switch ((enum conn_state)c->state) {
     case CONN_READING:
         if (err != UV_EOF) {
-            conn_close(c, 1);
+            conn_begin_close(c, 1);
         } else if (c->awaiting) {
             c->close_after = 1; /* answer the pending request, then close */
         } else {
@@ -466,11 +470,11 @@ static void conn_on_read_end(struct conn *c, ssize_t err)
             if (c->awaiting)
                 c->close_after = 1;
             else
-                conn_close(c, 0);
+                conn_begin_close(c, 0);
         }
         break;
     case CONN_STREAMING:
-        conn_close(c, err != UV_EOF); /* the client left */
+        conn_begin_close(c, err != UV_EOF); /* the client left */
         break;
     case CONN_CLOSING:
         if (err != UV_EOF || c->shutdown_done)
@@ -513,7 +517,7 @@ static void conn_on_timer(uv_timer_t *timer)
     case TIMER_OFF:
         break;
     case TIMER_IDLE:
-        conn_close(c, 0);
+        conn_begin_close(c, 0);
         break;
     case TIMER_REQUEST:
         c->close_after = 1;
@@ -527,7 +531,7 @@ static void conn_on_timer(uv_timer_t *timer)
         break;
     case TIMER_SEND:
     case TIMER_CLOSE:
-        conn_close(c, 1);
+        conn_begin_close(c, 1);
         break;
     }
 }
@@ -542,7 +546,10 @@ static void conn_on_handle_closed(uv_handle_t *handle)
 }
 
 /* Closes the tcp handle (with a reset when asked and libuv allows it: not
- * while a shutdown is in progress) and the timer. Idempotent. */
+ * while a shutdown is in progress) and the timer. While the conn owes a
+ * deferred answer the timer stays open (stopped): that keeps the memory, and
+ * conn_settle_answer() closes it later, so that even then the conn is freed
+ * from a close callback. Idempotent. */
 static void conn_close_handles(struct conn *c, int reset)
 {
     c->state = CONN_CLOSING;
@@ -551,23 +558,30 @@ static void conn_close_handles(struct conn *c, int reset)
         if (!reset || uv_tcp_close_reset(&c->tcp, conn_on_handle_closed) != 0)
             uv_close(tcp, conn_on_handle_closed);
     }
-    if (!uv_is_closing((uv_handle_t *)&c->timer))
-        uv_close((uv_handle_t *)&c->timer, conn_on_handle_closed);
+    uv_handle_t *timer = (uv_handle_t *)&c->timer;
+    uv_timer_stop(&c->timer);
+    if ((!c->awaiting || c->server->closing) && !uv_is_closing(timer))
+        uv_close(timer, conn_on_handle_closed);
 }
 
-/* Frees the conn once nothing refers to it any more: both handles closed,
- * every write and shutdown callback run, and no deferred answer owed (unless
- * the server is going away). The stream's close callback runs here, last. */
+/* The owner of a deferred answer answered or let go: a conn that closed
+ * meanwhile may now go. */
+static void conn_settle_answer(struct conn *c)
+{
+    if (!c->awaiting)
+        return;
+    c->awaiting = 0;
+    if (uv_is_closing((uv_handle_t *)&c->tcp))
+        conn_close_handles(c, 0);
+}
+
+/* Frees the conn once nothing refers to it any more: both handles closed
+ * and every write and shutdown callback run. */
 static void conn_maybe_free(struct conn *c)
 {
     struct server *s = c->server;
-    if (c->handles_open || c->writes_pending || (c->awaiting && !s->closing))
+    if (c->handles_open || c->writes_pending)
         return;
-    if (c->on_close) {
-        conn_close_cb cb = c->on_close;
-        c->on_close = NULL;
-        cb(c, c->close_arg);
-    }
     list_remove(&c->node);
     s->conn_count--;
     buf_free(&c->rbuf);
@@ -593,7 +607,25 @@ static void conn_on_shutdown(uv_shutdown_t *req, int status)
     conn_maybe_free(c);
 }
 
-void conn_close(struct conn *c, int abort)
+/* The stream owner's close callback runs exactly once, at the moment the
+ * conn starts closing (for any reason), as the last thing conn_begin_close() does.
+ * Write callbacks still pending run after it (status 0 if the bytes went out
+ * during a graceful close, else UV_ECANCELED); the memory stays valid until
+ * they have. */
+static void conn_notify_close(struct conn *c)
+{
+    conn_close_cb cb = c->on_close;
+    c->on_close = NULL;
+    if (cb)
+        cb(c, c->close_arg);
+}
+
+/* Every close goes through here. Graceful: libuv's shutdown waits for queued
+ * writes, then sends FIN; the handles close from conn_on_shutdown() (after a
+ * lingering drain for error answers), or at the CLOSE_FLUSH_MS deadline with
+ * a reset. Abort: reset now. Idempotent; an abort after a graceful close
+ * escalates. */
+static void conn_begin_close(struct conn *c, int abort)
 {
     if (c->state == CONN_CLOSING) {
         if (abort || (c->server->closing && c->shutdown_done))
@@ -603,35 +635,41 @@ void conn_close(struct conn *c, int abort)
     c->state = CONN_CLOSING;
     if (!c->in_dispatch)
         buf_free(&c->rbuf); /* else conn_process() frees it after the callback */
-    if (abort) {
-        conn_close_handles(c, 1);
-        return;
-    }
     if (c->server->closing)
         c->linger = 0;
-    uv_shutdown_t *req = xmalloc(sizeof(*req));
-    req->data = c;
-    if (uv_shutdown(req, (uv_stream_t *)&c->tcp, conn_on_shutdown) != 0) {
-        free(req);
-        conn_close_handles(c, 0);
-        return;
+    uv_shutdown_t *req = abort ? NULL : xmalloc(sizeof(*req));
+    if (req) {
+        req->data = c;
+        if (uv_shutdown(req, (uv_stream_t *)&c->tcp, conn_on_shutdown) != 0) {
+            free(req);
+            req = NULL;
+        }
     }
-    c->writes_pending++;
-    conn_timer_set(c, TIMER_CLOSE, CLOSE_FLUSH_MS);
+    if (req) {
+        c->writes_pending++;
+        conn_timer_set(c, TIMER_CLOSE, CLOSE_FLUSH_MS);
+    } else {
+        conn_close_handles(c, abort);
+    }
+    conn_notify_close(c);
+}
+
+/* The public close also settles a deferred answer: the owner lets go. */
+void conn_close(struct conn *c, int abort)
+{
+    conn_begin_close(c, abort);
+    conn_settle_answer(c);
 }
 
 /* ---- answering ------------------------------------------------------------ */
 
 /* A public answer is allowed for the request being dispatched (once) or for a
  * deferred one. Returns 1 when c may answer now; on a closing conn it settles
- * a deferred answer (the conn may be freed then) and returns 0. */
+ * a deferred answer and returns 0. */
 static int conn_take_answer(struct conn *c)
 {
     if (c->state == CONN_CLOSING) {
-        if (c->awaiting) {
-            c->awaiting = 0;
-            conn_maybe_free(c);
-        }
+        conn_settle_answer(c);
         return 0;
     }
     if (c->state != CONN_READING)
@@ -701,7 +739,7 @@ int conn_stream_begin(struct conn *c, int status, const char *headers, int chunk
     if (!conn_take_answer(c))
         return UV_EINVAL;
     if (c->eof) { /* a half-closed client cannot follow a stream */
-        conn_close(c, 0);
+        conn_begin_close(c, 0);
         return UV_ECANCELED;
     }
     if (c->http10)
@@ -717,7 +755,7 @@ int conn_stream_begin(struct conn *c, int status, const char *headers, int chunk
     snprintf(w->data, (size_t)head_len + 1, fmt, status, reason, hdrs, te, conn_hdr);
     int rc = conn_submit_data(c, w, (size_t)head_len);
     if (rc < 0) {
-        conn_close(c, 1);
+        conn_begin_close(c, 1);
         return rc;
     }
     c->state = CONN_STREAMING;
@@ -772,7 +810,7 @@ int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
             free(all);
     }
     if (rc < 0)
-        conn_close(c, 1);
+        conn_begin_close(c, 1);
     return rc;
 }
 
@@ -796,7 +834,7 @@ int conn_stream_write_copy(struct conn *c, const void *data, size_t len)
     }
     int rc = conn_submit_data(c, w, n);
     if (rc < 0)
-        conn_close(c, 1);
+        conn_begin_close(c, 1);
     return rc;
 }
 
@@ -807,20 +845,20 @@ size_t conn_write_queue_bytes(const struct conn *c)
 
 void conn_stream_end(struct conn *c)
 {
+    c->on_close = NULL; /* the owner lets go, whatever the state */
+    c->close_arg = NULL;
     if (c->state != CONN_STREAMING)
         return;
-    c->on_close = NULL;
-    c->close_arg = NULL;
     if (!c->chunked || c->close_after) {
         if (c->chunked && conn_send_copy(c, "0\r\n\r\n", 5) < 0) {
-            conn_close(c, 1);
+            conn_begin_close(c, 1);
             return;
         }
-        conn_close(c, 0);
+        conn_begin_close(c, 0);
         return;
     }
     if (conn_send_copy(c, "0\r\n\r\n", 5) < 0) {
-        conn_close(c, 1);
+        conn_begin_close(c, 1);
         return;
     }
     c->state = CONN_READING;
@@ -834,6 +872,8 @@ void conn_stream_end(struct conn *c)
     conn_timer_set(c, TIMER_PROCESS, 0);
 }
 
+/* Formatted on first use (most conns are never logged) and kept until the
+ * conn is freed. */
 const char *conn_peer(const struct conn *cc)
 {
     struct conn *c = (struct conn *)cc; /* the text is a cache */
@@ -843,9 +883,9 @@ const char *conn_peer(const struct conn *cc)
     int len = sizeof(ss);
     char ip[INET6_ADDRSTRLEN] = "";
     char text[INET6_ADDRSTRLEN + 16];
-    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0) {
+    if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&ss, &len) != 0)
         return "unknown"; /* not cached: the handle may simply be closing */
-    } else if (ss.ss_family == AF_INET6) {
+    if (ss.ss_family == AF_INET6) {
         const struct sockaddr_in6 *a = (const struct sockaddr_in6 *)&ss;
         uv_ip6_name(a, ip, sizeof(ip));
         snprintf(text, sizeof(text), "[%s]:%d", ip, ntohs(a->sin6_port));
@@ -915,7 +955,8 @@ static void server_on_accept_retry(uv_timer_t *timer)
     struct server *s = timer->data;
     if (s->closing || !s->accepting || s->listener_open)
         return;
-    if (server_listen_again(s) == -EMFILE || errno == ENFILE)
+    /* When the listener was opened and failed, its close callback re-arms. */
+    if (server_listen_again(s) < 0 && !s->listener_open)
         uv_timer_start(&s->accept_timer, server_on_accept_retry, ACCEPT_BACKOFF_MS, 0);
 }
 
@@ -981,10 +1022,13 @@ static void server_on_timer_closed(uv_handle_t *handle)
     server_maybe_free(s);
 }
 
-/* Parses host ("127.0.0.1", "::1", "[::1]") and port into addr. */
-static int server_parse_addr(const char *host, int port, struct sockaddr_storage *addr)
+/* Turns host ("127.0.0.1", "::1", "[::1]", or a name such as "localhost",
+ * resolved synchronously: this runs once, at start-up) and port into addr.
+ * Returns 0 or a negative errno. */
+static int server_parse_addr(uv_loop_t *loop, const char *host, int port,
+                             struct sockaddr_storage *addr)
 {
-    char bare[64];
+    char bare[256];
     size_t n = strlen(host);
     if (n >= 2 && host[0] == '[' && host[n - 1] == ']') {
         if (n - 2 >= sizeof(bare))
@@ -997,7 +1041,28 @@ static int server_parse_addr(const char *host, int port, struct sockaddr_storage
         return 0;
     if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)addr) == 0)
         return 0;
-    return UV_EINVAL;
+    struct addrinfo hints;
+    memset(&hints, 0, sizeof(hints));
+    hints.ai_family = AF_UNSPEC;
+    hints.ai_socktype = SOCK_STREAM;
+    uv_getaddrinfo_t req;
+    int rc = uv_getaddrinfo(loop, &req, NULL, host, NULL, &hints);
+    if (rc < 0)
+        return UV_EINVAL;
+    const struct addrinfo *ai = req.addrinfo;
+    while (ai && ai->ai_family != AF_INET && ai->ai_family != AF_INET6)
+        ai = ai->ai_next;
+    rc = UV_EINVAL;
+    if (ai && ai->ai_addrlen <= sizeof(*addr)) {
+        memcpy(addr, ai->ai_addr, ai->ai_addrlen);
+        if (ai->ai_family == AF_INET)
+            ((struct sockaddr_in *)addr)->sin_port = htons((uint16_t)port);
+        else
+            ((struct sockaddr_in6 *)addr)->sin6_port = htons((uint16_t)port);
+        rc = 0;
+    }
+    uv_freeaddrinfo(req.addrinfo);
+    return rc;
 }
 
 int server_start(uv_loop_t *loop, const struct server_config *cfg,
@@ -1007,7 +1072,7 @@ int server_start(uv_loop_t *loop, const struct server_config *cfg,
     const char *host = cfg->host ? cfg->host : "127.0.0.1";
     if (cfg->port < 0 || cfg->port > 65535 || strlen(host) >= sizeof(((struct server *)0)->host))
         return UV_EINVAL;
-    int rc = server_parse_addr(host, cfg->port, &addr);
+    int rc = server_parse_addr(loop, host, cfg->port, &addr);
     if (rc < 0)
         return rc;
 
@@ -1094,8 +1159,8 @@ void server_close(struct server *s, void (*done)(void *arg), void *arg)
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &s->conns) {
         struct conn *c = container_of(pos, struct conn, node);
-        conn_close(c, 0);
-        if (c->handles_open == 0)
-            conn_maybe_free(c); /* a closed conn that only waited for its answer */
+        conn_begin_close(c, 0);
+        if (uv_is_closing((uv_handle_t *)&c->tcp))
+            conn_close_handles(c, 0); /* a closed conn that waited for its answer */
     }
 }

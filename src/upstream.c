@@ -67,6 +67,7 @@
 struct sock_ctx {
     uv_poll_t poll;
     curl_socket_t fd;
+    int events;       /* UV_READABLE/UV_WRITABLE that libcurl asked for */
     struct list node; /* in upstream_module.sockets until closed */
 };
 
@@ -730,7 +731,13 @@ static void transfer_done(struct upstream_call *call, CURLcode res)
     case VERDICT_RETRY_LATER:
         transfer_release(call);
         call->rate_retries++;
-        log_event(LOG_DEBUG, "upstream.retry", "url", call->run_url, NULL);
+        if (log_enabled(LOG_DEBUG)) {
+            char status[24], wait[24];
+            snprintf(status, sizeof(status), "%ld", call->result.status);
+            snprintf(wait, sizeof(wait), "%llu", (unsigned long long)call->retry_wait_ms);
+            log_event(LOG_DEBUG, "upstream.retry", "url", call->run_url, "status", status,
+                      "wait_ms", wait, NULL);
+        }
         call->backoff_until_ms = now_ms() + call->retry_wait_ms;
         timer_rearm(call);
         return;
@@ -850,19 +857,26 @@ static void sock_close(struct sock_ctx *ctx)
     uv_close((uv_handle_t *)&ctx->poll, sock_closed_cb);
 }
 
+/* A socket error (libuv reports POLLERR as a negative status and stops the
+ * handle) is passed to libcurl as readiness in the directions it waits for,
+ * not as CURL_CSELECT_ERR: libcurl then meets the real error in its own read
+ * or write, and can retry a request that hit a kept-alive connection the
+ * upstream had just closed (CURL_CSELECT_ERR fails the transfer outright).
+ * If libcurl still wants the socket afterwards, polling resumes. */
 static void poll_cb(uv_poll_t *poll, int status, int events)
 {
     struct sock_ctx *ctx = container_of(poll, struct sock_ctx, poll);
+    if (status < 0)
+        events = ctx->events;
     int flags = 0;
-    if (status < 0) {
-        flags = CURL_CSELECT_ERR;
-    } else {
-        if (events & UV_READABLE)
-            flags |= CURL_CSELECT_IN;
-        if (events & UV_WRITABLE)
-            flags |= CURL_CSELECT_OUT;
-    }
+    if (events & UV_READABLE)
+        flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE)
+        flags |= CURL_CSELECT_OUT;
     socket_action(ctx->fd, flags);
+    uv_handle_t *h = (uv_handle_t *)&ctx->poll;
+    if (status < 0 && !uv_is_closing(h) && !uv_is_active(h))
+        uv_poll_start(&ctx->poll, ctx->events, poll_cb);
 }
 
 /* CURLMOPT_SOCKETFUNCTION. */
@@ -893,6 +907,7 @@ static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, v
         events |= UV_READABLE;
     if (what & CURL_POLL_OUT)
         events |= UV_WRITABLE;
+    ctx->events = events;
     uv_poll_start(&ctx->poll, events, poll_cb);
     return 0;
 }

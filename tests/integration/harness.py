@@ -574,7 +574,10 @@ class SseClient:
         try:
             if pending:
                 feed(pending)
-            sock.settimeout(0.1)
+            try:
+                sock.settimeout(0.1)
+            except OSError:  # closed by the test already
+                return
             while True:
                 with self.cond:
                     if self.closed:

@@ -145,6 +145,10 @@ def test_very_long_uri_is_414(t):
     r = request(d.port, "GET", "/healthz?x=" + "a" * 100000)
     check_error(r, 414, "100k request-target")
     d.healthy()
+    d2 = t.daemon()
+    r = request(d2.port, "GET", "/healthz?x=" + "a" * 12000)
+    check_error(r, 414, "12k request-target with the default --max-header")
+    d2.healthy()
 
 
 @test()

@@ -32,7 +32,7 @@ def completed_run(t, d, sid, msg, s):
 
 @test()
 def test_stream_headers_retry_line_and_get_creates_the_session(t):
-    d = t.daemon("--sse-retry", "1500")
+    d = t.daemon("--sse-retry", "1500ms")
     sid = "fresh"
     task_status(d, sid, expect_status=404)
     s = t.sse(d, spath(sid) + "/run")
@@ -149,6 +149,9 @@ def test_five_subscribers_see_identical_sequences(t):
 
 @test(timeout=40)
 def test_subscriber_that_never_reads_is_dropped_while_others_get_everything(t):
+    # 6.4 MB of events: more than the kernel can absorb on loopback (the
+    # sender's socket buffer autotunes up to tcp_wmem max, 4 MB) plus 64k;
+    # the rate keeps each upstream burst far below 64k.
     d = t.daemon("--subscriber-buffer", "64k")
     sid = "slow"
     fast = t.sse(d, spath(sid) + "/run")
@@ -158,12 +161,12 @@ def test_subscriber_that_never_reads_is_dropped_while_others_get_everything(t):
     _, status, _, _ = slow.read_head()
     eq(status, 200, "slow subscriber status")
     eq(task_status(d, sid)["subscribers"], 2, "subscribers before the run")
-    j, _, _ = post_run(d, sid, "!events=200 !bytes=8000 !word-delay=0 !rate=2000")
+    j, _, _ = post_run(d, sid, "!events=800 !bytes=8000 !word-delay=0 !rate=2000")
     rid = j["run_id"]
     done = fast.wait_event("run.completed", 20, run_id=rid)
-    eq(done.json().get("events"), 200, "run.completed events")
+    eq(done.json().get("events"), 800, "run.completed events")
     evs = fast.snapshot()
-    eq(len(run_events(evs, rid)), 202, "fast subscriber's events of the run")
+    eq(len(run_events(evs, rid)), 802, "fast subscriber's events of the run")
     wait_until(lambda: task_status(d, sid)["subscribers"] == 1, 5, "slow subscriber dropped (subscribers == 1)")
     # The dropped subscriber got a gap-free prefix and then the end of the stream.
     got = slow.read_to_eof(time.monotonic() + 10)
@@ -174,6 +177,23 @@ def test_subscriber_that_never_reads_is_dropped_while_others_get_everything(t):
     complete = ids[:-1]
     eq(complete, full_ids[:len(complete)], "slow subscriber's ids are a prefix of the full sequence")
     expect(len(ids) < len(full_ids), "slow subscriber got everything (%d ids): was it dropped?" % len(ids))
+
+
+@test()
+def test_reader_that_keeps_up_is_not_dropped_by_an_upstream_burst(t):
+    # 50 x 16k events sent back to back: an 800k burst, more than the 256k
+    # subscriber buffer but far less than what the kernel's socket buffers
+    # take on loopback. The subscriber reads at once, so nothing needs to
+    # stay queued in runcast: it must get the whole run.
+    d = t.daemon("--subscriber-buffer", "256k")
+    sid = "burst"
+    s = t.sse(d, spath(sid) + "/run")
+    s.wait_retry()
+    j, _, _ = post_run(d, sid, "!events=50 !bytes=16000 !word-delay=0")
+    done = s.wait_event("run.completed", 10, run_id=j["run_id"])
+    eq(done.json().get("events"), 50, "run.completed events")
+    eq(len(run_events(s.snapshot(), j["run_id"])), 52, "events received")
+    eq(task_status(d, sid)["subscribers"], 1, "subscribers after the burst")
 
 
 @test()

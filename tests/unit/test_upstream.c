@@ -36,6 +36,7 @@ enum act_kind {
     ACT_PAUSE,       /* ms */
     ACT_KEEP,        /* keep the connection for the next request */
     ACT_AWAIT_CLOSE, /* wait until the client closes the connection */
+    ACT_RESET,       /* abort the connection (RST) */
 };
 
 struct act {
@@ -54,6 +55,7 @@ struct reply {
 #define LAST_CHUNK W("0\r\n\r\n")
 #define KEEP {ACT_KEEP, NULL, 0}
 #define AWAIT_CLOSE {ACT_AWAIT_CLOSE, NULL, 0}
+#define RESET {ACT_RESET, NULL, 0}
 
 #define SSE_HEAD "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream; charset=utf-8\r\n" \
                  "Transfer-Encoding: chunked\r\n\r\n"
@@ -97,10 +99,10 @@ static int wait_readable(struct fake *f, int fd, uint64_t deadline)
         int n = poll(p, 2, (int)(deadline - now));
         if (n < 0)
             return 0;
+        if (p[0].revents) /* before the stop: bytes or an EOF already there count */
+            return 1;
         if (p[1].revents)
             return 0;
-        if (p[0].revents)
-            return 1;
     }
 }
 
@@ -189,6 +191,11 @@ static int play(struct fake *f, int fd, const struct reply *r)
         case ACT_AWAIT_CLOSE:
             await_client_close(f, fd);
             return 0;
+        case ACT_RESET: {
+            struct linger lg = {.l_onoff = 1, .l_linger = 0};
+            setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof(lg));
+            return 0;
+        }
         case ACT_END:
             break;
         }
@@ -1026,6 +1033,42 @@ static void call_started_inside_on_event_runs(void)
     CHECK_EQ(f.n_seen, 2);
 }
 
+/* The upstream drops a kept-alive connection just as a request arrives on it
+ * (the race with an idle-connection timeout): the request is sent again on a
+ * fresh connection, whether the drop is a reset or a plain close. */
+static void dropped_kept_alive_connection_is_retried(int reset)
+{
+    static const struct reply reset_replies[] = {
+        {{W(CREATED), KEEP}},
+        {{RESET}},
+        {{W(SSE_HEAD), CHUNK("data: {\"n\":1}\n\n"), LAST_CHUNK}},
+    };
+    static const struct reply close_replies[] = {
+        {{W(CREATED), KEEP}},
+        {{{ACT_END, NULL, 0}}},
+        {{W(SSE_HEAD), CHUNK("data: {\"n\":1}\n\n"), LAST_CHUNK}},
+    };
+    struct fake f;
+    struct probe p = {0};
+    run_one(&f, reset ? reset_replies : close_replies, 3, NULL, &p, 0);
+    CHECK_STREQ(p.seq, "SREX");
+    CHECK_EQ(p.outcome, UPSTREAM_COMPLETED);
+    CHECK_EQ(f.n_seen, 3);
+    CHECK_STREQ(f.seen[1].path, "/run_sse");
+    CHECK_STREQ(f.seen[2].path, "/run_sse");
+    CHECK_EQ(f.connections, 2);
+}
+
+static void reset_kept_alive_connection_is_retried(void)
+{
+    dropped_kept_alive_connection_is_retried(1);
+}
+
+static void closed_kept_alive_connection_is_retried(void)
+{
+    dropped_kept_alive_connection_is_retried(0);
+}
+
 static void state_delta_is_sent(void)
 {
     static const struct reply replies[] = {
@@ -1094,6 +1137,8 @@ int main(void)
     RUN_TEST(cancel_right_after_start_runs_no_callback);
     RUN_TEST(connection_is_reused_between_calls);
     RUN_TEST(call_started_inside_on_event_runs);
+    RUN_TEST(reset_kept_alive_connection_is_retried);
+    RUN_TEST(closed_kept_alive_connection_is_retried);
     RUN_TEST(state_delta_is_sent);
     RUN_TEST(start_rejects_missing_message);
     return test_report("test_upstream");
