@@ -17,6 +17,7 @@
 #include "hub.h"
 #include "limiter.h"
 #include "log.h"
+#include "metrics.h"
 #include "run.h"
 #include "server.h"
 #include "session.h"
@@ -140,6 +141,7 @@ int main(int argc, char **argv)
         .max_body = cfg.max_body,
         .head_timeout_ms = cfg.head_timeout_ms,
         .keepalive_timeout_ms = cfg.keepalive_timeout_ms,
+        .on_response = metrics_count_http_response,
     };
     err = server_start(loop, &svc, api_handle_request, NULL, &server);
     if (err < 0) {

@@ -320,6 +320,8 @@ static void conn_send_response(struct conn *c, int status, const char *content_t
              length, extra, connection);
     if (body_len)
         memcpy(w->data + head_len, body, body_len);
+    if (c->server->cfg.on_response)
+        c->server->cfg.on_response(status);
     int rc = conn_submit_data(c, w, (size_t)head_len + body_len);
     if (rc < 0 || closing)
         conn_begin_close(c, rc < 0);
@@ -707,7 +709,8 @@ void conn_respond(struct conn *c, int status, const char *content_type,
 
 void conn_respond_json(struct conn *c, int status, json_t *obj, const char *extra_headers)
 {
-    char *text = obj ? json_dumps(obj, JSON_COMPACT) : NULL;
+    /* 15 digits: timestamps print as 1764132000.123, not ...0.1229999 */
+    char *text = obj ? json_dumps(obj, JSON_COMPACT | JSON_REAL_PRECISION(15)) : NULL;
     if (text == NULL) {
         char *body = error_body("internal_error", "response could not be encoded");
         conn_respond(c, 500, "application/json", NULL, body, strlen(body));
@@ -753,6 +756,8 @@ int conn_stream_begin(struct conn *c, int status, const char *headers, int chunk
     int head_len = snprintf(NULL, 0, fmt, status, reason, hdrs, te, conn_hdr);
     struct conn_write *w = conn_write_new((size_t)head_len + 1);
     snprintf(w->data, (size_t)head_len + 1, fmt, status, reason, hdrs, te, conn_hdr);
+    if (c->server->cfg.on_response)
+        c->server->cfg.on_response(status);
     int rc = conn_submit_data(c, w, (size_t)head_len);
     if (rc < 0) {
         conn_begin_close(c, 1);

@@ -2,10 +2,12 @@
  *
  * A server owns its connections. Requests are parsed with http.h and handed to
  * the request callback one at a time, in order (pipelined requests wait in the
- * read buffer). The callback must, before it returns, either answer with one
- * of the conn_respond*() functions or turn the connection into a stream with
- * conn_stream_begin(). Nothing else may be pending, so answers are always in
- * request order.
+ * read buffer), so answers are always in request order. The callback answers
+ * with one of the conn_respond*() functions or turns the connection into a
+ * stream with conn_stream_begin(), either before it returns or later (the
+ * demo agent's slow starts): a conn that still owes an answer stays valid,
+ * even after the peer left, until it is answered, conn_close()d, or
+ * server_close() takes it.
  *
  * A server has no global state: runcast's API and the demo agent each run one,
  * on different loops (threads).
@@ -30,6 +32,7 @@ struct server_config {
     size_t max_body;               /* --max-body */
     uint64_t head_timeout_ms;      /* a started request must complete its head (and body) within this: 408 */
     uint64_t keepalive_timeout_ms; /* an idle keep-alive connection is closed after this */
+    void (*on_response)(int status); /* optional: every status line sent (metrics) */
 };
 
 /* Binds, listens and starts accepting. On success stores the server in *out
@@ -67,8 +70,11 @@ void conn_respond_error(struct conn *c, int status, const char *code, const char
 /* ---- streams ------------------------------------------------------------ */
 
 /* Notified once when a stream's connection goes away (peer closed or reset,
- * write error, conn_close(), server_close()). After it returns the conn
- * pointer is dead. Not called for conns that never began a stream. */
+ * write error, conn_close(), server_close()), synchronously from inside
+ * conn_close() when that is the cause. Write callbacks still pending run
+ * after it (status UV_ECANCELED), and the conn's memory stays valid until
+ * they have; conn_stream_write() on it fails. Not called for conns that never
+ * began a stream, nor after conn_stream_end(). */
 typedef void (*conn_close_cb)(struct conn *c, void *arg);
 /* Notified when a stream write finished (status 0 or a negative errno). The
  * buffers passed to conn_stream_write() may be released from here. */

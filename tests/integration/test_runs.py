@@ -242,6 +242,8 @@ def test_delete_session_cancels_run_closes_streams_and_forgets_it(t):
     rid = j["run_id"]
     s1.wait_event("run.started", 3, run_id=rid)
     s2.wait_event("run.started", 3, run_id=rid)
+    wait_until(lambda: [c for c in demo_call(d, sid) if c["state"] == "streaming"], 3,
+               "upstream call streaming")
     r = d.delete(spath(sid))
     expect(r.status in (200, 204), "DELETE session status %d %r" % (r.status, r.body))
     for name, s in (("s1", s1), ("s2", s2)):
