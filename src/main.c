@@ -2,8 +2,9 @@
  *
  * Start: config -> log -> demo agent (its own thread) -> upstream -> hub ->
  * limiter -> sessions -> listener. Stop (SIGTERM/SIGINT): stop accepting and
- * turn /readyz to 503, cancel what is still running with reason "shutdown",
- * end every stream after its last events, close every handle, exit 0.
+ * turn /readyz to 503, give active runs --shutdown-grace to finish, cancel
+ * what still runs with reason "shutdown", end every stream after its last
+ * events, close every handle, exit 0.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -26,6 +27,8 @@
 static struct config cfg;
 static struct server *server;
 static uv_signal_t sigterm_handle, sigint_handle;
+static uv_timer_t drain_timer;
+static uint64_t drain_deadline_ms;
 static int stopping;
 static int demo_running;
 
@@ -35,11 +38,29 @@ static void on_server_closed(void *arg)
     upstream_shutdown(NULL, NULL);
     hub_shutdown();
     limiter_shutdown();
+    uv_close((uv_handle_t *)&drain_timer, NULL);
     uv_close((uv_handle_t *)&sigterm_handle, NULL);
     uv_close((uv_handle_t *)&sigint_handle, NULL);
 }
 
-/* Starts the orderly stop; a second signal while stopping exits at once. */
+/* The end of the grace period: what still runs is cancelled (run.cancelled
+ * "shutdown"), every stream gets its last events and ends, handles close. */
+static void finish_shutdown(void)
+{
+    uv_timer_stop(&drain_timer);
+    session_table_shutdown("shutdown");
+    server_close(server, on_server_closed, NULL);
+}
+
+/* Polled while draining: a safe point outside every run's callbacks. */
+static void drain_tick(uv_timer_t *t)
+{
+    if (run_count_active() == 0 || time_mono_ms() >= drain_deadline_ms)
+        finish_shutdown();
+}
+
+/* Starts the orderly stop: no new connections or runs, /readyz 503, active
+ * runs get up to --shutdown-grace to finish. A second signal exits at once. */
 static void on_signal(uv_signal_t *handle, int signum)
 {
     if (stopping) {
@@ -47,11 +68,14 @@ static void on_signal(uv_signal_t *handle, int signum)
         exit(1);
     }
     stopping = 1;
-    log_event(LOG_INFO, "shutdown.begin", "signal", signum == SIGTERM ? "SIGTERM" : "SIGINT", NULL);
+    char active[24];
+    snprintf(active, sizeof(active), "%zu", run_count_active());
+    log_event(LOG_INFO, "shutdown.begin", "signal", signum == SIGTERM ? "SIGTERM" : "SIGINT",
+              "active_runs", active, NULL);
     api_set_draining(1);
     server_stop_accepting(server);
-    session_table_shutdown("shutdown");
-    server_close(server, on_server_closed, NULL);
+    drain_deadline_ms = time_mono_ms() + cfg.shutdown_grace_ms;
+    uv_timer_start(&drain_timer, drain_tick, 0, 25);
 }
 
 /* Starts the built-in demo agent when --upstream is "demo" and rewrites the
@@ -149,6 +173,7 @@ int main(int argc, char **argv)
                 uv_strerror(err));
         return 1;
     }
+    uv_timer_init(loop, &drain_timer);
     uv_signal_init(loop, &sigterm_handle);
     uv_signal_start(&sigterm_handle, on_signal, SIGTERM);
     uv_signal_init(loop, &sigint_handle);

@@ -165,6 +165,19 @@ static void on_request_sent(void *arg)
     }
 }
 
+/* A 429/503 that will be retried is a fault worth counting and logging even
+ * though the run goes on. */
+static void on_retry(void *arg, long status, uint64_t wait_ms)
+{
+    struct run *r = arg;
+    char st[24], wait[24];
+    snprintf(st, sizeof(st), "%ld", status);
+    snprintf(wait, sizeof(wait), "%" PRIu64, wait_ms);
+    metrics_count_upstream_error(METRICS_UPSTREAM_RATE_LIMITED);
+    log_event(LOG_WARN, "run.upstream_retry", "session", r->session->id, "run", r->id, "status", st,
+              "wait_ms", wait, NULL);
+}
+
 static void on_event(void *arg, const char *json, size_t len)
 {
     struct run *r = arg;
@@ -234,6 +247,7 @@ static void on_end(void *arg, const struct upstream_result *res)
 static const struct upstream_callbacks upstream_callbacks = {
     .on_session_ready = on_session_ready,
     .on_request_sent = on_request_sent,
+    .on_retry = on_retry,
     .on_event = on_event,
     .on_end = on_end,
 };

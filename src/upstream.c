@@ -740,6 +740,8 @@ static void transfer_done(struct upstream_call *call, CURLcode res)
         }
         call->backoff_until_ms = now_ms() + call->retry_wait_ms;
         timer_rearm(call);
+        if (call->cb.on_retry)
+            call->cb.on_retry(call->arg, call->result.status, call->retry_wait_ms);
         return;
     case VERDICT_HTTP:
     case VERDICT_RATE_LIMITED:

@@ -51,6 +51,9 @@ struct upstream_callbacks {
     void (*on_session_ready)(void *arg);
     /* The /run_sse request was handed to the network (the run has "started"). */
     void (*on_request_sent)(void *arg);
+    /* The upstream answered 429/503 and the request will be sent again after
+     * wait_ms (optional). */
+    void (*on_retry)(void *arg, long status, uint64_t wait_ms);
     /* One upstream event: its data, verbatim (valid JSON object text). */
     void (*on_event)(void *arg, const char *json, size_t len);
     /* Exactly once, last. The call is finished and must not be cancelled. */
