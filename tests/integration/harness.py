@@ -93,6 +93,16 @@ def parse_log_line(line):
     return fields or None
 
 
+def free_port():
+    """A TCP port on 127.0.0.1 that was free a moment ago."""
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+    finally:
+        s.close()
+
+
 def port_of(address):
     return int(str(address).rsplit(":", 1)[1])
 
@@ -104,7 +114,10 @@ class Daemon:
     embedded demo agent's listening lines; demo_port is then set."""
 
     def __init__(self, ctx, args=(), upstream="demo", agent=False, env=None,
-                 start_timeout=10.0):
+                 start_timeout=10.0, port=None):
+        """port: listen on this port (see free_port()) and wait for /healthz
+        instead of the listening log lines (for a --log-level that hides
+        them); demo_port stays None then."""
         self.ctx = ctx
         self.agent = agent
         self.lines = []
@@ -116,7 +129,7 @@ class Daemon:
         if agent:
             argv = [RUNCAST_BIN, "demo-agent", "--listen", "127.0.0.1:0"] + list(args)
         else:
-            argv = [RUNCAST_BIN, "--listen", "127.0.0.1:0", "--upstream", upstream,
+            argv = [RUNCAST_BIN, "--listen", "127.0.0.1:%d" % (port or 0), "--upstream", upstream,
                     "--log-format", "json"] + list(args)
         self.argv = argv
         penv = dict(os.environ)
@@ -130,7 +143,10 @@ class Daemon:
         ctx.daemons.append(self)
         self.reader = threading.Thread(target=self._read_stderr, daemon=True)
         self.reader.start()
-        if agent:
+        if port is not None and not agent:
+            self.port = port
+            self._wait_healthz(start_timeout)
+        elif agent:
             rec = self.wait_log(lambda r: r.get("event") == "demo.listening", start_timeout,
                                 "demo.listening log line")
             self.port = port_of(rec["address"])
@@ -143,6 +159,23 @@ class Daemon:
                 rec = self.wait_log(lambda r: r.get("event") == "demo.listening", start_timeout,
                                     "demo.listening log line")
                 self.demo_port = port_of(rec["address"])
+
+    def _wait_healthz(self, timeout):
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                time.sleep(0.1)  # let the reader collect the last lines
+                fail("process exited (rc=%s) before answering /healthz; stderr tail:\n%s"
+                     % (self.proc.returncode, self.tail()))
+            try:
+                if request(self.port, "GET", "/healthz", timeout=1.0).status == 200:
+                    return
+            except (OSError, TestFailure):
+                pass
+            if time.monotonic() >= deadline:
+                fail("no /healthz answer on port %d within %.1fs; stderr tail:\n%s"
+                     % (self.port, timeout, self.tail()))
+            time.sleep(0.02)
 
     def _read_stderr(self):
         f = self.proc.stderr
