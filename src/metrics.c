@@ -7,6 +7,7 @@
 #include "limiter.h"
 #include "run.h"
 #include "session.h"
+#include "upstream.h"
 
 /* Upper bounds in seconds; the last bucket is +Inf. Fine at the low end,
  * where task_execution_delay lives (it should be well under a millisecond). */
@@ -134,4 +135,10 @@ void metrics_render(struct buf *out)
     buf_printf(out, "runcast_sessions %zu\n", session_count());
     render_header(out, "runcast_subscribers", "gauge", "Connected SSE subscribers.");
     buf_printf(out, "runcast_subscribers %zu\n", hub_total_subscribers());
+    render_header(out, "runcast_upstream_transfers", "gauge",
+                  "libcurl transfers not yet torn down (cancelled ones included).");
+    buf_printf(out, "runcast_upstream_transfers %zu\n", upstream_live_transfers());
+    render_header(out, "runcast_frames", "gauge",
+                  "Encoded events alive: in replay logs or in writes in flight.");
+    buf_printf(out, "runcast_frames %zu\n", hub_total_frames());
 }
