@@ -11,6 +11,7 @@ static size_t queued, active;
 static double tokens;
 static uint64_t refilled_ms;
 static int dispatching;
+static int closed; /* shutting down: nothing is admitted any more */
 static uv_timer_t timer;
 
 static void timer_cb(uv_timer_t *t);
@@ -18,6 +19,7 @@ static void timer_cb(uv_timer_t *t);
 void limiter_init(uv_loop_t *loop, const struct limiter_config *cfg)
 {
     config = *cfg;
+    closed = 0;
     if (config.runs_per_second > 0 && config.burst <= 0)
         config.burst = (int)ceil(config.runs_per_second);
     tokens = config.burst;
@@ -29,6 +31,7 @@ void limiter_init(uv_loop_t *loop, const struct limiter_config *cfg)
 
 void limiter_shutdown(void)
 {
+    closed = 1;
     uv_timer_stop(&timer);
     uv_close((uv_handle_t *)&timer, NULL);
 }
@@ -84,7 +87,7 @@ static void arm_timer(void)
  * ends (and releases) inside on_admitted just lets this loop go on. */
 static void dispatch(void)
 {
-    if (dispatching)
+    if (dispatching || closed)
         return;
     dispatching = 1;
     while (!list_empty(&queue) && can_start()) {

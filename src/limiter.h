@@ -29,6 +29,9 @@ struct limiter_config {
 };
 
 void limiter_init(uv_loop_t *loop, const struct limiter_config *cfg);
+/* Stops admitting (queued waiters stay queued until their runs end) and
+ * closes the timer. Call before cancelling runs at shutdown, so that a slot
+ * given back then does not start a queued run only to cancel it. */
 void limiter_shutdown(void);
 /* Takes a slot at once (returns 1) or queues w (returns 0; *position is its
  * 1-based place in the queue). */

@@ -37,7 +37,6 @@ static void on_server_closed(void *arg)
     RC_UNUSED(arg);
     upstream_shutdown(NULL, NULL);
     hub_shutdown();
-    limiter_shutdown();
     uv_close((uv_handle_t *)&drain_timer, NULL);
     uv_close((uv_handle_t *)&sigterm_handle, NULL);
     uv_close((uv_handle_t *)&sigint_handle, NULL);
@@ -48,6 +47,7 @@ static void on_server_closed(void *arg)
 static void finish_shutdown(void)
 {
     uv_timer_stop(&drain_timer);
+    limiter_shutdown();
     session_table_shutdown("shutdown");
     server_close(server, on_server_closed, NULL);
 }

@@ -19,6 +19,7 @@ Everything waits with a deadline; nothing sleeps and hopes.
 import json
 import os
 import re
+import resource
 import signal
 import socket
 import subprocess
@@ -28,7 +29,19 @@ import time
 RUNCAST_BIN = os.environ.get("RUNCAST_BIN") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "build", "runcast")
 
-DEFAULT_TIMEOUT = 5.0
+# RUNCAST_VALGRIND=1 runs every daemon (the standalone demo agent too) under
+# valgrind (VALGRIND_ARGV): start and stop deadlines, test timeouts and
+# DEFAULT_TIMEOUT grow by TIME_SCALE, stop() fails on valgrind's exit code
+# (VALGRIND_RC) or on any report it printed, and tests registered with
+# @test(valgrind=False) (timing-sensitive ones) are left out (SKIPPED).
+VALGRIND = os.environ.get("RUNCAST_VALGRIND", "") not in ("", "0")
+VALGRIND_RC = 99
+VALGRIND_ARGV = ["valgrind", "--error-exitcode=%d" % VALGRIND_RC, "--leak-check=full",
+                 "--errors-for-leak-kinds=definite", "--show-leak-kinds=definite",
+                 "--trace-children=no", "-q"]
+TIME_SCALE = float(os.environ.get("RUNCAST_TIME_SCALE") or (4.0 if VALGRIND else 1.0))
+
+DEFAULT_TIMEOUT = 5.0 * TIME_SCALE
 
 
 class TestFailure(Exception):
@@ -114,10 +127,11 @@ class Daemon:
     embedded demo agent's listening lines; demo_port is then set."""
 
     def __init__(self, ctx, args=(), upstream="demo", agent=False, env=None,
-                 start_timeout=10.0, port=None):
+                 start_timeout=10.0, port=None, rlimit_nofile=None):
         """port: listen on this port (see free_port()) and wait for /healthz
         instead of the listening log lines (for a --log-level that hides
-        them); demo_port stays None then."""
+        them); demo_port stays None then. rlimit_nofile: the process's
+        RLIMIT_NOFILE (soft and hard)."""
         self.ctx = ctx
         self.agent = agent
         self.lines = []
@@ -131,6 +145,9 @@ class Daemon:
         else:
             argv = [RUNCAST_BIN, "--listen", "127.0.0.1:%d" % (port or 0), "--upstream", upstream,
                     "--log-format", "json"] + list(args)
+        if VALGRIND:
+            argv = VALGRIND_ARGV + argv
+            start_timeout *= TIME_SCALE
         self.argv = argv
         penv = dict(os.environ)
         penv.setdefault("RUNCAST_SHUTDOWN_GRACE", "0.2s")
@@ -138,8 +155,12 @@ class Daemon:
             penv.update(env)
         if not os.path.exists(RUNCAST_BIN):
             fail("binary not found: %s" % RUNCAST_BIN)
+        preexec = None
+        if rlimit_nofile is not None:
+            def preexec():
+                resource.setrlimit(resource.RLIMIT_NOFILE, (rlimit_nofile, rlimit_nofile))
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.PIPE, env=penv)
+                                     stderr=subprocess.PIPE, env=penv, preexec_fn=preexec)
         ctx.daemons.append(self)
         self.reader = threading.Thread(target=self._read_stderr, daemon=True)
         self.reader.start()
@@ -220,6 +241,11 @@ class Daemon:
                     if "ERROR: AddressSanitizer" in l or "ERROR: LeakSanitizer" in l
                     or "runtime error:" in l]
 
+    def valgrind_report(self):
+        """valgrind's own lines ("==PID== ..."), its warnings left out."""
+        with self.cond:
+            return [l for l in self.lines if re.match(r"==\d+== ", l) and "Warning:" not in l]
+
     def alive(self):
         return self.proc.poll() is None
 
@@ -228,6 +254,8 @@ class Daemon:
         list of problems (empty when the daemon behaved)."""
         if self.stopped:
             return []
+        if VALGRIND:
+            timeout = max(timeout * TIME_SCALE, 20.0)
         self.stopped = True
         problems = []
         rc = self.proc.poll()
@@ -248,6 +276,10 @@ class Daemon:
         san = self.sanitizer_errors()
         if san:
             problems.append("%s sanitizer report: %s" % (self.name(), san[0]))
+        vg = self.valgrind_report() if VALGRIND else []
+        if vg or (VALGRIND and rc == VALGRIND_RC):
+            problems.append("%s: valgrind reported errors (rc=%s):\n%s"
+                            % (self.name(), rc, "\n".join("    " + l for l in vg[:60])))
         if problems:
             problems[-1] += "\n  stderr tail:\n" + self.tail()
         return problems
@@ -793,9 +825,17 @@ class Ctx:
 TESTS = []
 
 
-def test(timeout=20.0):
+SKIPPED = []  # names left out under RUNCAST_VALGRIND
+
+
+def test(timeout=20.0, valgrind=True):
+    """Registers a test. valgrind=False: leave it out under RUNCAST_VALGRIND
+    (it measures timings that valgrind's slowness breaks)."""
     def deco(fn):
-        TESTS.append((fn.__name__, fn, timeout))
+        if VALGRIND and not valgrind:
+            SKIPPED.append(fn.__name__)
+        else:
+            TESTS.append((fn.__name__, fn, timeout * TIME_SCALE))
         return fn
     return deco
 
