@@ -60,3 +60,58 @@ asan:
 
 clean:
 	rm -rf build build-asan
+
+# ---- fuzzing: libFuzzer harnesses in fuzz/ (clang-14; fuzz/bootstrap installs it) ----
+# `make fuzz-smoke`: every harness for 30 s (CI); `make fuzz FUZZ_SECONDS=N`.
+FUZZ_BUILD   := build-fuzz
+FUZZ_CC      ?= clang-14
+FUZZ_SECONDS ?= 300
+FUZZ_JOBS    ?= 2
+FUZZ_TARGETS := fuzz_http fuzz_sse fuzz_body fuzz_decode
+FUZZ_PKGS    := libuv libcurl jansson
+# pkg-config runs when a recipe does (=, not :=), after fuzz/bootstrap.
+FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Wall -Wextra \
+                -Wno-unused-parameter -fno-sanitize-recover=undefined \
+                $(shell pkg-config --cflags $(FUZZ_PKGS) 2>/dev/null)
+FUZZ_LDLIBS   = $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -lpthread -lm
+FUZZ_OBJ     := $(patsubst src/%.c,$(FUZZ_BUILD)/obj/%.o,$(filter-out src/main.c,$(wildcard src/*.c)))
+FUZZ_BIN     := $(addprefix $(FUZZ_BUILD)/,$(FUZZ_TARGETS))
+
+.PHONY: fuzz-build fuzz-smoke fuzz
+fuzz-build: $(FUZZ_BIN)
+
+$(FUZZ_BUILD)/.bootstrapped: fuzz/bootstrap scripts/bootstrap
+	@fuzz/bootstrap
+	@mkdir -p $(FUZZ_BUILD) && touch $@
+
+$(FUZZ_BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) $(FUZZ_BUILD)/.bootstrapped
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+
+$(FUZZ_BUILD)/libruncast-fuzz.a: $(FUZZ_OBJ)
+	rm -f $@ && ar rcs $@ $^
+
+# A harness may #include the .c it tests; the archive supplies the rest.
+$(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_BUILD)/libruncast-fuzz.a $(wildcard src/*.c src/*.h)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -Isrc -o $@ $< \
+		$(FUZZ_BUILD)/libruncast-fuzz.a $(FUZZ_LDLIBS)
+
+fuzz-smoke: fuzz-build
+	@fuzz/run 30 1 $(FUZZ_TARGETS)
+
+fuzz: fuzz-build
+	@fuzz/run $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_TARGETS)
+
+# ---- valgrind: the integration suite with every daemon under memcheck
+# (RUNCAST_VALGRIND=1, see tests/integration/harness.py: deadlines scaled,
+# any memcheck error or definite leak fails the test that started the
+# daemon). Installs valgrind with apt-get when it is missing. Timing-sensitive
+# tests are marked @test(valgrind=False) and left out. VALGRIND_FILTER picks
+# tests by name, as run.py's FILTERs do.
+VALGRIND_FILTER ?=
+
+.PHONY: valgrind
+valgrind: $(BUILD)/runcast
+	@command -v valgrind >/dev/null 2>&1 || { apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
+	@RUNCAST_VALGRIND=1 RUNCAST_BIN=$(BUILD)/runcast UNIT_BINS= scripts/run-tests $(VALGRIND_FILTER)

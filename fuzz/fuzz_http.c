@@ -157,7 +157,9 @@ static int feed(struct buf *acc, const char *chunk, size_t chunk_len,
             http_request_free(&req);
             return 0;
         }
-        struct outcome o = {.result = n};
+        struct outcome o;
+        memset(&o, 0, sizeof(o)); /* padding too: outcomes are compared with memcmp */
+        o.result = n;
         if (n > 0) {
             o.head_len = req.head_len;
             o.method = (int)req.method;
@@ -195,7 +197,10 @@ static void run_stream(const char *stream, size_t len, const uint8_t *sizes, siz
         pos += chunk;
     }
     if (!failed) {
-        struct outcome o = {.result = 0, .left = acc.len, .head_len = head_len};
+        struct outcome o;
+        memset(&o, 0, sizeof(o));
+        o.left = acc.len;
+        o.head_len = head_len;
         push(out, &o);
     }
     buf_free(&acc);

@@ -1,0 +1,275 @@
+/* fuzz_decode: what runcast reads from a request's path, query and headers.
+ * The whole input is used as each of them in turn.
+ *
+ * Path (router.c router_match): a match is exact, i.e. the route's path
+ * rebuilt from the parameters is the input; parameters are 1..128 chars of
+ * [A-Za-z0-9_.-]; -EINVAL only for a /apps/… shape.
+ *
+ * Query (http.c http_query_get), for several keys and output sizes (exact
+ * heap buffers, so ASan sees any overflow): every size agrees with the
+ * largest one: the same value when it fits, -ENOSPC when it does not, the
+ * same error otherwise; a value is NUL-terminated and has no NUL inside. And
+ * a value percent-encoded into "x=1&k=<value>&k=2" decodes back to itself.
+ *
+ * Last-Event-ID (api.c last_event_id, as header and as ?last_event_id=, then
+ * hub.c parse_id and start_position against small hubs): parse_id accepts
+ * exactly [0-9a-f]{8}-[0-9]+ with a seq that fits in 64 bits; a position is
+ * within [oldest retained, last + 1]; an exact position (no stream.reset)
+ * lies right after the given id, or at the latest run's start or the live
+ * end when there is no id. Also Content-Type (api.c content_type_is_json):
+ * no crash.
+ */
+#include <stdint.h>
+
+/* Statics under test; everything else comes from the fuzzing library. */
+#include "../src/api.c"
+#include "../src/hub.c"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+int LLVMFuzzerInitialize(int *argc, char ***argv);
+
+/* ---- path ---------------------------------------------------------------- */
+
+static void check_path(const char *path, size_t len)
+{
+    static const struct {
+        enum route route;
+        const char *path; /* "%s" stands for app, user, session */
+    } shapes[] = {
+        {ROUTE_SESSION_RUN, "/apps/%s/users/%s/sessions/%s/run"},
+        {ROUTE_SESSION_STATUS, "/apps/%s/users/%s/sessions/%s/task-status"},
+        {ROUTE_SESSION, "/apps/%s/users/%s/sessions/%s"},
+        {ROUTE_ALL_STATUS, "/task-status"},
+        {ROUTE_METRICS, "/metrics"},
+        {ROUTE_HEALTHZ, "/healthz"},
+        {ROUTE_READYZ, "/readyz"},
+        {ROUTE_CONSOLE, "/"},
+    };
+    struct route_params p;
+    memset(&p, 0xAA, sizeof(p));
+    int route = router_match(path, len, &p);
+    if (route == -EINVAL) {
+        if (len < 6 || memcmp(path, "/apps/", 6) != 0)
+            abort();
+        return;
+    }
+    if (route == ROUTE_NONE)
+        return;
+    for (size_t i = 0; i < RC_ARRAY_SIZE(shapes); i++) {
+        if (shapes[i].route != (enum route)route)
+            continue;
+        char rebuilt[600];
+        if (strstr(shapes[i].path, "%s")) {
+            const char *params[3] = {p.app, p.user, p.session};
+            for (int j = 0; j < 3; j++) {
+                size_t n = strnlen(params[j], sizeof(p.app));
+                if (n == sizeof(p.app) || !str_is_path_param(params[j], n))
+                    abort();
+            }
+        }
+        int n = snprintf(rebuilt, sizeof(rebuilt), shapes[i].path, p.app, p.user, p.session);
+        if ((size_t)n != len || memcmp(rebuilt, path, len) != 0)
+            abort();
+        return;
+    }
+    abort(); /* a route this harness does not know */
+}
+
+/* ---- query --------------------------------------------------------------- */
+
+static void check_query_key(const char *query, size_t len, const char *key)
+{
+    static const size_t sizes[] = {0, 1, 2, 8, 16, 32, 256};
+    size_t big_size = len + 1; /* decoding never lengthens */
+    char *big = xmalloc(big_size);
+    ssize_t want = http_query_get(query, len, key, big, big_size);
+    if (want != -ENOENT && want != -EINVAL && want < 0)
+        abort();
+    if (want >= 0 && (big[want] != '\0' || strlen(big) != (size_t)want))
+        abort();
+    for (size_t i = 0; i < RC_ARRAY_SIZE(sizes); i++) {
+        char *out = xmalloc(sizes[i]);
+        ssize_t got = http_query_get(query, len, key, out, sizes[i]);
+        if (want >= 0 && (size_t)want >= sizes[i]) {
+            if (got != -ENOSPC)
+                abort();
+        } else if (got != want || (want >= 0 && memcmp(out, big, (size_t)want + 1) != 0)) {
+            abort();
+        }
+        free(out);
+    }
+    free(big);
+}
+
+/* "x=1&k=<value percent-encoded>&k=2" must give the value back for "k". */
+static void check_query_round_trip(const char *value, size_t len)
+{
+    if (memchr(value, '\0', len) != NULL)
+        return; /* a decoded NUL is refused by design */
+    struct buf q = {0};
+    buf_append_str(&q, "x=1&k=");
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)value[i];
+        if (ch == ' ')
+            buf_append(&q, "+", 1);
+        else if ((ch >= '0' && ch <= '9') || (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                 ch == '-' || ch == '_' || ch == '.')
+            buf_append(&q, &value[i], 1);
+        else
+            buf_printf(&q, (i & 1) ? "%%%02X" : "%%%02x", ch);
+    }
+    buf_append_str(&q, "&k=2");
+    char *out = xmalloc(len + 1);
+    if (http_query_get(q.data, q.len, "k", out, len + 1) != (ssize_t)len ||
+        memcmp(out, value, len) != 0)
+        abort();
+    free(out);
+    buf_free(&q);
+}
+
+/* ---- Last-Event-ID ------------------------------------------------------- */
+
+static struct hub *hubs[3];
+
+/* The ids parse_id must accept: [0-9a-f]{8}-[0-9]+ within 64 bits. */
+static int id_is_valid(const char *id, uint32_t *epoch, uint64_t *seq)
+{
+    size_t len = strlen(id);
+    uint64_t e = 0, s = 0;
+    if (len < 10 || id[8] != '-')
+        return 0;
+    for (size_t i = 0; i < 8; i++) {
+        const char *digit = memchr("0123456789abcdef", id[i], 16);
+        if (id[i] == '\0' || digit == NULL)
+            return 0;
+        e = e << 4 | (uint64_t)(digit - "0123456789abcdef");
+    }
+    for (size_t i = 9; i < len; i++) {
+        if (id[i] < '0' || id[i] > '9')
+            return 0;
+        uint64_t d = (uint64_t)(id[i] - '0');
+        if (s > (UINT64_MAX - d) / 10)
+            return 0;
+        s = s * 10 + d;
+    }
+    *epoch = (uint32_t)e;
+    *seq = s;
+    return 1;
+}
+
+static void check_position(const struct hub *h, const char *id, int from_live)
+{
+    const char *reason;
+    uint64_t pos = start_position(h, id, from_live, &reason);
+    uint64_t oldest = log_oldest_seq(h);
+    if (pos < oldest || pos > h->last_seq + 1)
+        abort();
+    if (pos <= h->last_seq && log_find(h, pos) == NULL)
+        abort();
+    if (reason != NULL) {
+        if (pos != oldest)
+            abort();
+        return;
+    }
+    uint32_t epoch;
+    uint64_t seq;
+    if (id != NULL) {
+        if (!id_is_valid(id, &epoch, &seq) || epoch != h->epoch || pos != seq + 1)
+            abort();
+    } else if (pos != (from_live || h->run_start_seq == 0 ? h->last_seq + 1 : h->run_start_seq)) {
+        abort();
+    }
+}
+
+static void check_last_event_id(const char *value, size_t len)
+{
+    struct http_request req;
+    memset(&req, 0, sizeof(req));
+    req.header_count = 1;
+    req.headers[0] = (struct http_header){"Last-Event-ID", 13, value, len};
+
+    char id[256];
+    for (int as_query = 0; as_query < 2; as_query++) {
+        if (as_query) {
+            req.header_count = 0;
+            req.query = value;
+            req.query_len = len;
+        }
+        memset(id, 0xAA, sizeof(id));
+        int has_id = last_event_id(&req, id, sizeof(id));
+        if (has_id != -EINVAL && has_id != 0 && has_id != 1)
+            abort();
+        if (has_id == 1 && memchr(id, '\0', sizeof(id)) == NULL)
+            abort();
+        if (has_id < 0)
+            strcpy(id, "invalid"); /* as handle_get_stream() does */
+
+        uint32_t epoch, epoch_ref;
+        uint64_t seq, seq_ref;
+        int ok = has_id && parse_id(id, &epoch, &seq) == 0;
+        if (has_id && (ok != id_is_valid(id, &epoch_ref, &seq_ref) ||
+                       (ok && (epoch != epoch_ref || seq != seq_ref))))
+            abort();
+        for (size_t i = 0; i < RC_ARRAY_SIZE(hubs); i++) {
+            for (int from_live = 0; from_live < 2; from_live++)
+                check_position(hubs[i], has_id ? id : NULL, from_live);
+        }
+    }
+}
+
+/* format_id() output always parses back. */
+static void check_id_round_trip(const uint8_t *data, size_t size)
+{
+    uint32_t epoch = 0, e;
+    uint64_t seq = 0, s;
+    for (size_t i = 0; i < size && i < 12; i++) {
+        if (i < 4)
+            epoch = epoch << 8 | data[i];
+        else
+            seq = seq << 8 | data[i];
+    }
+    char id[40];
+    format_id(id, sizeof(id), epoch, seq);
+    if (parse_id(id, &e, &s) != 0 || e != epoch || s != seq)
+        abort();
+}
+
+int LLVMFuzzerInitialize(int *argc, char ***argv)
+{
+    /* hub_init() would need a loop for its timer; the log needs only this. */
+    config.history = 4;
+    config.history_bytes = 1 << 20;
+    static const uint32_t epochs[3] = {0x00000000, 0x00000001, 0xdeadbeef};
+    static const int frames[3] = {0, 3, 10};  /* 10 > history: 1..6 are evicted */
+    static const int run_start[3] = {0, 2, 5}; /* hub 2: the run's start is gone */
+    for (size_t i = 0; i < RC_ARRAY_SIZE(hubs); i++) {
+        hubs[i] = hub_create();
+        hubs[i]->epoch = epochs[i];
+        for (int f = 1; f <= frames[i]; f++)
+            hub_publish(hubs[i], "agent.event", "{}", 2, f == run_start[i]);
+    }
+    return 0;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+{
+    char *s = xmalloc(size); /* exact size: ASan sees any overread */
+    memcpy(s, data, size);
+
+    check_path(s, size);
+    static const char *const keys[] = {"last_event_id", "from", "all", "limit", "k", ""};
+    for (size_t i = 0; i < RC_ARRAY_SIZE(keys); i++)
+        check_query_key(s, size, keys[i]);
+    check_query_round_trip(s, size);
+    check_last_event_id(s, size);
+    check_id_round_trip(data, size);
+
+    struct http_request req;
+    memset(&req, 0, sizeof(req));
+    req.header_count = 1;
+    req.headers[0] = (struct http_header){"Content-Type", 12, s, size};
+    (void)content_type_is_json(&req);
+
+    free(s);
+    return 0;
+}
