@@ -97,7 +97,7 @@ $(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_BUILD)/libruncast-fuzz.a $(wildcard s
 		$(FUZZ_BUILD)/libruncast-fuzz.a $(FUZZ_LDLIBS)
 
 fuzz-smoke: fuzz-build
-	@fuzz/run 30 1 $(FUZZ_TARGETS)
+	@fuzz/run 30 2 $(FUZZ_TARGETS)
 
 fuzz: fuzz-build
 	@fuzz/run $(FUZZ_SECONDS) $(FUZZ_JOBS) $(FUZZ_TARGETS)

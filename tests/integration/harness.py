@@ -185,7 +185,7 @@ class Daemon:
         deadline = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                time.sleep(0.1)  # let the reader collect the last lines
+                self.reader.join(2)  # the reader ends at EOF with the last lines
                 fail("process exited (rc=%s) before answering /healthz; stderr tail:\n%s"
                      % (self.proc.returncode, self.tail()))
             try:

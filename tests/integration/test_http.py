@@ -5,7 +5,7 @@ import json
 import time
 
 from harness import (Conn, build_request, check_error, demo_call, eq, expect, post_run,
-                     raw_exchange, request, spath, task_status, test)
+                     raw_exchange, request, spath, task_status, test, wait_until)
 
 RUN = spath("s1") + "/run"
 
@@ -200,13 +200,8 @@ def test_chunked_post_body_is_decoded_and_accepted(t):
     r = raw_exchange(d.port, data)
     eq(r.status, 202, "chunked POST status (%r)" % r.body[:200])
     rid = r.json()["run_id"]
-    st = None
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        st = task_status(d, "s1")
-        if not st["has_task"]:
-            break
-        time.sleep(0.02)
+    wait_until(lambda: not task_status(d, "s1")["has_task"], 5, "the chunked POST's run to end")
+    st = task_status(d, "s1")
     eq((st["run_id"], st["status"]), (rid, "completed"), "run of the chunked POST")
     eq([c["text"] for c in demo_call(d, "s1")], [msg], "message received upstream")
 
