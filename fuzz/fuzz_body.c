@@ -1,6 +1,6 @@
 /* fuzz_body: POST …/run body → ADK newMessage → upstream /run_sse request.
  *
- * Follows the daemon's path: handle_post_run()'s checks (api.c: JSON object,
+ * Follows the daemon's path: run_request_from_body() (api.c: JSON object,
  * "streaming" a boolean, "stateDelta" an object or null, then
  * new_message_from_body()), then run_body() (upstream.c), which serialises
  * the request that upstream_call_start() sends. The body is the whole input.
@@ -20,31 +20,6 @@
 #include "../src/upstream.c"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-
-/* The part of handle_post_run() before the session is touched. Returns the
- * new message (new reference) or NULL with *why set. */
-static json_t *map_body(json_t *body, json_t **state_delta, int *streaming, const char **why)
-{
-    json_t *stream = json_object_get(body, "streaming");
-    json_t *delta = json_object_get(body, "stateDelta");
-    if (delta == NULL)
-        delta = json_object_get(body, "state_delta");
-    *state_delta = NULL;
-    *streaming = stream ? json_is_true(stream) : 1;
-    if (!json_is_object(body))
-        *why = "the body must be a JSON object";
-    else if (stream && !json_is_boolean(stream))
-        *why = "\"streaming\" must be a boolean";
-    else if (delta && !json_is_null(delta) && !json_is_object(delta))
-        *why = "\"stateDelta\" must be an object";
-    else {
-        json_t *message = new_message_from_body(body, why);
-        if (message && json_is_object(delta))
-            *state_delta = json_incref(delta);
-        return message;
-    }
-    return NULL;
-}
 
 static void check_message(const json_t *nm)
 {
@@ -101,7 +76,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     json_t *state_delta;
     int streaming;
     const char *why = NULL;
-    json_t *message = map_body(body, &state_delta, &streaming, &why);
+    json_t *message = run_request_from_body(body, &state_delta, &streaming, &why);
     json_decref(body);
     if (message == NULL) {
         if (why == NULL)

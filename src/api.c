@@ -122,6 +122,37 @@ static int content_type_is_json(const struct http_request *req)
     return str_ieq(v, n, "application/json");
 }
 
+/* Checks a POST …/run body (already parsed JSON) and maps it to the ADK
+ * request's parts. Returns the new message (a new reference) and sets
+ * *state_delta (a new reference, or NULL) and *streaming (default 1); or
+ * returns NULL with *why naming what is wrong. */
+static json_t *run_request_from_body(json_t *body, json_t **state_delta, int *streaming,
+                                     const char **why)
+{
+    json_t *stream = json_object_get(body, "streaming");
+    json_t *delta = json_object_get(body, "stateDelta");
+    if (delta == NULL)
+        delta = json_object_get(body, "state_delta");
+    *state_delta = NULL;
+    *streaming = stream ? json_is_true(stream) : 1;
+    if (!json_is_object(body)) {
+        *why = "the body must be a JSON object";
+        return NULL;
+    }
+    if (stream && !json_is_boolean(stream)) {
+        *why = "\"streaming\" must be a boolean";
+        return NULL;
+    }
+    if (delta && !json_is_null(delta) && !json_is_object(delta)) {
+        *why = "\"stateDelta\" must be an object";
+        return NULL;
+    }
+    json_t *message = new_message_from_body(body, why);
+    if (message && json_is_object(delta))
+        *state_delta = json_incref(delta);
+    return message;
+}
+
 static void handle_post_run(struct conn *c, const struct http_request *req,
                             const struct route_params *p)
 {
@@ -143,28 +174,14 @@ static void handle_post_run(struct conn *c, const struct http_request *req,
         return;
     }
     const char *why = NULL;
-    json_t *message = NULL, *state_delta = NULL;
-    json_t *streaming = json_object_get(body, "streaming");
-    json_t *delta = json_object_get(body, "stateDelta");
-    if (delta == NULL)
-        delta = json_object_get(body, "state_delta");
-    if (!json_is_object(body))
-        why = "the body must be a JSON object";
-    else if (streaming && !json_is_boolean(streaming))
-        why = "\"streaming\" must be a boolean";
-    else if (delta && !json_is_null(delta) && !json_is_object(delta))
-        why = "\"stateDelta\" must be an object";
-    else
-        message = new_message_from_body(body, &why);
+    json_t *state_delta;
+    int stream;
+    json_t *message = run_request_from_body(body, &state_delta, &stream, &why);
+    json_decref(body); /* why is a literal; message and state_delta hold their own refs */
     if (message == NULL) {
         conn_respond_error(c, 400, "invalid_request", why, NULL);
-        json_decref(body);
         return;
     }
-    if (json_is_object(delta))
-        state_delta = json_incref(delta);
-    int stream = streaming ? json_is_true(streaming) : 1;
-    json_decref(body);
 
     struct session *s;
     if (session_get_or_create(p->app, p->user, p->session, &s) < 0) {
