@@ -40,6 +40,7 @@ static void on_server_closed(void *arg)
     uv_close((uv_handle_t *)&drain_timer, NULL);
     uv_close((uv_handle_t *)&sigterm_handle, NULL);
     uv_close((uv_handle_t *)&sigint_handle, NULL);
+    log_detach();
 }
 
 /* The end of the grace period: what still runs is cancelled (run.cancelled
@@ -179,6 +180,7 @@ int main(int argc, char **argv)
     uv_signal_init(loop, &sigint_handle);
     uv_signal_start(&sigint_handle, on_signal, SIGINT);
 
+    log_attach(loop);
     char address[300];
     snprintf(address, sizeof(address), strchr(cfg.listen_host, ':') ? "[%s]:%d" : "%s:%d",
              cfg.listen_host, server_port(server));
@@ -190,5 +192,6 @@ int main(int argc, char **argv)
         demo_stop_thread();
     rc = uv_loop_close(loop);
     log_event(LOG_INFO, "shutdown.done", NULL);
+    log_finish();
     return rc == 0 ? 0 : 1;
 }

@@ -5,6 +5,7 @@
 
 #include "hub.h"
 #include "limiter.h"
+#include "log.h"
 #include "run.h"
 #include "session.h"
 #include "upstream.h"
@@ -141,4 +142,8 @@ void metrics_render(struct buf *out)
     render_header(out, "runcast_frames", "gauge",
                   "Encoded events alive: in replay logs or in writes in flight.");
     buf_printf(out, "runcast_frames %zu\n", hub_total_frames());
+    render_header(out, "runcast_log_lines_dropped_total", "counter",
+                  "Log lines dropped because stderr's reader fell too far behind.");
+    buf_printf(out, "runcast_log_lines_dropped_total %llu\n",
+               (unsigned long long)log_dropped_lines());
 }

@@ -127,11 +127,12 @@ class Daemon:
     embedded demo agent's listening lines; demo_port is then set."""
 
     def __init__(self, ctx, args=(), upstream="demo", agent=False, env=None,
-                 start_timeout=10.0, port=None, rlimit_nofile=None):
+                 start_timeout=10.0, port=None, rlimit_nofile=None, stderr_held=False):
         """port: listen on this port (see free_port()) and wait for /healthz
         instead of the listening log lines (for a --log-level that hides
         them); demo_port stays None then. rlimit_nofile: the process's
-        RLIMIT_NOFILE (soft and hard)."""
+        RLIMIT_NOFILE (soft and hard). stderr_held: nobody reads the
+        daemon's stderr until release_stderr() (needs port)."""
         self.ctx = ctx
         self.agent = agent
         self.lines = []
@@ -140,6 +141,9 @@ class Daemon:
         self.port = None
         self.demo_port = None
         self.stopped = False
+        self.stderr_released = threading.Event()
+        if not stderr_held:
+            self.stderr_released.set()
         if agent:
             argv = [RUNCAST_BIN, "demo-agent", "--listen", "127.0.0.1:0"] + list(args)
         else:
@@ -198,8 +202,12 @@ class Daemon:
                      % (self.port, timeout, self.tail()))
             time.sleep(0.02)
 
+    def release_stderr(self):
+        self.stderr_released.set()
+
     def _read_stderr(self):
         f = self.proc.stderr
+        self.stderr_released.wait()
         for raw in iter(f.readline, b""):
             line = raw.decode("utf-8", "replace").rstrip("\n")
             with self.cond:
@@ -257,6 +265,7 @@ class Daemon:
         if VALGRIND:
             timeout = max(timeout * TIME_SCALE, 20.0)
         self.stopped = True
+        self.stderr_released.set()
         problems = []
         rc = self.proc.poll()
         if rc is not None:

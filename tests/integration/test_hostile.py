@@ -14,7 +14,7 @@ import struct
 import threading
 import time
 
-from harness import (TIME_SCALE, Conn, Daemon, build_request, check_error, demo_call, eq, expect,
+from harness import (TIME_SCALE, Conn, Daemon, free_port, build_request, check_error, demo_call, eq, expect,
                      fail, post_run, run_events, spath, task_status, test, wait_until)
 
 RUN = spath("s1") + "/run"
@@ -470,3 +470,36 @@ def test_max_subscribers_refuses_the_third_stream_with_503_until_one_leaves(t):
     c.wait_event("run.completed", 10, run_id=j["run_id"])
     check_error(d.get(spath("b") + "/run"), 503, "third stream again", code="too_many_subscribers")
     eq(task_status(d, "b")["subscribers"], 1, "b's subscriber still there")
+
+
+@test(timeout=60)
+def test_a_stalled_log_reader_never_stalls_the_loop_lines_are_dropped_and_counted(t):
+    """The soak found this: with stderr a pipe nobody reads, a blocking log
+    write froze every request. Now the backlog is bounded, what does not fit
+    is dropped and counted, and the server keeps answering."""
+    d = Daemon(t, ("--demo-word-delay", "0", "--log-level", "debug"), port=free_port(),
+               stderr_held=True)
+    posts = 0
+    deadline = time.monotonic() + 30 * TIME_SCALE
+    while metric(d, "runcast_log_lines_dropped_total") == 0:
+        expect(time.monotonic() < deadline, "no log line dropped after %d POSTs" % posts)
+        for _ in range(50):
+            post_run(d, "lg%d" % (posts % 10), "a few words to log !word-delay=0")
+            posts += 1
+        t0 = time.monotonic()
+        d.healthy()
+        expect(time.monotonic() - t0 < 2.0 * TIME_SCALE,
+               "/healthz took %.2fs with the log reader stalled" % (time.monotonic() - t0))
+    dropped = metric(d, "runcast_log_lines_dropped_total")
+    d.release_stderr()
+    # The next lines report the drop once the backlog has room again.
+    post_run(d, "lg-after", "after the release")
+    def reported():
+        return sum(int(r["lines"]) for r in d.logs() if r.get("event") == "log.dropped")
+    wait_until(lambda: reported() == metric(d, "runcast_log_lines_dropped_total"), 10 * TIME_SCALE,
+               "log.dropped lines adding up to the counter (%r)" % reported())
+    expect(reported() >= dropped, "reported %d dropped lines, the counter had %d" % (reported(), dropped))
+    eq({r["level"] for r in d.logs() if r.get("event") == "log.dropped"}, {"warn"},
+       "level of log.dropped")
+    d.wait_log(lambda r: r.get("event") == "run.registered" and r.get("session") == "lg-after",
+               10 * TIME_SCALE, "a line logged after the release")
