@@ -492,8 +492,7 @@ def test_a_stalled_log_reader_never_stalls_the_loop_lines_are_dropped_and_counte
                "/healthz took %.2fs with the log reader stalled" % (time.monotonic() - t0))
     dropped = metric(d, "runcast_log_lines_dropped_total")
     d.release_stderr()
-    # The next lines report the drop once the backlog has room again.
-    post_run(d, "lg-after", "after the release")
+    # Once the backlog has room again, a log.dropped line reports the drops.
     def reported():
         return sum(int(r["lines"]) for r in d.logs() if r.get("event") == "log.dropped")
     wait_until(lambda: reported() == metric(d, "runcast_log_lines_dropped_total"), 10 * TIME_SCALE,
@@ -501,5 +500,7 @@ def test_a_stalled_log_reader_never_stalls_the_loop_lines_are_dropped_and_counte
     expect(reported() >= dropped, "reported %d dropped lines, the counter had %d" % (reported(), dropped))
     eq({r["level"] for r in d.logs() if r.get("event") == "log.dropped"}, {"warn"},
        "level of log.dropped")
+    # And what is logged from now on arrives whole.
+    post_run(d, "lg-after", "after the release")
     d.wait_log(lambda r: r.get("event") == "run.registered" and r.get("session") == "lg-after",
                10 * TIME_SCALE, "a line logged after the release")
