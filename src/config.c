@@ -10,10 +10,18 @@
  * Zero means "off" (or "none") for these durations only: --first-event-timeout,
  * --idle-timeout, --run-timeout (no limit), --heartbeat (no heartbeats),
  * --delay-alert (never warn), --retry-backoff (retry at once),
- * --shutdown-grace (cancel at once) and --demo-word-delay (no pause). Every
+ * --shutdown-grace (cancel at once), --demo-word-delay (no pause) and
+ * --jwt-leeway (exp and nbf to the second, at most 1h). Every
  * other duration must be at least 1ms. --runs-per-second 0 means unlimited;
  * --burst 0 means ceil(--runs-per-second), which config_load() resolves so
  * that the limiter always sees a burst >= 1 when rate limiting is on.
+ *
+ * Access control (--auth and the --jwt-* flags) is checked as a whole by
+ * config_load(): a key given with --auth none is an error rather than an open
+ * server, and the value of --jwt-secret is never printed, not even when it is
+ * refused. --allow-origin may be repeated and takes comma-separated lists
+ * (its environment twin can only hold a list); a flag replaces what the
+ * environment gave.
  */
 #include "config.h"
 
@@ -38,7 +46,14 @@ enum option_kind {
     OPTION_URL,       /* char[]: "demo" or an http:// or https:// URL */
     OPTION_LISTEN,    /* char[] host at offset, int port at port_offset */
     OPTION_ENUM,      /* char[]: one of the '|'-separated values */
+    OPTION_STRING,    /* char[]: any text that fits, "" allowed; values is the --help metavar */
+    OPTION_SECRET,    /* char[]: like OPTION_STRING, never echoed in an error */
+    OPTION_LISTEN_OPTIONAL, /* like OPTION_LISTEN, or "" for none (host "", port 0) */
+    OPTION_ORIGINS,   /* char[]: comma-separated origins; each use appends */
 };
+
+/* At most this many --allow-origin values. */
+#define CONFIG_MAX_ORIGINS 16
 
 struct option {
     const char *name;         /* the flag without "--" */
@@ -49,7 +64,7 @@ struct option {
     const char *default_text;
     const char *min_text;     /* NULL: the kind's own lower bound */
     const char *max_text;     /* NULL: the kind's own upper bound */
-    const char *values;       /* OPTION_ENUM only: "text|json" */
+    const char *values;       /* OPTION_ENUM: "text|json"; OPTION_STRING: metavar */
     const char *help;
 };
 
@@ -115,6 +130,33 @@ static const struct option option_table[] = {
       "log line format" },
     { "log-level", OPTION_ENUM, FIELD(log_level), 0, "info", NULL, NULL, "debug|info|warn|error",
       "least severe level logged" },
+    { "auth", OPTION_ENUM, FIELD(auth), 0, "none", NULL, NULL, "none|jwt",
+      "access control: none (open) or jwt (bearer tokens, see README)" },
+    { "jwt-secret", OPTION_SECRET, FIELD(jwt_secret), 0, "", NULL, NULL, NULL,
+      "HS256/384/512 key, at least 32 bytes (prefer the environment)" },
+    { "jwt-public-key", OPTION_STRING, FIELD(jwt_public_key), 0, "", NULL, NULL, "FILE",
+      "PEM public key verifying RS256 or ES256 tokens" },
+    { "jwt-user-claim", OPTION_STRING, FIELD(jwt_user_claim), 0, "sub", NULL, NULL, "NAME",
+      "claim that must equal {user} in a session's path" },
+    { "jwt-audience", OPTION_STRING, FIELD(jwt_audience), 0, "", NULL, NULL, "TEXT",
+      "when set, the token's aud must be or contain this" },
+    { "jwt-issuer", OPTION_STRING, FIELD(jwt_issuer), 0, "", NULL, NULL, "TEXT",
+      "when set, the token's iss must equal this" },
+    { "jwt-cookie", OPTION_STRING, FIELD(jwt_cookie), 0, "", NULL, NULL, "NAME",
+      "also read the token from this cookie" },
+    { "jwt-leeway", OPTION_DURATION, FIELD(jwt_leeway_ms), 0, "30s", NULL, "1h", NULL,
+      "clock skew allowed on exp and nbf; streams end at exp + this" },
+    { "admin-claim", OPTION_STRING, FIELD(admin_claim), 0, "", NULL, NULL, "NAME=VALUE",
+      "claim of admin tokens (/task-status, /metrics); \"\": none" },
+    { "admin-listen", OPTION_LISTEN_OPTIONAL, FIELD(admin_listen_host),
+      offsetof(struct config, admin_listen_port), "", NULL, NULL, NULL,
+      "second listener serving /task-status, /metrics, /healthz, /readyz" },
+    { "allow-origin", OPTION_ORIGINS, FIELD(allow_origin), 0, "", NULL, NULL, NULL,
+      "CORS origin allowed (repeatable, or comma-separated; * alone)" },
+    { "max-runs-per-user", OPTION_INT, FIELD(max_runs_per_user), 0, "0", "0", NULL, NULL,
+      "active runs per user; more fail with rate_limited (0: no cap)" },
+    { "max-subscribers-per-user", OPTION_INT, FIELD(max_subscribers_per_user), 0, "0", "0", NULL,
+      NULL, "event streams per user; more are refused with 429 (0: no cap)" },
 };
 
 /* A parsed value before it is stored; which member is set depends on the kind. */
@@ -128,7 +170,7 @@ struct option_value {
         int port;
     } listen;
     char word[32];     /* OPTION_ENUM: the canonical spelling */
-    const char *text;  /* OPTION_URL: borrows the parsed text; OPTION_ENUM: word */
+    const char *text;  /* OPTION_URL, text kinds: borrows the parsed text; OPTION_ENUM: word */
 };
 
 /* Parses decimal digits s[0..len) into *out; -EINVAL on anything else or on
@@ -282,6 +324,73 @@ int config_parse_listen(const char *s, char *host, size_t host_size, int *port)
     return 0;
 }
 
+/* 1 when s[0..len) is "*" or an origin as browsers send it: http:// or
+ * https://, then a host name, IPv4 or [IPv6] address, then an optional
+ * :PORT, and nothing else (no path, no trailing slash). */
+static int origin_valid(const char *s, size_t len)
+{
+    size_t i;
+
+    if (len == 1 && s[0] == '*')
+        return 1;
+    if (len > 7 && memcmp(s, "http://", 7) == 0)
+        i = 7;
+    else if (len > 8 && memcmp(s, "https://", 8) == 0)
+        i = 8;
+    else
+        return 0;
+    size_t host = i;
+    if (s[i] == '[') {
+        while (i < len && s[i] != ']') {
+            char c = s[i];
+            if (i > host && !((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') ||
+                              (c >= 'A' && c <= 'F') || c == ':' || c == '.'))
+                return 0;
+            i++;
+        }
+        if (i == len || i == host + 1)
+            return 0;
+        i++;
+    } else {
+        while (i < len && s[i] != ':') {
+            char c = s[i];
+            if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+                  c == '.' || c == '-'))
+                return 0;
+            i++;
+        }
+        if (i == host)
+            return 0;
+    }
+    if (i == len)
+        return 1;
+    if (s[i] != ':' || len - i - 1 < 1 || len - i - 1 > 5)
+        return 0;
+    for (i++; i < len; i++) {
+        if (s[i] < '0' || s[i] > '9')
+            return 0;
+    }
+    return 1;
+}
+
+/* A comma-separated list of 1..CONFIG_MAX_ORIGINS valid origins, "*" only
+ * alone. Returns how many, or -EINVAL. */
+static int origins_parse(const char *s)
+{
+    int n = 0, star = 0;
+
+    for (;;) {
+        size_t len = strcspn(s, ",");
+        if (!origin_valid(s, len) || ++n > CONFIG_MAX_ORIGINS)
+            return -EINVAL;
+        star |= len == 1 && s[0] == '*';
+        if (s[len] == '\0')
+            break;
+        s += len + 1;
+    }
+    return star && n > 1 ? -EINVAL : n;
+}
+
 /* Copies the spelling in opt->values that matches s case-insensitively into
  * storage and returns storage; NULL when none matches. */
 static const char *enum_lookup(const struct option *opt, const char *s, char *storage,
@@ -352,6 +461,21 @@ static int option_parse_syntax(const struct option *opt, const char *s, struct o
     case OPTION_ENUM:
         out->text = enum_lookup(opt, s, out->word, sizeof(out->word));
         return out->text && strlen(out->text) < opt->size ? 0 : -EINVAL;
+    case OPTION_STRING:
+    case OPTION_SECRET:
+        out->text = s;
+        return strlen(s) < opt->size ? 0 : -EINVAL;
+    case OPTION_LISTEN_OPTIONAL:
+        if (*s == '\0') {
+            out->listen.host[0] = '\0';
+            out->listen.port = 0;
+            return 0;
+        }
+        return config_parse_listen(s, out->listen.host, sizeof(out->listen.host),
+                                   &out->listen.port);
+    case OPTION_ORIGINS:
+        out->text = s;
+        return *s == '\0' || (strlen(s) < opt->size && origins_parse(s) > 0) ? 0 : -EINVAL;
     }
     return -EINVAL;
 }
@@ -405,11 +529,19 @@ static void option_store(const struct option *opt, const struct option_value *v,
     case OPTION_DOUBLE: memcpy(field, &v->d, sizeof(v->d)); break;
     case OPTION_URL:
     case OPTION_ENUM:
+    case OPTION_STRING:
+    case OPTION_SECRET:
         snprintf(field, opt->size, "%s", v->text);
         break;
     case OPTION_LISTEN:
+    case OPTION_LISTEN_OPTIONAL:
         snprintf(field, opt->size, "%s", v->listen.host);
         memcpy((char *)cfg + opt->port_offset, &v->listen.port, sizeof(v->listen.port));
+        break;
+    case OPTION_ORIGINS: /* appends; option_apply() checked that it fits */
+        if (*field != '\0' && *v->text != '\0')
+            strcat(field, ",");
+        strcat(field, v->text);
         break;
     }
 }
@@ -425,6 +557,10 @@ static const char *option_metavar(const struct option *opt)
     case OPTION_URL: return "URL";
     case OPTION_LISTEN: return "HOST:PORT";
     case OPTION_ENUM: return opt->values;
+    case OPTION_STRING: return opt->values ? opt->values : "TEXT";
+    case OPTION_SECRET: return "SECRET";
+    case OPTION_LISTEN_OPTIONAL: return "HOST:PORT";
+    case OPTION_ORIGINS: return "ORIGIN";
     }
     return "VALUE";
 }
@@ -451,6 +587,11 @@ static void option_report_invalid(const struct option *opt, const char *value,
 {
     struct buf b = {0};
 
+    if (opt->kind == OPTION_SECRET) { /* never echoed, not even in part */
+        fprintf(stderr, "runcast: invalid value for %s (expected at most %zu bytes)\n", where,
+                opt->size - 1);
+        return;
+    }
     buf_append_str(&b, "runcast: invalid value \"");
     for (const char *p = value; *p; p++) {
         if (p - value >= 200) {
@@ -474,6 +615,15 @@ static void option_report_invalid(const struct option *opt, const char *value,
         buf_append_str(&b, "HOST:PORT, [IPV6]:PORT or :PORT with a port from 0 to 65535");
         break;
     case OPTION_ENUM: buf_printf(&b, "one of %s", opt->values); break;
+    case OPTION_STRING:
+    case OPTION_SECRET: buf_printf(&b, "text shorter than %zu bytes", opt->size); break;
+    case OPTION_LISTEN_OPTIONAL:
+        buf_append_str(&b, "\"\", HOST:PORT, [IPV6]:PORT or :PORT with a port from 0 to 65535");
+        break;
+    case OPTION_ORIGINS:
+        buf_printf(&b, "up to %d comma-separated origins like https://app.example:8443, "
+                   "or * alone", CONFIG_MAX_ORIGINS);
+        break;
     }
     if (opt->min_text && opt->max_text)
         buf_printf(&b, ", from %s to %s", opt->min_text, opt->max_text);
@@ -496,6 +646,20 @@ static int option_apply(const struct option *opt, const char *value, const char 
     if (option_parse(opt, value, &v) < 0) {
         option_report_invalid(opt, value, where);
         return -EINVAL;
+    }
+    if (opt->kind == OPTION_ORIGINS) {
+        const char *field = (const char *)cfg + opt->offset;
+        size_t len = strlen(field);
+        if ((len ? len + 1 : 0) + strlen(value) >= opt->size ||
+            (len && *value && origins_parse(field) + origins_parse(value) > CONFIG_MAX_ORIGINS)) {
+            fprintf(stderr, "runcast: too many origins for %s (at most %d)\n", where,
+                    CONFIG_MAX_ORIGINS);
+            return -EINVAL;
+        }
+        if (len && *value && (strcmp(field, "*") == 0 || strcmp(value, "*") == 0)) {
+            fprintf(stderr, "runcast: %s: * must be the only origin\n", where);
+            return -EINVAL;
+        }
     }
     option_store(opt, &v, cfg);
     return 0;
@@ -613,6 +777,7 @@ static int config_apply_env(struct config *cfg)
 static int config_apply_argv(struct config *cfg, int argc, char **argv)
 {
     char where[96];
+    unsigned char seen[RC_ARRAY_SIZE(option_table)] = {0};
 
     for (int i = 1; i < argc; i++) {
         const struct option *opt;
@@ -632,9 +797,55 @@ static int config_apply_argv(struct config *cfg, int argc, char **argv)
             return -EINVAL;
         }
         snprintf(where, sizeof(where), "--%s", opt->name);
+        /* A repeatable flag replaces the environment's list, then appends. */
+        if (opt->kind == OPTION_ORIGINS && !seen[opt - option_table])
+            ((char *)cfg + opt->offset)[0] = '\0';
+        seen[opt - option_table] = 1;
         if (option_apply(opt, value, where, cfg) < 0)
             return -EINVAL;
         i += used - 1;
+    }
+    return 0;
+}
+
+/* 1 when s is a claim or cookie name: 1+ characters of [A-Za-z0-9_.:-]. */
+static int name_valid(const char *s, size_t len)
+{
+    if (len == 0)
+        return 0;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        if (!((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+              c == '_' || c == '.' || c == ':' || c == '-'))
+            return 0;
+    }
+    return 1;
+}
+
+/* The access-control options as a whole. Prints one line and returns
+ * -EINVAL when they do not make sense together; never prints the secret. */
+static int config_check_auth(const struct config *cfg)
+{
+    const char *err = NULL;
+    int jwt = strcmp(cfg->auth, "jwt") == 0;
+    int has_secret = cfg->jwt_secret[0] != '\0', has_key = cfg->jwt_public_key[0] != '\0';
+
+    if (!jwt && (has_secret || has_key))
+        err = "a JWT key is set but --auth is none (add --auth jwt, or drop the key)";
+    else if (jwt && has_secret == has_key)
+        err = "--auth jwt needs exactly one of --jwt-secret and --jwt-public-key";
+    else if (jwt && has_secret && strlen(cfg->jwt_secret) < 32)
+        err = "--jwt-secret must be at least 32 bytes";
+    else if (!name_valid(cfg->jwt_user_claim, strlen(cfg->jwt_user_claim)))
+        err = "--jwt-user-claim must be a claim name ([A-Za-z0-9_.:-])";
+    else if (cfg->jwt_cookie[0] && !name_valid(cfg->jwt_cookie, strlen(cfg->jwt_cookie)))
+        err = "--jwt-cookie must be a cookie name ([A-Za-z0-9_.:-])";
+    else if (cfg->admin_claim[0] &&
+             !name_valid(cfg->admin_claim, strcspn(cfg->admin_claim, "=")))
+        err = "--admin-claim must be NAME=VALUE or NAME";
+    if (err) {
+        fprintf(stderr, "runcast: %s\n", err);
+        return -EINVAL;
     }
     return 0;
 }
@@ -647,6 +858,8 @@ int config_load(struct config *cfg, int argc, char **argv)
     if (config_handle_info_flags(argc, argv))
         return 1;
     if (config_apply_env(cfg) < 0 || config_apply_argv(cfg, argc, argv) < 0)
+        return -EINVAL;
+    if (config_check_auth(cfg) < 0)
         return -EINVAL;
     if (cfg->runs_per_second > 0 && cfg->burst == 0) {
         cfg->burst = (int)cfg->runs_per_second;

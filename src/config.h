@@ -39,6 +39,21 @@ struct config {
     uint64_t demo_word_delay_ms; /* the built-in demo agent's pause between words */
     char log_format[16];       /* "text" | "json" */
     char log_level[16];        /* "debug" | "info" | "warn" | "error" */
+    /* Access control (auth.h): secrets here are never logged or echoed. */
+    char auth[8];              /* "none" | "jwt" */
+    char jwt_secret[1024];     /* HS256/384/512 key */
+    char jwt_public_key[1024]; /* path of the PEM public key (RS256, ES256) */
+    char jwt_user_claim[64];
+    char jwt_audience[256];    /* "": not checked */
+    char jwt_issuer[256];      /* "": not checked */
+    char jwt_cookie[64];       /* "": tokens are not read from cookies */
+    uint64_t jwt_leeway_ms;
+    char admin_claim[256];     /* "NAME=VALUE", "NAME" (claim is true) or "": no admin tokens */
+    char admin_listen_host[256]; /* "": no admin listener */
+    int admin_listen_port;
+    char allow_origin[4096];   /* comma-separated origins, "*", or "" */
+    int max_runs_per_user;     /* 0: unlimited */
+    int max_subscribers_per_user; /* 0: unlimited */
 };
 
 /* Fills cfg with the defaults of DESIGN.md. */
