@@ -1,23 +1,27 @@
 # runcast: plain make + pkg-config. `make run`, `make test`, `make asan`.
-PKGS      := libuv libcurl jansson
+PKGS      := libuv libcurl jansson libjwt libcrypto
 BUILD     ?= build
 CC        ?= cc
 OPT       ?= -O2
 SAN       ?=
-CFLAGS    := -std=c11 -D_GNU_SOURCE -g $(OPT) $(SAN) -Wall -Wextra -Werror \
+# CFLAGS and LDLIBS are expanded when a recipe runs (=, not :=), so that on a
+# fresh machine they see the packages scripts/bootstrap has just installed.
+CFLAGS     = -std=c11 -D_GNU_SOURCE -g $(OPT) $(SAN) -Wall -Wextra -Werror \
              -Wshadow -Wstrict-prototypes -Wmissing-prototypes -Wno-unused-parameter \
              $(shell pkg-config --cflags $(PKGS) 2>/dev/null) $(EXTRA_CFLAGS)
 LDFLAGS   += $(SAN)
-LDLIBS    := $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
+LDLIBS     = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
 SRC       := $(wildcard src/*.c)
 LIB_OBJ   := $(patsubst src/%.c,$(BUILD)/%.o,$(filter-out src/main.c,$(SRC)))
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
 WEB       := $(wildcard web/*)
+# Helpers the integration tests run (jwt-mint makes tokens with libjwt).
+TOOLS     := $(BUILD)/tests/jwt-mint
 
 .PHONY: all bootstrap run test unit integration asan clean
-all: $(BUILD)/runcast $(UNIT_BIN)
+all: $(BUILD)/runcast $(UNIT_BIN) $(TOOLS)
 
 bootstrap:
 	@scripts/bootstrap
@@ -39,6 +43,10 @@ $(BUILD)/runcast: $(BUILD)/main.o $(BUILD)/libruncast.a
 $(BUILD)/tests/%: tests/unit/%.c tests/unit/test.h $(BUILD)/libruncast.a $(wildcard src/*.c src/*.h)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -o $@ $< $(BUILD)/libruncast.a $(LDFLAGS) $(LDLIBS)
+
+$(BUILD)/tests/jwt-mint: tests/tools/jwt-mint.c $(BUILD)/.bootstrapped
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(LDLIBS)
 
 run: $(BUILD)/runcast
 	@echo "runcast on http://127.0.0.1:8000 with the built-in demo agent. Try, in another terminal:"
@@ -68,7 +76,7 @@ FUZZ_CC      ?= clang-14
 FUZZ_SECONDS ?= 300
 FUZZ_JOBS    ?= 2
 FUZZ_TARGETS := fuzz_http fuzz_sse fuzz_body fuzz_decode
-FUZZ_PKGS    := libuv libcurl jansson
+FUZZ_PKGS    := libuv libcurl jansson libjwt libcrypto
 # pkg-config runs when a recipe does (=, not :=), after fuzz/bootstrap.
 FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Wall -Wextra \
                 -Wno-unused-parameter -fno-sanitize-recover=undefined \

@@ -6,9 +6,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "auth.h"
 #include "hub.h"
 #include "limiter.h"
 #include "metrics.h"
+#include "quota.h"
 #include "router.h"
 #include "run.h"
 #include "server.h"
@@ -222,7 +224,7 @@ static int last_event_id(const struct http_request *req, char *out, size_t size)
 }
 
 static void handle_get_stream(struct conn *c, const struct http_request *req,
-                              const struct route_params *p)
+                              const struct route_params *p, const struct auth_grant *grant)
 {
     char id[256], from[16];
     int has_id = last_event_id(req, id, sizeof(id));
@@ -245,7 +247,23 @@ static void handle_get_stream(struct conn *c, const struct http_request *req,
                            "Retry-After: 1\r\n");
         return;
     }
-    int err = hub_subscribe(s->hub, c, has_id ? id : NULL, from_live);
+    void *counted;
+    if (quota_subscriber_begin(p->user, &counted) < 0) {
+        conn_respond_error(c, 429, "too_many_user_subscribers",
+                           "this user has --max-subscribers-per-user streams open",
+                           "Retry-After: 1\r\n");
+        return;
+    }
+    struct hub_subscribe_options opt = {
+        .last_event_id = has_id ? id : NULL,
+        .from_live = from_live,
+        .deadline_ms = auth_grant_deadline_ms(grant),
+        .on_leave = quota_subscriber_end,
+        .leave_arg = counted,
+    };
+    int err = hub_subscribe_with(s->hub, c, &opt);
+    if (err < 0)
+        quota_subscriber_end(counted);
     if (err == -ENOSPC)
         conn_respond_error(c, 503, "too_many_subscribers",
                            "the subscriber limit (--max-subscribers) is reached", "Retry-After: 1\r\n");
@@ -320,10 +338,15 @@ static void handle_all_status(struct conn *c, const struct http_request *req)
     respond_json_steal(c, 200, o);
 }
 
+/* data is NULL for the main listener, &auth_admin_listener for
+ * --admin-listen: the access-control gate decides what each may serve. */
 void api_handle_request(struct conn *c, const struct http_request *req, void *data)
 {
     struct route_params p;
+    struct auth_grant grant;
     int route = router_match(req->path, req->path_len, &p);
+    if (!auth_check_request(c, req, route, &p, data, &grant))
+        return;
     if (route < 0) {
         conn_respond_error(c, 400, "invalid_path_parameter",
                            "app, user and session must be 1 to 128 characters of [A-Za-z0-9_.-]",
@@ -344,7 +367,7 @@ void api_handle_request(struct conn *c, const struct http_request *req, void *da
         if (req->method == HTTP_POST)
             handle_post_run(c, req, &p);
         else if (req->method == HTTP_GET)
-            handle_get_stream(c, req, &p);
+            handle_get_stream(c, req, &p, &grant);
         else
             handle_cancel_run(c, &p);
         break;

@@ -366,11 +366,13 @@ static int origin_valid(const char *s, size_t len)
         return 1;
     if (s[i] != ':' || len - i - 1 < 1 || len - i - 1 > 5)
         return 0;
+    long port = 0;
     for (i++; i < len; i++) {
         if (s[i] < '0' || s[i] > '9')
             return 0;
+        port = port * 10 + (s[i] - '0');
     }
-    return 1;
+    return port <= 65535;
 }
 
 /* A comma-separated list of 1..CONFIG_MAX_ORIGINS valid origins, "*" only

@@ -48,6 +48,10 @@ struct subscriber {
     size_t queued_bytes;
     struct list writes;   /* struct sub_write in flight; a completion is "proceed" */
     int wrote_since_tick;
+    uint64_t deadline_ms; /* 0: none; else it sits in the deadline heap */
+    size_t heap_index;    /* its place in the deadline heap */
+    void (*on_leave)(void *arg);
+    void *leave_arg;
 };
 
 struct hub {
@@ -73,11 +77,19 @@ static uint64_t dropped[HUB_DROP_REASONS];
 static uint32_t epoch_next;
 static struct buf encode_scratch;
 
+/* Streams with a deadline, earliest first: a binary min-heap on
+ * deadline_ms, so one timer armed at heap[0] serves them all and each
+ * insert or removal costs O(log n). */
+static struct subscriber **deadline_heap;
+static size_t deadline_count, deadline_cap;
+static uv_timer_t deadline_timer;
+
 static const char keepalive_comment[] = ": keepalive\n\n";
 static struct frame *keepalive_frame; /* shared by every idle stream */
 
 static void subscriber_offer(struct subscriber *s, struct frame *f);
 static void heartbeat_cb(uv_timer_t *t);
+static void deadline_cb(uv_timer_t *t);
 
 static void frame_release(struct frame *f)
 {
@@ -111,12 +123,19 @@ void hub_init(uv_loop_t *loop, const struct hub_config *cfg)
     uv_unref((uv_handle_t *)&heartbeat_timer);
     if (config.heartbeat_ms > 0)
         uv_timer_start(&heartbeat_timer, heartbeat_cb, config.heartbeat_ms, config.heartbeat_ms);
+    uv_timer_init(loop, &deadline_timer);
+    uv_unref((uv_handle_t *)&deadline_timer);
 }
 
 void hub_shutdown(void)
 {
     uv_timer_stop(&heartbeat_timer);
     uv_close((uv_handle_t *)&heartbeat_timer, NULL);
+    uv_timer_stop(&deadline_timer);
+    uv_close((uv_handle_t *)&deadline_timer, NULL);
+    free(deadline_heap);
+    deadline_heap = NULL;
+    deadline_count = deadline_cap = 0;
     buf_free(&encode_scratch);
     frame_release(keepalive_frame);
     keepalive_frame = NULL;
@@ -216,6 +235,86 @@ uint64_t hub_publish(struct hub *h, const char *event, const char *data, size_t 
     return seq;
 }
 
+/* ---- stream deadlines ----------------------------------------------------- */
+
+static void heap_place(size_t i, struct subscriber *s)
+{
+    deadline_heap[i] = s;
+    s->heap_index = i;
+}
+
+static void heap_sift_up(size_t i)
+{
+    struct subscriber *s = deadline_heap[i];
+    while (i > 0) {
+        size_t parent = (i - 1) / 2;
+        if (deadline_heap[parent]->deadline_ms <= s->deadline_ms)
+            break;
+        heap_place(i, deadline_heap[parent]);
+        i = parent;
+    }
+    heap_place(i, s);
+}
+
+static void heap_sift_down(size_t i)
+{
+    struct subscriber *s = deadline_heap[i];
+    for (;;) {
+        size_t child = 2 * i + 1;
+        if (child >= deadline_count)
+            break;
+        if (child + 1 < deadline_count &&
+            deadline_heap[child + 1]->deadline_ms < deadline_heap[child]->deadline_ms)
+            child++;
+        if (s->deadline_ms <= deadline_heap[child]->deadline_ms)
+            break;
+        heap_place(i, deadline_heap[child]);
+        i = child;
+    }
+    heap_place(i, s);
+}
+
+/* Arms the one deadline timer at the earliest deadline (or stops it). */
+static void deadline_arm(void)
+{
+    if (deadline_count == 0) {
+        uv_timer_stop(&deadline_timer);
+        return;
+    }
+    uint64_t now = time_mono_ms(), due = deadline_heap[0]->deadline_ms;
+    uv_timer_start(&deadline_timer, deadline_cb, due > now ? due - now : 0, 0);
+}
+
+static void deadline_insert(struct subscriber *s)
+{
+    if (deadline_count == deadline_cap) {
+        deadline_cap = deadline_cap ? deadline_cap * 2 : 16;
+        deadline_heap = xrealloc(deadline_heap, deadline_cap * sizeof(*deadline_heap));
+    }
+    deadline_heap[deadline_count] = s;
+    s->heap_index = deadline_count++;
+    heap_sift_up(s->heap_index);
+    if (s->heap_index == 0)
+        deadline_arm();
+}
+
+/* Removes s from the heap. The timer is re-armed only when the earliest
+ * deadline changed; a timer left armed for a later one just fires early
+ * and re-arms. */
+static void deadline_remove(struct subscriber *s)
+{
+    size_t i = s->heap_index;
+    struct subscriber *last = deadline_heap[--deadline_count];
+    s->deadline_ms = 0;
+    if (i == deadline_count)
+        return;
+    heap_place(i, last);
+    if (i > 0 && deadline_heap[(i - 1) / 2]->deadline_ms > last->deadline_ms)
+        heap_sift_up(i);
+    else
+        heap_sift_down(i);
+}
+
 /* ---- subscribers ---------------------------------------------------------- */
 
 static void subscriber_drop(struct subscriber *s, enum hub_drop_reason reason)
@@ -245,9 +344,13 @@ static void subscriber_on_close(struct conn *c, void *arg)
     }
     list_remove(&s->all_link);
     total_subscribers--;
+    if (s->deadline_ms)
+        deadline_remove(s);
     for (unsigned i = 0; i < s->queued; i++)
         frame_release(s->queue[i]);
     free(s->queue);
+    if (s->on_leave)
+        s->on_leave(s->leave_arg);
     free(s);
 }
 
@@ -391,6 +494,37 @@ static void heartbeat_cb(uv_timer_t *t)
     }
 }
 
+/* Ends a stream whose deadline passed: what it was already handed goes out,
+ * then a stream.closed without an id line, then a graceful close. Frames it
+ * has not been handed yet (a replay under way) are not sent: the client
+ * resumes after the last id it got, so nothing is lost. Frees s (through
+ * the close callback). */
+static void subscriber_expire(struct subscriber *s)
+{
+    static const char closing[] = "event: stream.closed\ndata: {\"reason\":\"token_expired\"}\n\n";
+    if (s->hub == NULL) { /* its hub is going: the stream is ending anyway */
+        conn_close(s->conn, 0);
+        return;
+    }
+    struct frame *f = frame_private(closing, sizeof(closing) - 1);
+    subscriber_enqueue(s, f);
+    frame_release(f);
+    int lagged;
+    struct sub_write *w = subscriber_take_batch(s, 0, 0, &lagged);
+    /* Sent without a subscriber: its completion may come after s is gone. */
+    if (w != NULL)
+        sub_write_send(s->conn, w);
+    conn_close(s->conn, 0);
+}
+
+static void deadline_cb(uv_timer_t *t)
+{
+    uint64_t now = time_mono_ms();
+    while (deadline_count > 0 && deadline_heap[0]->deadline_ms <= now)
+        subscriber_expire(deadline_heap[0]); /* its close callback leaves the heap */
+    deadline_arm();
+}
+
 /* Parses "<epoch hex>-<seq>" as made by format_id(). Returns 0 or -EINVAL. */
 static int parse_id(const char *id, uint32_t *epoch, uint64_t *seq)
 {
@@ -444,6 +578,13 @@ static uint64_t start_position(const struct hub *h, const char *last_event_id, i
 
 int hub_subscribe(struct hub *h, struct conn *conn, const char *last_event_id, int from_live)
 {
+    struct hub_subscribe_options opt = {.last_event_id = last_event_id, .from_live = from_live};
+    return hub_subscribe_with(h, conn, &opt);
+}
+
+int hub_subscribe_with(struct hub *h, struct conn *conn, const struct hub_subscribe_options *opt)
+{
+    const char *last_event_id = opt->last_event_id;
     if (total_subscribers >= (size_t)config.max_subscribers)
         return -ENOSPC;
     struct subscriber *s = xcalloc(1, sizeof(*s));
@@ -465,7 +606,7 @@ int hub_subscribe(struct hub *h, struct conn *conn, const char *last_event_id, i
     total_subscribers++;
 
     const char *reset_reason;
-    s->next_seq = start_position(h, last_event_id, from_live, &reset_reason);
+    s->next_seq = start_position(h, last_event_id, opt->from_live, &reset_reason);
     struct buf pre = {0};
     buf_printf(&pre, "retry: %" PRIu64 "\n\n", config.retry_ms);
     if (reset_reason) {
@@ -477,6 +618,12 @@ int hub_subscribe(struct hub *h, struct conn *conn, const char *last_event_id, i
     buf_free(&pre);
     subscriber_enqueue(s, preamble);
     frame_release(preamble);
+    s->on_leave = opt->on_leave;
+    s->leave_arg = opt->leave_arg;
+    if (opt->deadline_ms) {
+        s->deadline_ms = opt->deadline_ms;
+        deadline_insert(s);
+    }
     subscriber_flush(s);
     return 0;
 }

@@ -61,6 +61,24 @@ uint64_t hub_publish(struct hub *h, const char *event, const char *data, size_t 
  * answers 503), or another negative errno when the connection is gone. */
 int hub_subscribe(struct hub *h, struct conn *conn, const char *last_event_id, int from_live);
 
+/* hub_subscribe() with the rest of what a stream may need. */
+struct hub_subscribe_options {
+    const char *last_event_id; /* NULL when the client sent none */
+    int from_live;
+    /* time_mono_ms() at which the stream ends (its token expires), 0: never.
+     * It then gets what was already handed to it, a `stream.closed`
+     * {"reason": "token_expired"} without an id line (so the client's last
+     * id stays the last event it really got), and a graceful close. One
+     * timer serves every stream's deadline (a min-heap). */
+    uint64_t deadline_ms;
+    /* Called once when the subscriber goes away, whatever the reason (from
+     * its connection's close callback). Not called when hub_subscribe_with()
+     * fails: the caller cleans up then. May be NULL. */
+    void (*on_leave)(void *arg);
+    void *leave_arg;
+};
+int hub_subscribe_with(struct hub *h, struct conn *conn, const struct hub_subscribe_options *opt);
+
 size_t hub_subscriber_count(const struct hub *h);
 /* Totals over every hub, for metrics, status and the soak. */
 size_t hub_total_subscribers(void);

@@ -1,7 +1,7 @@
 /* main.c: wires the subsystems onto one loop, and shuts them down in order.
  *
- * Start: config -> log -> demo agent (its own thread) -> upstream -> hub ->
- * limiter -> sessions -> listener. Stop (SIGTERM/SIGINT): stop accepting and
+ * Start: config -> log -> access control -> demo agent (its own thread) ->
+ * upstream -> hub -> limiter -> sessions -> listener (and --admin-listen). Stop (SIGTERM/SIGINT): stop accepting and
  * turn /readyz to 503, give active runs --shutdown-grace to finish, cancel
  * what still runs with reason "shutdown", end every stream after its last
  * events, close every handle, exit 0.
@@ -13,12 +13,14 @@
 #include <uv.h>
 
 #include "api.h"
+#include "auth.h"
 #include "config.h"
 #include "demo.h"
 #include "hub.h"
 #include "limiter.h"
 #include "log.h"
 #include "metrics.h"
+#include "quota.h"
 #include "run.h"
 #include "server.h"
 #include "session.h"
@@ -26,11 +28,22 @@
 
 static struct config cfg;
 static struct server *server;
+static struct server *admin_server; /* --admin-listen, or NULL */
 static uv_signal_t sigterm_handle, sigint_handle;
 static uv_timer_t drain_timer;
 static uint64_t drain_deadline_ms;
 static int stopping;
 static int demo_running;
+
+static void on_server_closed(void *arg);
+
+/* The main listener is closed after the admin one, so that /metrics and
+ * /task-status answer for as long as the gateway does. */
+static void on_admin_server_closed(void *arg)
+{
+    admin_server = NULL;
+    server_close(server, on_server_closed, NULL);
+}
 
 static void on_server_closed(void *arg)
 {
@@ -50,7 +63,10 @@ static void finish_shutdown(void)
     uv_timer_stop(&drain_timer);
     limiter_shutdown();
     session_table_shutdown("shutdown");
-    server_close(server, on_server_closed, NULL);
+    if (admin_server)
+        server_close(admin_server, on_admin_server_closed, NULL);
+    else
+        server_close(server, on_server_closed, NULL);
 }
 
 /* Polled while draining: a safe point outside every run's callbacks. */
@@ -75,8 +91,52 @@ static void on_signal(uv_signal_t *handle, int signum)
               "active_runs", active, NULL);
     api_set_draining(1);
     server_stop_accepting(server);
+    if (admin_server)
+        server_stop_accepting(admin_server);
     drain_deadline_ms = time_mono_ms() + cfg.shutdown_grace_ms;
     uv_timer_start(&drain_timer, drain_tick, 0, 25);
+}
+
+/* 1 when host only accepts connections from this machine. */
+static int host_is_loopback(const char *host)
+{
+    return strncmp(host, "127.", 4) == 0 || strcmp(host, "::1") == 0 ||
+           strcmp(host, "localhost") == 0;
+}
+
+/* Access control from the configuration. Returns 0, or a negative errno
+ * after auth_init() printed why. */
+static int start_auth(void)
+{
+    struct auth_config ac = {
+        .jwt = strcmp(cfg.auth, "jwt") == 0,
+        .secret = cfg.jwt_secret,
+        .public_key_path = cfg.jwt_public_key,
+        .user_claim = cfg.jwt_user_claim,
+        .audience = cfg.jwt_audience,
+        .issuer = cfg.jwt_issuer,
+        .cookie = cfg.jwt_cookie,
+        .leeway_ms = cfg.jwt_leeway_ms,
+        .admin_claim = cfg.admin_claim,
+        .allow_origins = cfg.allow_origin,
+    };
+    quota_init(cfg.max_runs_per_user, cfg.max_subscribers_per_user);
+    int err = auth_init(&ac);
+    /* The key is in auth.c now; this copy is not needed any more. */
+    memset(cfg.jwt_secret, 0, sizeof(cfg.jwt_secret));
+    if (err < 0)
+        return err;
+    if (!ac.jwt && !host_is_loopback(cfg.listen_host))
+        log_event(LOG_WARN, "auth.disabled", "listen", cfg.listen_host[0] ? cfg.listen_host : "*",
+                  "message", "--auth none on a non-loopback address: anyone who can reach it can "
+                  "read every session and start runs", NULL);
+    if (cfg.admin_listen_host[0] || cfg.admin_listen_port) {
+        if (!host_is_loopback(cfg.admin_listen_host))
+            log_event(LOG_WARN, "auth.admin_exposed", "listen",
+                      cfg.admin_listen_host[0] ? cfg.admin_listen_host : "*", "message",
+                      "--admin-listen serves /task-status and /metrics without tokens", NULL);
+    }
+    return 0;
 }
 
 /* Starts the built-in demo agent when --upstream is "demo" and rewrites the
@@ -114,6 +174,8 @@ int main(int argc, char **argv)
     log_parse_format(cfg.log_format, &format);
     log_configure(level, format);
     signal(SIGPIPE, SIG_IGN);
+    if (start_auth() < 0)
+        return 2;
 
     char upstream[sizeof(cfg.upstream) + 32];
     snprintf(upstream, sizeof(upstream), "%s", cfg.upstream);
@@ -174,6 +236,22 @@ int main(int argc, char **argv)
                 uv_strerror(err));
         return 1;
     }
+    if (cfg.admin_listen_host[0] || cfg.admin_listen_port) {
+        struct server_config asc = svc;
+        asc.host = cfg.admin_listen_host[0] ? cfg.admin_listen_host : "0.0.0.0";
+        asc.port = cfg.admin_listen_port;
+        err = server_start(loop, &asc, api_handle_request, (void *)&auth_admin_listener,
+                           &admin_server);
+        if (err < 0) {
+            fprintf(stderr, "runcast: cannot listen on %s:%d (--admin-listen): %s\n", asc.host,
+                    asc.port, uv_strerror(err));
+            return 1;
+        }
+        char admin_address[300];
+        snprintf(admin_address, sizeof(admin_address),
+                 strchr(asc.host, ':') ? "[%s]:%d" : "%s:%d", asc.host, server_port(admin_server));
+        log_event(LOG_INFO, "admin.listening", "address", admin_address, NULL);
+    }
     uv_timer_init(loop, &drain_timer);
     uv_signal_init(loop, &sigterm_handle);
     uv_signal_start(&sigterm_handle, on_signal, SIGTERM);
@@ -185,12 +263,14 @@ int main(int argc, char **argv)
     snprintf(address, sizeof(address), strchr(cfg.listen_host, ':') ? "[%s]:%d" : "%s:%d",
              cfg.listen_host, server_port(server));
     log_event(LOG_INFO, "listening", "address", address, "upstream",
-              strcmp(cfg.upstream, "demo") == 0 ? "demo" : upstream, NULL);
+              strcmp(cfg.upstream, "demo") == 0 ? "demo" : upstream, "auth", cfg.auth, NULL);
 
     uv_run(loop, UV_RUN_DEFAULT);
     if (demo_running)
         demo_stop_thread();
     rc = uv_loop_close(loop);
+    auth_shutdown();
+    quota_shutdown(); /* after the loop: every stream has left its user's count */
     log_event(LOG_INFO, "shutdown.done", NULL);
     log_finish();
     return rc == 0 ? 0 : 1;

@@ -12,6 +12,7 @@
 #include "hub.h"
 #include "log.h"
 #include "metrics.h"
+#include "quota.h"
 #include "session.h"
 #include "upstream.h"
 
@@ -110,6 +111,7 @@ static void run_transition(struct run *r, enum run_state to, json_t *data)
             r->call = NULL;
         }
         limiter_leave(&r->waiter);
+        quota_run_end(s->user);
         active_runs--;
         outcomes[to]++;
         metrics_observe(METRICS_RUN_DURATION, (double)(now_ns - r->registered_ns) / 1e9);
@@ -321,6 +323,14 @@ struct run *run_start(struct session *s, json_t *new_message, json_t *state_delt
     log_event(LOG_INFO, "run.registered", "app", s->app, "user", s->user, "session", s->id,
               "run", r->id, NULL);
 
+    /* Over --max-runs-per-user the run fails at once rather than queue: a
+     * user can then hold at most that many limiter slots, queued or not,
+     * whatever the others do. */
+    if (quota_run_begin(s->user) < 0) {
+        run_transition(r, RUN_FAILED,
+                       failure("rate_limited", "this user already has --max-runs-per-user active runs"));
+        return r;
+    }
     size_t position = 0;
     if (limiter_acquire(&r->waiter, &position)) {
         run_begin_upstream(r);

@@ -115,6 +115,7 @@ struct conn {
     struct list node;      /* in server->conns */
     struct buf rbuf;       /* unparsed input */
     char *peer;            /* "ip:port", made by conn_peer() */
+    char *answer_headers;  /* conn_set_answer_headers(): for the current request's answer */
     conn_close_cb on_close;
     void *close_arg;
     uint64_t requests;
@@ -305,19 +306,20 @@ static void conn_send_response(struct conn *c, int status, const char *content_t
         snprintf(length, sizeof(length), "Content-Length: %zu\r\n", body_len);
     const char *connection = closing ? "Connection: close\r\n"
                              : c->keep_alive10 ? "Connection: keep-alive\r\n" : "";
-    const char *fmt = "HTTP/1.1 %d %s\r\n%s%s%s%s%s%s\r\n";
+    const char *fmt = "HTTP/1.1 %d %s\r\n%s%s%s%s%s%s%s\r\n";
     const char *reason = http_status_reason(status);
     const char *ct_name = content_type ? "Content-Type: " : "";
     const char *ct_value = content_type ? content_type : "";
     const char *ct_end = content_type ? "\r\n" : "";
     const char *extra = extra_headers ? extra_headers : "";
+    const char *answer = c->answer_headers ? c->answer_headers : "";
     int head_len = snprintf(NULL, 0, fmt, status, reason, ct_name, ct_value, ct_end, length,
-                            extra, connection);
+                            extra, answer, connection);
     if (!has_length)
         body_len = 0;
     struct conn_write *w = conn_write_new((size_t)head_len + 1 + body_len);
     snprintf(w->data, (size_t)head_len + 1, fmt, status, reason, ct_name, ct_value, ct_end,
-             length, extra, connection);
+             length, extra, answer, connection);
     if (body_len)
         memcpy(w->data + head_len, body, body_len);
     if (c->server->cfg.on_response)
@@ -352,6 +354,8 @@ static void conn_fail(struct conn *c, int err)
 static void conn_dispatch(struct conn *c, const struct http_request *req)
 {
     c->requests++;
+    free(c->answer_headers); /* they belonged to the previous request's answer */
+    c->answer_headers = NULL;
     c->close_after = !req->keep_alive || c->eof;
     c->http10 = req->version_minor == 0;
     c->keep_alive10 = c->http10 && req->keep_alive;
@@ -588,6 +592,7 @@ static void conn_maybe_free(struct conn *c)
     s->conn_count--;
     buf_free(&c->rbuf);
     free(c->peer);
+    free(c->answer_headers);
     free(c);
     server_maybe_free(s);
 }
@@ -729,6 +734,12 @@ void conn_respond_error(struct conn *c, int status, const char *code, const char
     free(body);
 }
 
+void conn_set_answer_headers(struct conn *c, const char *lines)
+{
+    free(c->answer_headers);
+    c->answer_headers = lines && *lines ? xstrdup(lines) : NULL;
+}
+
 /* ---- streams -------------------------------------------------------------- */
 
 int conn_stream_begin(struct conn *c, int status, const char *headers, int chunked,
@@ -748,14 +759,15 @@ int conn_stream_begin(struct conn *c, int status, const char *headers, int chunk
     if (c->http10)
         chunked = 0; /* HTTP/1.0 has no chunked coding: the body ends at close */
     int close = !chunked || c->close_after;
-    const char *fmt = "HTTP/1.1 %d %s\r\n%s%s%s\r\n";
+    const char *fmt = "HTTP/1.1 %d %s\r\n%s%s%s%s\r\n";
     const char *reason = http_status_reason(status);
     const char *te = chunked ? "Transfer-Encoding: chunked\r\n" : "";
     const char *conn_hdr = close ? "Connection: close\r\n" : "";
     const char *hdrs = headers ? headers : "";
-    int head_len = snprintf(NULL, 0, fmt, status, reason, hdrs, te, conn_hdr);
+    const char *answer = c->answer_headers ? c->answer_headers : "";
+    int head_len = snprintf(NULL, 0, fmt, status, reason, hdrs, answer, te, conn_hdr);
     struct conn_write *w = conn_write_new((size_t)head_len + 1);
-    snprintf(w->data, (size_t)head_len + 1, fmt, status, reason, hdrs, te, conn_hdr);
+    snprintf(w->data, (size_t)head_len + 1, fmt, status, reason, hdrs, answer, te, conn_hdr);
     if (c->server->cfg.on_response)
         c->server->cfg.on_response(status);
     int rc = conn_submit_data(c, w, (size_t)head_len);

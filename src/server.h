@@ -67,6 +67,12 @@ void conn_respond_json(struct conn *c, int status, struct json_t *obj, const cha
 void conn_respond_error(struct conn *c, int status, const char *code, const char *message,
                         const char *extra_headers);
 
+/* Header lines ("Name: value\r\n"...) added to whatever answers the request
+ * being dispatched: a response or a stream head (CORS headers, set once by
+ * the gate in front of every handler). Copied; NULL or "" clears them. They
+ * are forgotten when the next request is dispatched. */
+void conn_set_answer_headers(struct conn *c, const char *lines);
+
 /* ---- streams ------------------------------------------------------------ */
 
 /* Notified once when a stream's connection goes away (peer closed or reset,

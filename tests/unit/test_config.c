@@ -99,11 +99,11 @@ static void load_without_env_or_flags_keeps_defaults(void)
 }
 
 /* Every row's field size matches the C type its kind writes, its default
- * and bounds parse, and the struct is covered: 29 options for 30 fields
- * (--listen fills two). */
+ * and bounds parse, and the struct is covered: 42 options for 44 fields
+ * (--listen and --admin-listen fill two each). */
 static void option_table_is_consistent(void)
 {
-    CHECK_EQ(RC_ARRAY_SIZE(option_table), 29);
+    CHECK_EQ(RC_ARRAY_SIZE(option_table), 42);
     for (size_t i = 0; i < RC_ARRAY_SIZE(option_table); i++) {
         const struct option *opt = &option_table[i];
         struct option_value v;
@@ -546,6 +546,74 @@ static void control_characters_in_a_bad_value_keep_the_error_on_one_line(void)
                      "(expected an integer, at least 1)\n");
 }
 
+static void auth_options_are_checked_together(void)
+{
+    struct config cfg;
+    char err[1024];
+    static const char secret[] = "s3cret-s3cret-s3cret-s3cret-s3cret";
+    clear_env();
+    char *none_with_key[] = { "runcast", "--jwt-secret", (char *)secret, NULL };
+    CHECK_EQ(load_capturing(&cfg, none_with_key, 2, err, sizeof(err)), -EINVAL);
+    CHECK(strstr(err, "--auth is none") != NULL);
+    CHECK(strstr(err, secret) == NULL);
+    char *jwt_without_key[] = { "runcast", "--auth", "jwt", NULL };
+    CHECK_EQ(load_capturing(&cfg, jwt_without_key, 2, err, sizeof(err)), -EINVAL);
+    CHECK(strstr(err, "exactly one of") != NULL);
+    char *both[] = { "runcast", "--auth", "jwt", "--jwt-secret", (char *)secret,
+                     "--jwt-public-key", "/k.pem", NULL };
+    CHECK_EQ(load(&cfg, both), -EINVAL);
+    char *short_secret[] = { "runcast", "--auth", "jwt", "--jwt-secret", "tooshort", NULL };
+    CHECK_EQ(load_capturing(&cfg, short_secret, 2, err, sizeof(err)), -EINVAL);
+    CHECK_STREQ(err, "runcast: --jwt-secret must be at least 32 bytes\n");
+    char *ok[] = { "runcast", "--auth", "jwt", "--jwt-secret", (char *)secret, "--jwt-user-claim",
+                   "uid", "--jwt-cookie", "rc_token", "--admin-claim", "role=admin",
+                   "--admin-listen", "127.0.0.1:0", "--max-runs-per-user", "2",
+                   "--max-subscribers-per-user", "3", NULL };
+    CHECK_EQ(load(&cfg, ok), 0);
+    CHECK_STREQ(cfg.auth, "jwt");
+    CHECK_STREQ(cfg.jwt_secret, secret);
+    CHECK_STREQ(cfg.jwt_user_claim, "uid");
+    CHECK_STREQ(cfg.admin_claim, "role=admin");
+    CHECK_STREQ(cfg.admin_listen_host, "127.0.0.1");
+    CHECK_EQ(cfg.max_runs_per_user, 2);
+    CHECK_EQ(cfg.max_subscribers_per_user, 3);
+    char *bad_claim[] = { "runcast", "--auth", "jwt", "--jwt-secret", (char *)secret,
+                          "--jwt-user-claim", "a b", NULL };
+    CHECK_EQ(load(&cfg, bad_claim), -EINVAL);
+    /* a secret too long for its buffer is refused without being echoed */
+    char long_secret[1100];
+    memset(long_secret, 'k', sizeof(long_secret) - 1);
+    long_secret[sizeof(long_secret) - 1] = '\0';
+    char *too_long[] = { "runcast", "--auth", "jwt", "--jwt-secret", long_secret, NULL };
+    CHECK_EQ(load_capturing(&cfg, too_long, 2, err, sizeof(err)), -EINVAL);
+    CHECK(strstr(err, "kkkk") == NULL);
+    CHECK(strstr(err, "--jwt-secret") != NULL);
+}
+
+static void allow_origin_repeats_and_replaces_the_environment(void)
+{
+    struct config cfg;
+    clear_env();
+    setenv("RUNCAST_ALLOW_ORIGIN", "https://env.example", 1);
+    char *none[] = { "runcast", NULL };
+    CHECK_EQ(load(&cfg, none), 0);
+    CHECK_STREQ(cfg.allow_origin, "https://env.example");
+    char *two[] = { "runcast", "--allow-origin", "https://a.example",
+                    "--allow-origin=http://localhost:3000,http://[::1]:8080", NULL };
+    CHECK_EQ(load(&cfg, two), 0);
+    CHECK_STREQ(cfg.allow_origin, "https://a.example,http://localhost:3000,http://[::1]:8080");
+    clear_env();
+    char *star_and_more[] = { "runcast", "--allow-origin", "*", "--allow-origin",
+                              "https://a.example", NULL };
+    CHECK_EQ(load(&cfg, star_and_more), -EINVAL);
+    static const char *const bad[] = { "https://a.example/", "ftp://a.example", "a.example",
+                                       "https://a.example:99999", "https://", "null" };
+    for (size_t i = 0; i < RC_ARRAY_SIZE(bad); i++) {
+        char *argv[] = { "runcast", "--allow-origin", (char *)bad[i], NULL };
+        CHECK_EQ(load(&cfg, argv), -EINVAL);
+    }
+}
+
 int main(void)
 {
     RUN_TEST(defaults_match_contract);
@@ -575,5 +643,7 @@ int main(void)
     RUN_TEST(help_as_an_option_value_is_not_help);
     RUN_TEST(version_prints_and_returns_1);
     RUN_TEST(control_characters_in_a_bad_value_keep_the_error_on_one_line);
+    RUN_TEST(auth_options_are_checked_together);
+    RUN_TEST(allow_origin_repeats_and_replaces_the_environment);
     return test_report("test_config");
 }

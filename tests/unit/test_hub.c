@@ -401,6 +401,111 @@ static void subscriber_limit_is_enforced(void)
     teardown();
 }
 
+static int left_calls;
+
+static void count_leave(void *arg)
+{
+    left_calls++;
+    CHECK(arg == &left_calls);
+}
+
+/* Every parent's deadline is at most its children's, and every subscriber
+ * knows its place. */
+static int deadline_heap_valid(void)
+{
+    for (size_t i = 0; i < deadline_count; i++) {
+        if (deadline_heap[i]->heap_index != i || deadline_heap[i]->deadline_ms == 0)
+            return 0;
+        if (i > 0 && deadline_heap[(i - 1) / 2]->deadline_ms > deadline_heap[i]->deadline_ms)
+            return 0;
+    }
+    return 1;
+}
+
+static void stream_ends_at_its_deadline_after_what_it_was_given(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    left_calls = 0;
+    struct hub *h = hub_create();
+    hub_publish(h, "run.started", "{}", 2, 1);
+    publish_n(h, "agent.event", 2);
+    struct conn c = {0};
+    struct hub_subscribe_options opt = {.deadline_ms = time_mono_ms() + 60000,
+                                        .on_leave = count_leave, .leave_arg = &left_calls};
+    CHECK_EQ(hub_subscribe_with(h, &c, &opt), 0);
+    CHECK_EQ(deadline_count, 1);
+    complete_writes(&c);
+    publish_n(h, "agent.event", 1); /* handed to the connection before the deadline */
+    deadline_heap[0]->deadline_ms = 1; /* the deadline has passed */
+    deadline_cb(&deadline_timer);
+    CHECK_EQ(c.closed, 1);
+    CHECK_EQ(left_calls, 1);
+    CHECK_EQ(deadline_count, 0);
+    CHECK_EQ(count(&c, "event: agent.event"), 3);
+    /* the last thing on the wire, with no id line of its own */
+    const char *tail = "\n\nevent: stream.closed\ndata: {\"reason\":\"token_expired\"}\n\n";
+    CHECK(c.wire.len > strlen(tail) &&
+          strcmp(c.wire.data + c.wire.len - strlen(tail), tail) == 0);
+    complete_writes(&c);
+    hub_publish(h, "agent.event", "{}", 2, 0); /* nobody left to send it to */
+    CHECK_EQ(count(&c, "event: agent.event"), 3);
+    hub_destroy(h);
+    buf_free(&c.wire);
+    teardown();
+}
+
+static void one_heap_orders_every_deadline(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    left_calls = 0;
+    struct hub *h = hub_create();
+    struct conn c[8];
+    memset(c, 0, sizeof(c));
+    uint64_t base = time_mono_ms() + 600000;
+    static const int order[8] = {5, 1, 7, 3, 0, 6, 2, 4};
+    for (int i = 0; i < 8; i++) {
+        struct hub_subscribe_options opt = {.deadline_ms = base + 1000u * (unsigned)order[i],
+                                            .on_leave = count_leave, .leave_arg = &left_calls};
+        CHECK_EQ(hub_subscribe_with(h, &c[i], &opt), 0);
+        CHECK(deadline_heap_valid());
+    }
+    CHECK_EQ(deadline_count, 8);
+    CHECK(deadline_heap[0]->conn == &c[4]);
+    /* streams closed for other reasons leave the heap from anywhere in it */
+    conn_close(&c[4], 0);
+    CHECK(deadline_heap_valid());
+    CHECK(deadline_heap[0]->conn == &c[1]);
+    conn_close(&c[7], 0);
+    conn_close(&c[3], 0);
+    CHECK(deadline_heap_valid());
+    CHECK_EQ(deadline_count, 5);
+    CHECK_EQ(left_calls, 3);
+    /* the earliest two pass: one tick ends exactly those */
+    deadline_heap[0]->deadline_ms = 1; /* c[1] */
+    for (size_t i = 0; i < deadline_count; i++) {
+        if (deadline_heap[i]->conn == &c[6]) {
+            deadline_heap[i]->deadline_ms = 2;
+            heap_sift_up(i);
+            break;
+        }
+    }
+    CHECK(deadline_heap_valid());
+    deadline_cb(&deadline_timer);
+    CHECK_EQ(c[1].closed + c[6].closed, 2);
+    CHECK_EQ(c[0].closed + c[2].closed + c[5].closed, 0);
+    CHECK_EQ(deadline_count, 3);
+    CHECK(deadline_heap_valid());
+    CHECK(uv_is_active((uv_handle_t *)&deadline_timer));
+    for (int i = 0; i < 8; i++)
+        complete_writes(&c[i]);
+    hub_destroy(h);
+    CHECK_EQ(deadline_count, 0);
+    CHECK_EQ(left_calls, 8);
+    for (int i = 0; i < 8; i++)
+        buf_free(&c[i].wire);
+    teardown();
+}
+
 int main(void)
 {
     RUN_TEST(default_replay_starts_at_latest_run);
@@ -414,5 +519,7 @@ int main(void)
     RUN_TEST(destroy_flushes_everything_before_closing);
     RUN_TEST(heartbeat_reaches_idle_streams_only);
     RUN_TEST(subscriber_limit_is_enforced);
+    RUN_TEST(stream_ends_at_its_deadline_after_what_it_was_given);
+    RUN_TEST(one_heap_orders_every_deadline);
     return test_report("test_hub");
 }
