@@ -520,8 +520,11 @@ static void subscriber_expire(struct subscriber *s)
 static void deadline_cb(uv_timer_t *t)
 {
     uint64_t now = time_mono_ms();
-    while (deadline_count > 0 && deadline_heap[0]->deadline_ms <= now)
-        subscriber_expire(deadline_heap[0]); /* its close callback leaves the heap */
+    while (deadline_count > 0 && deadline_heap[0]->deadline_ms <= now) {
+        struct subscriber *s = deadline_heap[0];
+        deadline_remove(s); /* first: this loop ends whatever the close does */
+        subscriber_expire(s);
+    }
     deadline_arm();
 }
 
