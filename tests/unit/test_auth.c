@@ -357,6 +357,47 @@ static void tampered_and_malformed_tokens_are_refused(void)
     CHECK_EQ(verify("eyJhbGciOiJIUzI1NiJ9.e30.abc", NOW, NULL), AUTH_ERR_ALG);
 }
 
+static void accepted_tokens_are_remembered_until_exp(void)
+{
+    init_secret(); /* 30 s leeway */
+    struct auth_claims claims;
+    char *t = mint(JWT_ALG_HS256, secret, "{\"sub\":\"alice\",\"exp\":1800000100,\"role\":\"admin\"}",
+                   NULL);
+    CHECK_EQ(verify(t, NOW, &claims), 0);
+    CHECK_EQ(auth.cache_hits, 0);
+    memset(&claims, 0, sizeof(claims));
+    CHECK_EQ(verify(t, NOW + 1, &claims), 0);
+    CHECK_EQ(auth.cache_hits, 1);
+    CHECK_STREQ(claims.user, "alice");
+    CHECK(claims.exp == 1800000100.0);
+    CHECK_EQ(claims.admin, 1);
+    /* a hit still expires */
+    CHECK_EQ(verify(t, NOW + 129, NULL), 0);
+    CHECK_EQ(verify(t, NOW + 130, NULL), AUTH_ERR_EXPIRED);
+    CHECK_EQ(auth.cache_hits, 3);
+    /* refused tokens are not remembered: each is checked in full */
+    char *bad = xstrdup(t);
+    bad[strlen(bad) - 2] = bad[strlen(bad) - 2] == 'A' ? 'B' : 'A';
+    CHECK_EQ(verify(bad, NOW, NULL), AUTH_ERR_SIGNATURE);
+    CHECK_EQ(verify(bad, NOW, NULL), AUTH_ERR_SIGNATURE);
+    CHECK_EQ(auth.cache_hits, 3);
+    char *late = mint(JWT_ALG_HS256, secret, "{\"sub\":\"bob\",\"exp\":1800009999,\"nbf\":1800000100}",
+                      NULL);
+    CHECK_EQ(verify(late, NOW, NULL), AUTH_ERR_NOT_YET_VALID);
+    CHECK_EQ(verify(late, NOW + 100, NULL), 0);
+    CHECK_EQ(auth.cache_hits, 3);
+    free(late);
+    free(bad);
+    free(t);
+    /* a new configuration forgets every verdict */
+    init_secret();
+    t = mint(JWT_ALG_HS256, secret, "{\"sub\":\"alice\",\"exp\":1800000100}", NULL);
+    CHECK_EQ(verify(t, NOW, NULL), 0);
+    CHECK_EQ(auth.cache_hits, 0);
+    free(t);
+    auth_shutdown();
+}
+
 static void bad_key_files_are_refused_at_start(void)
 {
     struct auth_config cfg = {.jwt = 1, .public_key_path = "/nonexistent/key.pem"};
@@ -647,6 +688,7 @@ int main(void)
     RUN_TEST(audience_issuer_and_user_claim);
     RUN_TEST(alg_none_and_foreign_algorithms_are_refused);
     RUN_TEST(tampered_and_malformed_tokens_are_refused);
+    RUN_TEST(accepted_tokens_are_remembered_until_exp);
     RUN_TEST(bad_key_files_are_refused_at_start);
     RUN_TEST(gate_binds_the_token_to_the_path_user);
     RUN_TEST(gate_reads_query_and_cookie_tokens);
