@@ -19,6 +19,7 @@
 #include "auth.h"
 
 #include <jansson.h>
+#include <math.h>
 #include <jwt.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
@@ -700,7 +701,10 @@ uint64_t auth_grant_deadline_ms(const struct auth_grant *grant)
 {
     if (grant->expires_at <= 0)
         return 0;
+    /* Rounded up and one more: the cut must never come before the token's
+     * wall-clock expiry, or a reconnect with the same token would still be
+     * let in (and cut at once) instead of getting its 401. */
     double left_ms = (grant->expires_at - time_wall_seconds()) * 1000.0;
     uint64_t now = time_mono_ms();
-    return left_ms < 1 ? now + 1 : now + (uint64_t)left_ms;
+    return left_ms < 1 ? now + 1 : now + (uint64_t)ceil(left_ms) + 1;
 }
