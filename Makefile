@@ -16,11 +16,16 @@ SRC       := $(wildcard src/*.c)
 LIB_OBJ   := $(patsubst src/%.c,$(BUILD)/%.o,$(filter-out src/main.c,$(SRC)))
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
-WEB       := $(wildcard web/*)
+# The console (web/*) is embedded into the binary: scripts/embed-web turns the
+# files into $(BUILD)/web_assets.c (generated, never committed). web.list
+# holds the file names, so adding or removing a file regenerates it too.
+WEB       := $(sort $(wildcard web/*))
+WEB_C     := $(BUILD)/web_assets.c
+LIB_OBJ   += $(BUILD)/web_assets.o
 # Helpers the integration tests run (jwt-mint makes tokens with libjwt).
 TOOLS     := $(BUILD)/tests/jwt-mint
 
-.PHONY: all bootstrap run test unit integration asan clean
+.PHONY: all bootstrap run test unit integration e2e screenshot asan clean
 all: $(BUILD)/runcast $(UNIT_BIN) $(TOOLS)
 
 bootstrap:
@@ -33,6 +38,16 @@ $(BUILD)/.bootstrapped: scripts/bootstrap
 $(BUILD)/%.o: src/%.c $(wildcard src/*.h) $(BUILD)/.bootstrapped
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
+
+$(BUILD)/web.list: FORCE
+	@mkdir -p $(dir $@)
+	@echo '$(WEB)' | cmp -s - $@ || echo '$(WEB)' > $@
+
+$(WEB_C): $(WEB) scripts/embed-web $(BUILD)/web.list $(BUILD)/.bootstrapped
+	scripts/embed-web $@ $(WEB)
+
+$(BUILD)/web_assets.o: $(WEB_C) src/console.h src/common.h src/http.h
+	$(CC) $(CFLAGS) -Isrc -c -o $@ $<
 
 $(BUILD)/libruncast.a: $(LIB_OBJ)
 	rm -f $@ && ar rcs $@ $^
@@ -49,16 +64,29 @@ $(BUILD)/tests/jwt-mint: tests/tools/jwt-mint.c $(BUILD)/.bootstrapped
 	$(CC) $(CFLAGS) -o $@ $< $(LDFLAGS) $(LDLIBS)
 
 run: $(BUILD)/runcast
-	@echo "runcast on http://127.0.0.1:8000 with the built-in demo agent. Try, in another terminal:"
+	@echo "runcast on http://127.0.0.1:8000 with the built-in demo agent."
+	@echo "Console: open http://127.0.0.1:8000/ in a browser. Or try, in another terminal:"
 	@echo "  curl -N localhost:8000/apps/demo/users/alice/sessions/s1/run &"
 	@echo "  curl -s -X POST localhost:8000/apps/demo/users/alice/sessions/s1/run -H 'Content-Type: application/json' -d '{\"message\": \"hello there\"}'"
 	@echo "  curl -s localhost:8000/task-status"
 	@echo "Stop with Ctrl-C."
 	$(BUILD)/runcast --listen 127.0.0.1:8000 --upstream demo
 
-# Every test: unit binaries, then the integration suite against the real binary.
+# Every test: unit binaries, the integration suite against the real binary,
+# then the console's browser tests (tests/e2e: installs chromium and
+# playwright-core itself when they are missing).
 test: all
 	@RUNCAST_BIN=$(BUILD)/runcast UNIT_BINS="$(UNIT_BIN)" scripts/run-tests
+
+# Only the browser tests (E2E_FILTER: a test name pattern for node --test).
+E2E_FILTER ?=
+e2e: $(BUILD)/runcast
+	@RUNCAST_BIN=$(BUILD)/runcast UNIT_BINS= scripts/run-tests --e2e-only $(E2E_FILTER)
+
+# Retakes docs/console.png (the README's screenshot) with the browser test
+# that lays out the console at laptop width.
+screenshot: $(BUILD)/runcast
+	@E2E_DOCS_SCREENSHOT=1 RUNCAST_BIN=$(BUILD)/runcast UNIT_BINS= scripts/run-tests --e2e-only 'laptop width'
 
 unit: all
 	@RUNCAST_BIN=$(BUILD)/runcast UNIT_BINS="$(UNIT_BIN)" scripts/run-tests --unit-only
@@ -68,6 +96,9 @@ asan:
 
 clean:
 	rm -rf build build-asan
+
+.PHONY: FORCE
+FORCE:
 
 # ---- fuzzing: libFuzzer harnesses in fuzz/ (clang-14; fuzz/bootstrap installs it) ----
 # `make fuzz-smoke`: every harness for 30 s (CI); `make fuzz FUZZ_SECONDS=N`.
@@ -82,7 +113,8 @@ FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Wall -Wex
                 -Wno-unused-parameter -fno-sanitize-recover=undefined \
                 $(shell pkg-config --cflags $(FUZZ_PKGS) 2>/dev/null)
 FUZZ_LDLIBS   = $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -lpthread -lm
-FUZZ_OBJ     := $(patsubst src/%.c,$(FUZZ_BUILD)/obj/%.o,$(filter-out src/main.c,$(wildcard src/*.c)))
+FUZZ_OBJ     := $(patsubst src/%.c,$(FUZZ_BUILD)/obj/%.o,$(filter-out src/main.c,$(wildcard src/*.c))) \
+                $(FUZZ_BUILD)/obj/web_assets.o
 FUZZ_BIN     := $(addprefix $(FUZZ_BUILD)/,$(FUZZ_TARGETS))
 
 .PHONY: fuzz-build fuzz-smoke fuzz
@@ -95,6 +127,13 @@ $(FUZZ_BUILD)/.bootstrapped: fuzz/bootstrap scripts/bootstrap
 $(FUZZ_BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) $(FUZZ_BUILD)/.bootstrapped
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
+
+$(FUZZ_BUILD)/web_assets.c: $(WEB) scripts/embed-web $(FUZZ_BUILD)/.bootstrapped
+	scripts/embed-web $@ $(WEB)
+
+$(FUZZ_BUILD)/obj/web_assets.o: $(FUZZ_BUILD)/web_assets.c src/console.h
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -Isrc -c -o $@ $<
 
 $(FUZZ_BUILD)/libruncast-fuzz.a: $(FUZZ_OBJ)
 	rm -f $@ && ar rcs $@ $^
@@ -122,4 +161,4 @@ VALGRIND_FILTER ?=
 valgrind: $(BUILD)/runcast
 	@command -v valgrind >/dev/null 2>&1 || { apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq valgrind; }
-	@RUNCAST_VALGRIND=1 RUNCAST_BIN=$(BUILD)/runcast UNIT_BINS= scripts/run-tests $(VALGRIND_FILTER)
+	@RUNCAST_VALGRIND=1 RUNCAST_BIN=$(BUILD)/runcast UNIT_BINS= scripts/run-tests --no-e2e $(VALGRIND_FILTER)

@@ -7,6 +7,7 @@
 #include <stdlib.h>
 
 #include "auth.h"
+#include "console.h"
 #include "hub.h"
 #include "limiter.h"
 #include "metrics.h"
@@ -17,16 +18,6 @@
 #include "session.h"
 
 static int draining;
-
-/* Until the console ships: where to look. */
-static const char index_page[] =
-    "<!doctype html><meta charset=utf-8><title>runcast</title>"
-    "<h1>runcast</h1><ul>"
-    "<li><a href=\"/task-status?all=1\">/task-status</a>"
-    "<li><a href=\"/metrics\">/metrics</a>"
-    "<li><a href=\"/healthz\">/healthz</a>"
-    "</ul><p>POST a message to /apps/{app}/users/{user}/sessions/{session}/run "
-    "and read the same path as an event stream.</p>\n";
 
 void api_set_draining(int value)
 {
@@ -397,9 +388,8 @@ void api_handle_request(struct conn *c, const struct http_request *req, void *da
         break;
     }
     case ROUTE_CONSOLE:
-        conn_respond(c, 200, "text/html; charset=utf-8",
-                     "Content-Security-Policy: default-src 'none'\r\n", index_page,
-                     sizeof(index_page) - 1);
+    case ROUTE_CONSOLE_ASSET:
+        console_serve(c, req);
         break;
     default:
         conn_respond_error(c, 404, "not_found", "no such route", NULL);

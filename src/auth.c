@@ -664,6 +664,7 @@ int auth_check_request(struct conn *c, const struct http_request *req, int route
         return 0;
     }
     if (route == ROUTE_HEALTHZ || route == ROUTE_READYZ || route == ROUTE_CONSOLE ||
+        route == ROUTE_CONSOLE_ASSET ||
         (l && l->admin) || !auth.jwt)
         return 1;
 

@@ -22,6 +22,7 @@ static const struct route_entry routes[] = {
     {ROUTE_HEALTHZ, "healthz", M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n"},
     {ROUTE_READYZ, "readyz", M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n"},
     {ROUTE_CONSOLE, "", M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n"},
+    {ROUTE_CONSOLE_ASSET, "console/{}", M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n"},
 };
 
 /* Matches one pattern. Returns 1 on a match, 0 when the shape differs,

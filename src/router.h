@@ -15,6 +15,7 @@ enum route {
     ROUTE_HEALTHZ,         /* /healthz */
     ROUTE_READYZ,          /* /readyz */
     ROUTE_CONSOLE,         /* / */
+    ROUTE_CONSOLE_ASSET,   /* /console/{name}: the console's scripts, styles, icons */
 };
 
 /* Path parameters, NUL-terminated. */

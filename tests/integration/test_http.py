@@ -2,12 +2,15 @@
 JSON error shape, and the daemon keeps answering afterwards."""
 
 import json
+import os
+import re
 import time
 
 from harness import (Conn, build_request, check_error, demo_call, eq, expect, post_run,
                      raw_exchange, request, spath, task_status, test, wait_until)
 
 RUN = spath("s1") + "/run"
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def post_raw_body(d, path, body, ctype="application/json"):
@@ -293,6 +296,44 @@ def test_health_ready_metrics_and_console_answer(t):
     eq(r.status, 200, "GET /")
     expect((r.header("Content-Type") or "").startswith("text/html"), "console Content-Type %r"
            % r.header("Content-Type"))
+
+
+@test()
+def test_console_files_are_embedded_with_csp_and_etags(t):
+    d = t.daemon()
+    root = d.get("/")
+    eq(root.status, 200, "GET /")
+    csp = root.header("Content-Security-Policy") or ""
+    for directive in ("default-src 'none'", "script-src 'self'", "style-src 'self'",
+                      "connect-src 'self'", "frame-ancestors 'none'"):
+        expect(directive in csp, "CSP %r lacks %s" % (csp, directive))
+    eq(root.header("X-Content-Type-Options"), "nosniff", "nosniff on /")
+    expect(b'src="/console/app.js"' in root.body, "index.html refers to /console/app.js")
+    for path, ctype in (("/console/app.js", "text/javascript; charset=utf-8"),
+                        ("/console/app.css", "text/css; charset=utf-8"),
+                        ("/console/favicon.svg", "image/svg+xml")):
+        r = d.get(path)
+        eq(r.status, 200, path)
+        eq(r.header("Content-Type"), ctype, path + " Content-Type")
+        eq(r.header("Content-Security-Policy"), csp, path + " CSP")
+        with open(os.path.join(ROOT, "web", os.path.basename(path)), "rb") as f:
+            eq(r.body, f.read(), path + " is web/" + os.path.basename(path) + " byte for byte")
+        etag = r.header("ETag") or ""
+        expect(re.fullmatch(r'"[0-9a-f]{20}"', etag) is not None, "%s ETag %r" % (path, etag))
+        again = d.get(path, headers={"If-None-Match": 'W/"other", ' + etag})
+        eq(again.status, 304, path + " revalidated with its ETag")
+        eq(again.body, b"", path + " 304 body")
+        eq(d.get(path, headers={"If-None-Match": '"other"'}).status, 200, path + " another ETag")
+    head = request(d.port, "HEAD", "/")
+    eq(head.status, 200, "HEAD /")
+    eq(head.header("Content-Length"), str(len(root.body)), "HEAD / Content-Length")
+    err = check_error(d.get("/console/missing.js"), 404, "unknown console file", "not_found")
+    eq(err["message"], "no such console file", "404 message")
+    check_error(d.get("/console/index.html"), 404, "index.html is served only at /", "not_found")
+    check_error(d.get("/console/a%20b"), 400, "a console name outside [A-Za-z0-9_.-]")
+    r = request(d.port, "POST", "/console/app.js")
+    check_error(r, 405, "POST a console file", "method_not_allowed")
+    eq(r.header("Allow"), "GET, HEAD", "Allow of a console file")
 
 
 @test()
