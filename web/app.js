@@ -361,7 +361,9 @@
       if (!renderScheduled) return;
       renderScheduled = false;
       const stick = nearBottom();
-      for (const r of dirty) renderRun(r);
+      /* A run may have left the transcript since it was marked (a pending
+       * POST merged into the run the stream announced first). */
+      for (const r of dirty) if (S && S.items.includes(r)) renderRun(r);
       dirty.clear();
       updateControls();
       if (stick) scrollToBottom();
@@ -664,10 +666,14 @@
     const node = runNodes.get(pending.localId);
     runNodes.delete(pending.localId);
     if (existing) {
-      /* The stream was faster than the POST's answer: the run is there. */
+      /* The stream was faster than the POST's answer: the run is there.
+       * If it has no node yet, it takes the pending one, in the same place,
+       * so the transcript never loses a line in between. */
       existing.message = text;
       S.items.splice(S.items.indexOf(pending), 1);
-      if (node) node.remove();
+      dirty.delete(pending);
+      if (node && !runNodes.has(id)) runNodes.set(id, node);
+      else if (node) node.remove();
       markDirty(existing);
     } else {
       pending.id = id;

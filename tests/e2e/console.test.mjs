@@ -116,12 +116,13 @@ test('failed runs show their code and message', { timeout: TEST_TIMEOUT },
     assert.equal(run.badge, 'failed');
     assert.match(run.error, /^upstream_http \(HTTP 500\): .*demo status 500/);
 
-    await sendMessage(page, '!error=boom half way');
-    await waitRun(page, -1, { state: 'failed' }, 'failed (agent error)');
+    const second = await sendMessage(page, '!error=boom half way');
+    assert.equal(second, 1);
+    await waitRun(page, second, { state: 'failed' }, 'failed (agent error)');
     const runs = await runsOf(page);
-    assert.equal(runs.length, 2);
+    assert.equal(runs.length, 2, JSON.stringify(runs));
     run = runs[1];
-    assert.match(run.error, /^agent_error/);
+    assert.match(run.error || '', /^agent_error/, JSON.stringify(runs));
     assert.equal(run.reply, 'Echo: half way', 'the partial text before the error stays');
     await screenshot(page, 'run-failed');
   }));
@@ -162,8 +163,8 @@ test('a newer message supersedes the active run', { timeout: TEST_TIMEOUT },
     const { page } = ui;
     await sendMessage(page, '!word-delay=300ms a long answer that will not finish');
     await waitRun(page, -1, { state: 'running', minEvents: 1 }, 'first run running');
-    await sendMessage(page, 'second');
-    await waitRun(page, -1, { state: 'completed', reply: 'Echo: second' }, 'second completed');
+    assert.equal(await sendMessage(page, 'second'), 1);
+    await waitRun(page, 1, { state: 'completed', reply: 'Echo: second' }, 'second completed');
     const runs = await runsOf(page);
     assert.equal(runs.length, 2);
     assert.equal(runs[0].state, 'superseded');

@@ -162,10 +162,15 @@ export async function screenshot(page, name, opts = {}) {
   return path;
 }
 
-/* Types a message into the composer and sends it with the Send button. */
+/* Types a message into the composer, sends it with the Send button, and
+ * waits until its run is in the transcript (rendering is deferred to the
+ * next frame). Returns its index in the transcript. */
 export async function sendMessage(page, text) {
+  const before = await page.locator('#transcript .run').count();
   await page.fill('#message', text);
   await page.click('#send');
+  await page.waitForFunction((n) => document.querySelectorAll('#transcript .run').length > n, before);
+  return before;
 }
 
 /* Runs in the page (self-contained: playwright sends its source; the
