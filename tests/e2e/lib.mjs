@@ -6,7 +6,7 @@
 // Nothing here sleeps: every wait is on an event (a log line, a process exit,
 // a DOM condition) with a deadline.
 
-import { spawn, spawnSync } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdirSync } from 'node:fs';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -45,11 +45,6 @@ function waitOn(emitter, events, fn, deadline, what) {
 }
 
 /* True when this runcast has the access-control flags of issue 6. */
-export function runcastHasAuth() {
-  const r = spawnSync(RUNCAST_BIN, ['--help'], { encoding: 'utf8', timeout: 10000 });
-  return /--auth\b/.test((r.stdout || '') + (r.stderr || ''));
-}
-
 /* Starts runcast with the demo agent on 127.0.0.1:<free port> (port 0, read
  * back from its `listening` log line). Returns {url, port, logs(), stop()};
  * stop() sends SIGTERM and asserts a clean exit 0. */
