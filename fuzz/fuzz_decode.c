@@ -44,12 +44,14 @@ static void check_path(const char *path, size_t len)
         {ROUTE_HEALTHZ, "/healthz"},
         {ROUTE_READYZ, "/readyz"},
         {ROUTE_CONSOLE, "/"},
+        {ROUTE_CONSOLE_ASSET, "/console/%s"}, /* the file name lands in app */
     };
     struct route_params p;
     memset(&p, 0xAA, sizeof(p));
     int route = router_match(path, len, &p);
     if (route == -EINVAL) {
-        if (len < 6 || memcmp(path, "/apps/", 6) != 0)
+        if ((len < 6 || memcmp(path, "/apps/", 6) != 0) &&
+            (len < 9 || memcmp(path, "/console/", 9) != 0))
             abort();
         return;
     }
@@ -59,9 +61,12 @@ static void check_path(const char *path, size_t len)
         if (shapes[i].route != (enum route)route)
             continue;
         char rebuilt[600];
-        if (strstr(shapes[i].path, "%s")) {
+        int nparams = 0;
+        for (const char *f = shapes[i].path; (f = strstr(f, "%s")) != NULL; f += 2)
+            nparams++;
+        {
             const char *params[3] = {p.app, p.user, p.session};
-            for (int j = 0; j < 3; j++) {
+            for (int j = 0; j < nparams; j++) {
                 size_t n = strnlen(params[j], sizeof(p.app));
                 if (n == sizeof(p.app) || !str_is_path_param(params[j], n))
                     abort();

@@ -26,8 +26,9 @@ struct route_params {
 };
 
 /* Matches path. Returns the route (ROUTE_NONE when nothing matches), or
- * -EINVAL when the path has a session route's shape but a parameter is not
- * 1..128 characters of [A-Za-z0-9_.-]. */
+ * -EINVAL when the path has a route's shape (a session's, or a console
+ * file's) but a parameter is not 1..128 characters of [A-Za-z0-9_.-]. A
+ * console file's name is returned in params->app. */
 int router_match(const char *path, size_t path_len, struct route_params *params);
 /* 1 when route answers method. */
 int router_allows(enum route route, enum http_method method);
