@@ -47,6 +47,7 @@ struct subscriber {
     unsigned queued, queue_cap;
     size_t queued_bytes;
     struct list writes;   /* struct sub_write in flight; a completion is "proceed" */
+    struct list dirty_link; /* in dirty_subscribers while it has frames to flush */
     int wrote_since_tick;
     uint64_t deadline_ms; /* 0: none; else it sits in the deadline heap */
     size_t heap_index;    /* its place in the deadline heap */
@@ -67,9 +68,15 @@ struct hub {
 
 #define HUB_MAX_BATCH 64
 #define HUB_MAX_BATCH_BYTES (64 * 1024)
+#define HUB_FLUSH_BUDGET (256 * 1024)
 
 static struct hub_config config;
 static uv_timer_t heartbeat_timer;
+/* Publishing only queues frames; these two flush every subscriber that got
+ * some once per loop iteration (see hub_publish). */
+static uv_check_t flush_check;
+static uv_idle_t flush_idle;
+static struct list dirty_subscribers;
 static struct list all_subscribers;
 static size_t total_subscribers;
 static size_t total_frames;
@@ -90,6 +97,9 @@ static struct frame *keepalive_frame; /* shared by every idle stream */
 static void subscriber_offer(struct subscriber *s, struct frame *f);
 static void heartbeat_cb(uv_timer_t *t);
 static void deadline_cb(uv_timer_t *t);
+static void flush_check_cb(uv_check_t *h);
+static void flush_idle_cb(uv_idle_t *h);
+static void subscriber_schedule(struct subscriber *s);
 
 static void frame_release(struct frame *f)
 {
@@ -116,6 +126,9 @@ void hub_init(uv_loop_t *loop, const struct hub_config *cfg)
 {
     config = *cfg;
     list_init(&all_subscribers);
+    list_init(&dirty_subscribers);
+    uv_check_init(loop, &flush_check);
+    uv_idle_init(loop, &flush_idle);
     if (uv_random(NULL, NULL, &epoch_next, sizeof(epoch_next), 0, NULL) != 0)
         epoch_next = (uint32_t)(uv_hrtime() ^ (uint64_t)uv_os_getpid());
     keepalive_frame = frame_private(keepalive_comment, sizeof(keepalive_comment) - 1);
@@ -136,6 +149,10 @@ void hub_shutdown(void)
     free(deadline_heap);
     deadline_heap = NULL;
     deadline_count = deadline_cap = 0;
+    uv_check_stop(&flush_check);
+    uv_close((uv_handle_t *)&flush_check, NULL);
+    uv_idle_stop(&flush_idle);
+    uv_close((uv_handle_t *)&flush_idle, NULL);
     buf_free(&encode_scratch);
     frame_release(keepalive_frame);
     keepalive_frame = NULL;
@@ -229,6 +246,12 @@ uint64_t hub_publish(struct hub *h, const char *event, const char *data, size_t 
     total_frames++;
     log_append(h, f);
 
+    /* Subscribers only queue a reference here; the frames go out when the
+     * loop iteration ends (flush_dirty), one vectored write per subscriber
+     * for everything published meanwhile. An upstream read carries many
+     * events when the loop is busy, so under load a write carries many
+     * frames and the syscalls per event fall instead of the loop falling
+     * behind (one write per event per subscriber was what capped fan-out). */
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &h->subscribers)
         subscriber_offer(container_of(pos, struct subscriber, hub_link), f);
@@ -343,6 +366,7 @@ static void subscriber_on_close(struct conn *c, void *arg)
         s->hub->subscriber_count--;
     }
     list_remove(&s->all_link);
+    list_remove(&s->dirty_link);
     total_subscribers--;
     if (s->deadline_ms)
         deadline_remove(s);
@@ -409,44 +433,133 @@ static struct sub_write *subscriber_take_batch(struct subscriber *s, size_t max_
 
 static void write_done(struct conn *c, void *arg, int status);
 
-/* Queues w's frames on conn with one vectored write. Returns 0, or a
- * negative errno when the connection is closing (w is then freed here). */
-static int sub_write_send(struct conn *conn, struct sub_write *w)
+/* Sends w's frames on conn with one vectored write: what the kernel takes at
+ * once is written without a request (conn_stream_try_write) and w is freed;
+ * the rest, if any, is queued and w stays alive, carrying owner (NULL: a
+ * write no subscriber waits for), until write_done. Returns 1 when all was
+ * written, 0 when some was queued, or a negative errno when the connection
+ * is closing (w is then freed here, and a subscriber's close callback has
+ * run or will run). */
+static int sub_write_send(struct conn *conn, struct sub_write *w, struct subscriber *owner)
 {
     uv_buf_t small[HUB_MAX_BATCH + 2];
     uv_buf_t *bufs = w->nframes <= RC_ARRAY_SIZE(small) ? small : xmalloc(w->nframes * sizeof(*bufs));
-    for (unsigned i = 0; i < w->nframes; i++)
+    size_t total = 0;
+    for (unsigned i = 0; i < w->nframes; i++) {
         bufs[i] = uv_buf_init(w->frames[i]->data, (unsigned)w->frames[i]->len);
-    int err = conn_stream_write(conn, bufs, w->nframes, write_done, w);
+        total += w->frames[i]->len;
+    }
+    ssize_t n = conn_stream_try_write(conn, bufs, w->nframes);
+    int rc;
+    if (n < 0) {
+        rc = (int)n;
+    } else if ((size_t)n == total) {
+        rc = 1;
+    } else {
+        /* Queue what the kernel did not take, from the first unsent byte. */
+        unsigned first = 0;
+        size_t skip = (size_t)n;
+        while (skip >= bufs[first].len)
+            skip -= bufs[first++].len;
+        bufs[first].base += skip;
+        bufs[first].len -= (unsigned)skip;
+        w->sub = owner;
+        if (owner)
+            list_insert_tail(&owner->writes, &w->link);
+        rc = conn_stream_write(conn, bufs + first, w->nframes - first, write_done, w);
+        if (rc < 0)
+            list_remove(&w->link);
+    }
     if (bufs != small)
         free(bufs);
-    if (err < 0)
+    if (rc != 0)
         sub_write_free(w);
-    return err;
+    return rc;
 }
 
-/* Hands the next batch to the connection, unless the connection is backed
- * up (libuv holds bytes the kernel has not taken): then the completion of a
- * write in flight calls back here. May free s (a lagging subscriber is
- * dropped). */
+/* Hands what the subscriber has to send to its connection, unless the
+ * connection is backed up (libuv holds bytes the kernel has not taken):
+ * then the completion of the queued write calls back here. A replaying
+ * subscriber writes at most HUB_FLUSH_BUDGET bytes per loop iteration and
+ * continues in the next one, so one long replay cannot starve the others.
+ * May free s (a lagging subscriber is dropped; a write error closes it). */
 static void subscriber_flush(struct subscriber *s)
 {
     if (!list_empty(&s->writes) && conn_write_queue_bytes(s->conn) > 0)
         return;
-    int lagged;
-    struct sub_write *w = subscriber_take_batch(s, HUB_MAX_BATCH, HUB_MAX_BATCH_BYTES, &lagged);
-    if (lagged) {
-        subscriber_drop(s, HUB_DROP_LAGGED);
-        return;
+    size_t sent = 0;
+    for (;;) {
+        if (sent >= HUB_FLUSH_BUDGET) {
+            subscriber_schedule(s);
+            return;
+        }
+        int lagged;
+        struct sub_write *w = subscriber_take_batch(s, HUB_MAX_BATCH, HUB_MAX_BATCH_BYTES, &lagged);
+        if (lagged) {
+            subscriber_drop(s, HUB_DROP_LAGGED);
+            return;
+        }
+        if (w == NULL)
+            return;
+        size_t bytes = 0;
+        for (unsigned i = 0; i < w->nframes; i++)
+            bytes += w->frames[i]->len;
+        if (sub_write_send(s->conn, w, s) != 1)
+            return; /* queued (write_done proceeds), or closing */
+        sent += bytes;
     }
-    if (w == NULL)
+}
+
+/* Flushes every subscriber that was given frames since the last flush. */
+static void flush_dirty(void)
+{
+    uv_check_stop(&flush_check);
+    uv_idle_stop(&flush_idle);
+    /* Take the list: a subscriber that used up its budget schedules itself
+     * again, for the next iteration, not for this walk. */
+    struct list batch;
+    list_init(&batch);
+    if (!list_empty(&dirty_subscribers)) {
+        batch.next = dirty_subscribers.next;
+        batch.prev = dirty_subscribers.prev;
+        batch.next->prev = &batch;
+        batch.prev->next = &batch;
+        list_init(&dirty_subscribers);
+    }
+    while (!list_empty(&batch)) {
+        struct subscriber *s = container_of(batch.next, struct subscriber, dirty_link);
+        list_remove(&s->dirty_link);
+        if (s->hub)
+            subscriber_flush(s); /* may free s, which is unlinked already */
+    }
+}
+
+/* The check handle runs right after the loop polled for I/O, so events read
+ * from the upstream in this iteration go out in the same iteration. */
+static void flush_check_cb(uv_check_t *h)
+{
+    flush_dirty();
+}
+
+/* An active idle handle keeps the next poll from blocking, so frames
+ * published outside the I/O phase (timers: run timeouts, expiry) do not
+ * wait for the next I/O event before they are flushed; it flushes them
+ * before the poll when it gets there first. */
+static void flush_idle_cb(uv_idle_t *h)
+{
+    flush_dirty();
+}
+
+/* Flushes s at the end of this loop iteration. */
+static void subscriber_schedule(struct subscriber *s)
+{
+    if (list_linked(&s->dirty_link))
         return;
-    w->sub = s;
-    list_insert_tail(&s->writes, &w->link);
-    s->wrote_since_tick = 1;
-    /* On error the connection is closing: w is freed, and so is s by the
-     * close callback, which already ran or will run. */
-    sub_write_send(s->conn, w);
+    if (list_empty(&dirty_subscribers)) {
+        uv_check_start(&flush_check, flush_check_cb);
+        uv_idle_start(&flush_idle, flush_idle_cb);
+    }
+    list_insert_tail(&dirty_subscribers, &s->dirty_link);
 }
 
 static void write_done(struct conn *c, void *arg, int status)
@@ -471,6 +584,7 @@ static void subscriber_offer(struct subscriber *s, struct frame *f)
         subscriber_enqueue(s, f);
         s->next_seq++;
     }
+    s->wrote_since_tick = 1;
     /* Only a connection that is backed up can be too slow: bytes queued in
      * one loop iteration for a socket that takes everything are in transit. */
     if (conn_write_queue_bytes(s->conn) > 0 &&
@@ -478,7 +592,7 @@ static void subscriber_offer(struct subscriber *s, struct frame *f)
         subscriber_drop(s, HUB_DROP_SLOW);
         return;
     }
-    subscriber_flush(s);
+    subscriber_schedule(s);
 }
 
 static void heartbeat_cb(uv_timer_t *t)
@@ -486,11 +600,12 @@ static void heartbeat_cb(uv_timer_t *t)
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &all_subscribers) {
         struct subscriber *s = container_of(pos, struct subscriber, all_link);
-        if (s->hub && !s->wrote_since_tick && list_empty(&s->writes) && s->queued == 0) {
-            subscriber_enqueue(s, keepalive_frame);
-            subscriber_flush(s);
-        }
+        int idle = s->hub && !s->wrote_since_tick && list_empty(&s->writes) && s->queued == 0;
         s->wrote_since_tick = 0;
+        if (idle) {
+            subscriber_enqueue(s, keepalive_frame);
+            subscriber_flush(s); /* may free s (a write error closes it) */
+        }
     }
 }
 
@@ -513,7 +628,7 @@ static void subscriber_expire(struct subscriber *s)
     struct sub_write *w = subscriber_take_batch(s, 0, 0, &lagged);
     /* Sent without a subscriber: its completion may come after s is gone. */
     if (w != NULL)
-        sub_write_send(s->conn, w);
+        sub_write_send(s->conn, w, NULL);
     conn_close(s->conn, 0);
 }
 
@@ -603,6 +718,7 @@ int hub_subscribe_with(struct hub *h, struct conn *conn, const struct hub_subscr
     s->hub = h;
     s->conn = conn;
     list_init(&s->writes);
+    list_init(&s->dirty_link);
     list_insert_tail(&h->subscribers, &s->hub_link);
     list_insert_tail(&all_subscribers, &s->all_link);
     h->subscriber_count++;
@@ -619,6 +735,7 @@ int hub_subscribe_with(struct hub *h, struct conn *conn, const struct hub_subscr
     }
     struct frame *preamble = frame_private(pre.data, pre.len);
     buf_free(&pre);
+    s->wrote_since_tick = 1;
     subscriber_enqueue(s, preamble);
     frame_release(preamble);
     s->on_leave = opt->on_leave;
@@ -658,13 +775,18 @@ void hub_destroy(struct hub *h)
         struct subscriber *s = container_of(pos, struct subscriber, hub_link);
         /* Everything published goes out before the graceful close. These
          * writes may complete after s is gone, so they carry no subscriber. */
-        int lagged = 0;
+        int lagged = 0, gone = 0;
         struct sub_write *w;
         while (!lagged && (w = subscriber_take_batch(s, SIZE_MAX, SIZE_MAX, &lagged)) != NULL) {
-            if (sub_write_send(s->conn, w) < 0)
+            if (sub_write_send(s->conn, w, NULL) < 0) {
+                gone = 1; /* the close callback ran: s is freed and unlinked */
                 break;
+            }
         }
+        if (gone)
+            continue;
         list_remove(&s->hub_link);
+        list_remove(&s->dirty_link);
         s->hub = NULL;
         conn_close(s->conn, 0);
     }

@@ -2,8 +2,9 @@
  *
  * Every event is encoded once into a reference-counted frame; the log keeps
  * the latest frames (bounded by count and bytes) and each subscriber is only
- * a cursor into it, so no event byte is ever copied per subscriber. A
- * subscriber with one write in flight gets the next batch when that write
+ * a cursor into it, so no event byte is ever copied per subscriber. Writes
+ * are batched per loop iteration: publishing only queues, a check handle
+ * flushes. A subscriber with one write in flight gets the next batch when that write
  * completes (the write callback is the "proceed" of h2o's generators). One
  * loop-wide timer sends keepalive comments to idle streams.
  */
@@ -46,8 +47,10 @@ struct hub *hub_create(void);
  * Frames still being written are released when their writes complete. */
 void hub_destroy(struct hub *h);
 
-/* Appends one event to the log and starts sending it to every subscriber.
- * data is a JSON object text (copied into the frame). run_start marks the
+/* Appends one event to the log and queues it for every subscriber; the
+ * queued frames are written when the current loop iteration has handled its
+ * I/O, one vectored write per subscriber for all the events published
+ * meanwhile. data is a JSON object text (copied into the frame). run_start marks the
  * first event of a run: the default replay of a new subscriber begins at the
  * latest such event. Returns the event's sequence number (1, 2, ...). */
 uint64_t hub_publish(struct hub *h, const char *event, const char *data, size_t data_len,

@@ -831,6 +831,24 @@ int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
     return rc;
 }
 
+ssize_t conn_stream_try_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs)
+{
+    if (c->state == CONN_CLOSING)
+        return UV_ECANCELED;
+    if (c->state != CONN_STREAMING || c->chunked)
+        return UV_EINVAL;
+    /* uv_try_write itself answers EAGAIN while writes are queued, so the
+     * bytes can never overtake queued ones. */
+    int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
+    if (n == UV_EAGAIN)
+        return 0;
+    if (n < 0) {
+        conn_begin_close(c, 1);
+        return n;
+    }
+    return n;
+}
+
 int conn_stream_write_copy(struct conn *c, const void *data, size_t len)
 {
     if (c->state == CONN_CLOSING)

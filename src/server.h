@@ -101,6 +101,14 @@ int conn_stream_begin(struct conn *c, int status, const char *headers, int chunk
  * not called). */
 int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
                       conn_write_cb on_done, void *arg);
+/* Writes what the kernel takes of bufs now, without a request, a callback
+ * or a copy: the cheap path for streams that are keeping up (a queued
+ * uv_write costs a request, a deferred callback and, in libuv 1.44, an
+ * epoll_ctl when it completes). Returns the bytes written (0 when the
+ * socket is full or writes are still queued: queue the rest with
+ * conn_stream_write()), or a negative errno: the connection is closing.
+ * Close-delimited streams only (UV_EINVAL for chunked ones). */
+ssize_t conn_stream_try_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs);
 /* Copies data and queues it (convenience for small writes). */
 int conn_stream_write_copy(struct conn *c, const void *data, size_t len);
 /* Bytes queued in libuv for this connection that the kernel has not taken. */

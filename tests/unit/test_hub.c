@@ -22,6 +22,9 @@ struct conn {
     struct pending_write pending[256];
     int npending;
     size_t queue_bytes;     /* what conn_write_queue_bytes reports */
+    size_t take;            /* bytes conn_stream_try_write takes (0: the socket is full) */
+    int try_error;          /* conn_stream_try_write fails with this (and closes) */
+    int try_calls;
 };
 
 int conn_stream_begin(struct conn *c, int status, const char *headers, int chunked,
@@ -48,6 +51,31 @@ int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
     }
     c->pending[c->npending++] = (struct pending_write){on_done, arg, bytes};
     return 0;
+}
+
+void conn_close(struct conn *c, int abort);
+
+/* Like the server: the kernel takes what it takes; nothing while writes are
+ * queued; an error closes the conn (the close callback runs at once). */
+ssize_t conn_stream_try_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs)
+{
+    if (c->closed)
+        return UV_ECANCELED;
+    c->try_calls++;
+    if (c->try_error) {
+        conn_close(c, 1);
+        return c->try_error;
+    }
+    if (c->npending > 0)
+        return 0;
+    size_t n = 0;
+    for (unsigned i = 0; i < nbufs && n < c->take; i++) {
+        size_t part = bufs[i].len < c->take - n ? bufs[i].len : c->take - n;
+        buf_append(&c->wire, bufs[i].base, part);
+        n += part;
+    }
+    c->take -= n;
+    return (ssize_t)n;
 }
 
 size_t conn_write_queue_bytes(const struct conn *c)
@@ -106,6 +134,13 @@ static void publish_n(struct hub *h, const char *event, int n)
         int len = snprintf(data, sizeof(data), "{\"n\":%d}", i);
         hub_publish(h, event, data, (size_t)len, 0);
     }
+}
+
+/* Ends the loop iteration: what was published since the last one is
+ * written (the hub batches writes per iteration). */
+static void flush(void)
+{
+    uv_run(&loop, UV_RUN_NOWAIT);
 }
 
 /* Number of occurrences of needle in the conn's wire bytes. */
@@ -170,6 +205,8 @@ static void last_event_id_resumes_without_gap_or_duplicate(void)
     CHECK(strstr(c.wire.data, line) == NULL);
     complete_writes(&c);
     publish_n(h, "agent.event", 1); /* live: 11 */
+    CHECK_EQ(count(&c, "id: "), 4); /* queued until the iteration ends */
+    flush();
     CHECK_EQ(count(&c, "id: "), 5);
     complete_writes(&c);
     /* The newest id: nothing to replay, no reset. */
@@ -246,6 +283,7 @@ static void from_live_skips_replay(void)
     CHECK_EQ(count(&c, "id: "), 0);
     complete_writes(&c);
     publish_n(h, "agent.event", 1);
+    flush();
     CHECK_EQ(count(&c, "id: "), 1);
     complete_writes(&c);
     hub_destroy(h);
@@ -304,6 +342,7 @@ static void slow_subscriber_is_dropped_and_others_get_everything(void)
     data[sizeof(data) - 1] = '"';
     for (int i = 0; i < 40; i++) {
         hub_publish(h, "agent.event", data, sizeof(data), 0);
+        flush();
         complete_writes(&fast); /* the fast reader drains each time */
         slow.queue_bytes = slow.npending ? slow.pending[0].bytes : 0; /* stuck in libuv */
     }
@@ -380,6 +419,186 @@ static void heartbeat_reaches_idle_streams_only(void)
     hub_destroy(h);
     buf_free(&idle.wire);
     buf_free(&busy.wire);
+    teardown();
+}
+
+static void one_write_per_subscriber_per_iteration(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    struct hub *h = hub_create();
+    struct conn a = {0}, b = {0};
+    CHECK_EQ(hub_subscribe(h, &a, NULL, 1), 0);
+    CHECK_EQ(hub_subscribe(h, &b, NULL, 1), 0);
+    complete_writes(&a);
+    complete_writes(&b);
+    size_t before = a.wire.len;
+    publish_n(h, "agent.event", 5);
+    CHECK_EQ(a.npending, 0);
+    flush();
+    CHECK_EQ(a.npending, 1);
+    CHECK_EQ(b.npending, 1);
+    CHECK_EQ(a.pending[0].bytes, a.wire.len - before);
+    CHECK_EQ(count(&a, "event: agent.event"), 5);
+    CHECK_EQ(count(&b, "event: agent.event"), 5);
+    CHECK_EQ(strcmp(a.wire.data, b.wire.data), 0);
+    complete_writes(&a);
+    complete_writes(&b);
+    hub_destroy(h);
+    buf_free(&a.wire);
+    buf_free(&b.wire);
+    teardown();
+}
+
+static struct hub *timer_hub;
+
+static void publish_from_timer(uv_timer_t *t)
+{
+    hub_publish(timer_hub, "run.timed_out", "{}", 2, 0);
+}
+
+/* A publish from a timer callback (run timeouts, expiry) is flushed in the
+ * same loop iteration, not when some later I/O or timer wakes the loop. */
+static void publish_outside_io_is_not_delayed(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    timer_hub = hub_create();
+    struct conn c = {0};
+    CHECK_EQ(hub_subscribe(timer_hub, &c, NULL, 1), 0);
+    complete_writes(&c);
+    uv_timer_t now, later;
+    uv_timer_init(&loop, &now);
+    uv_timer_init(&loop, &later);
+    uv_timer_start(&now, publish_from_timer, 0, 0);
+    uv_timer_start(&later, publish_from_timer, 60000, 0); /* keeps the loop alive */
+    uint64_t t0 = uv_hrtime();
+    uv_run(&loop, UV_RUN_ONCE);
+    CHECK_EQ(count(&c, "event: run.timed_out"), 1);
+    CHECK((uv_hrtime() - t0) / 1000000 < 30000); /* did not sleep until `later` */
+    uv_close((uv_handle_t *)&now, NULL);
+    uv_close((uv_handle_t *)&later, NULL);
+    complete_writes(&c);
+    hub_destroy(timer_hub);
+    complete_writes(&c);
+    buf_free(&c.wire);
+    teardown();
+}
+
+/* What the kernel takes at once is written without a queued write, the rest
+ * is queued from the first byte it did not take: the wire is exact. */
+static void direct_writes_and_partial_ones_keep_the_bytes_exact(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    struct hub *h = hub_create();
+    struct conn c = {0}, ref = {0};
+    CHECK_EQ(hub_subscribe(h, &c, NULL, 1), 0);
+    CHECK_EQ(hub_subscribe(h, &ref, NULL, 1), 0); /* takes nothing: all queued */
+    complete_writes(&c);
+    complete_writes(&ref);
+    c.take = SIZE_MAX;
+    publish_n(h, "agent.event", 3);
+    flush();
+    CHECK_EQ(c.npending, 0); /* all taken at once */
+    CHECK_EQ(count(&c, "event: agent.event"), 3);
+    CHECK_EQ(hub_total_frames(), 3 + 1); /* the log + keepalive: no reference left behind */
+    c.take = 25; /* part of the first frame */
+    publish_n(h, "agent.event", 2);
+    flush();
+    CHECK_EQ(c.npending, 1);
+    CHECK_EQ(c.take, 0);
+    CHECK_EQ(count(&c, "event: agent.event"), 5);
+    complete_writes(&ref);
+    CHECK_EQ(c.wire.len, ref.wire.len);
+    CHECK_EQ(memcmp(c.wire.data, ref.wire.data, c.wire.len), 0);
+    /* While a write is queued, new frames wait for it (never overtake). */
+    c.queue_bytes = 10;
+    c.take = SIZE_MAX;
+    publish_n(h, "agent.event", 1);
+    flush();
+    CHECK_EQ(c.npending, 1);
+    CHECK_EQ(count(&c, "event: agent.event"), 5);
+    c.queue_bytes = 0;
+    complete_writes(&c); /* proceed: the waiting frame goes out directly */
+    CHECK_EQ(count(&c, "event: agent.event"), 6);
+    CHECK_EQ(c.npending, 0);
+    complete_writes(&ref);
+    hub_destroy(h);
+    complete_writes(&c);
+    complete_writes(&ref);
+    buf_free(&c.wire);
+    buf_free(&ref.wire);
+    teardown();
+}
+
+/* A replay longer than the per-iteration budget continues in later loop
+ * iterations, in order, with nothing lost. */
+static void long_replay_continues_over_iterations(void)
+{
+    setup(1000, 1 << 22, 1 << 22);
+    struct hub *h = hub_create();
+    char data[1000];
+    memset(data, 'z', sizeof(data));
+    data[0] = '"';
+    data[sizeof(data) - 1] = '"';
+    hub_publish(h, "run.started", "{}", 2, 1);
+    for (int i = 0; i < 600; i++) /* ~600 KB: more than two budgets */
+        hub_publish(h, "agent.event", data, sizeof(data), 0);
+    struct conn c = {0};
+    c.take = SIZE_MAX;
+    CHECK_EQ(hub_subscribe(h, &c, NULL, 0), 0);
+    int first = count(&c, "event: agent.event");
+    CHECK(first > 0 && first < 600);
+    for (int i = 0; i < 10 && count(&c, "event: agent.event") < 600; i++)
+        flush();
+    CHECK_EQ(count(&c, "event: agent.event"), 600);
+    CHECK_EQ(count(&c, "event: run.started"), 1);
+    CHECK_EQ(c.npending, 0);
+    char last[64];
+    id_line(last, sizeof(last), h, 601);
+    CHECK(strstr(c.wire.data, last) != NULL);
+    hub_destroy(h);
+    buf_free(&c.wire);
+    teardown();
+}
+
+/* A write error closes the stream at once (the close callback frees the
+ * subscriber inside the write): the heartbeat, the flush and hub_destroy
+ * must not touch it afterwards (ASan checks). */
+static void write_errors_free_the_subscriber_safely(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    struct hub *h = hub_create();
+    struct conn a = {0}, b = {0}, d = {0};
+    CHECK_EQ(hub_subscribe(h, &a, NULL, 1), 0);
+    CHECK_EQ(hub_subscribe(h, &b, NULL, 1), 0);
+    CHECK_EQ(hub_subscribe(h, &d, NULL, 1), 0);
+    complete_writes(&a);
+    complete_writes(&b);
+    complete_writes(&d);
+    a.try_error = UV_EPIPE;
+    heartbeat_cb(&heartbeat_timer); /* all three wrote their preamble */
+    heartbeat_cb(&heartbeat_timer); /* idle: keepalive; a fails */
+    CHECK_EQ(a.close_calls, 1);
+    CHECK_EQ(count(&b, ": keepalive"), 1);
+    complete_writes(&b);
+    complete_writes(&d);
+    b.try_error = UV_ECONNRESET;
+    publish_n(h, "agent.event", 1);
+    flush();
+    CHECK_EQ(b.close_calls, 1);
+    CHECK_EQ(count(&d, "event: agent.event"), 1);
+    CHECK_EQ(hub_subscriber_count(h), 1);
+    complete_writes(&d);
+    d.try_error = UV_EPIPE;
+    publish_n(h, "agent.event", 1);
+    hub_destroy(h); /* d fails inside hub_destroy's flush */
+    CHECK_EQ(d.close_calls, 1);
+    CHECK_EQ(hub_total_subscribers(), 0);
+    complete_writes(&a);
+    complete_writes(&b);
+    complete_writes(&d);
+    buf_free(&a.wire);
+    buf_free(&b.wire);
+    buf_free(&d.wire);
     teardown();
 }
 
@@ -518,6 +737,11 @@ int main(void)
     RUN_TEST(live_subscriber_never_lags_behind_a_tiny_log);
     RUN_TEST(destroy_flushes_everything_before_closing);
     RUN_TEST(heartbeat_reaches_idle_streams_only);
+    RUN_TEST(one_write_per_subscriber_per_iteration);
+    RUN_TEST(publish_outside_io_is_not_delayed);
+    RUN_TEST(direct_writes_and_partial_ones_keep_the_bytes_exact);
+    RUN_TEST(long_replay_continues_over_iterations);
+    RUN_TEST(write_errors_free_the_subscriber_safely);
     RUN_TEST(subscriber_limit_is_enforced);
     RUN_TEST(stream_ends_at_its_deadline_after_what_it_was_given);
     RUN_TEST(one_heap_orders_every_deadline);

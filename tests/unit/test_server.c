@@ -53,6 +53,9 @@ struct harness {
     long closes_when_close_returned; /* stream_closes right after conn_close() */
     long closes_when_write_done;     /* stream_closes when the write's on_done ran */
     long write_after_close;          /* conn_stream_write_copy() after conn_close() */
+    long try_result;                 /* conn_stream_try_write() on a fresh stream */
+    long try_after_close;            /* ... after conn_close() */
+    long try_chunked;                /* ... on a chunked stream */
 };
 
 enum { LATER_RESPOND = 1, LATER_STREAM_END, LATER_CLOSE };
@@ -171,6 +174,25 @@ static void on_request(struct conn *c, const struct http_request *req, void *dat
         pthread_mutex_unlock(&h->mu);
         h->write_after_close = conn_stream_write_copy(c, "late", 4);
         conn_close(c, 0); /* idempotent */
+    } else if (path_is(req, "/try-write")) {
+        conn_stream_begin(c, 200, "Content-Type: text/plain\r\n", 0, on_stream_close, h);
+        uv_buf_t two[2] = {uv_buf_init((char *)"dir", 3), uv_buf_init((char *)"ect\n", 4)};
+        long n = (long)conn_stream_try_write(c, two, 2);
+        conn_stream_write_copy(c, "queued\n", 7);
+        conn_close(c, 0);
+        long after = (long)conn_stream_try_write(c, two, 2);
+        pthread_mutex_lock(&h->mu);
+        h->try_result = n;
+        h->try_after_close = after;
+        pthread_mutex_unlock(&h->mu);
+    } else if (path_is(req, "/try-chunked")) {
+        conn_stream_begin(c, 200, "Content-Type: text/plain\r\n", 1, on_stream_close, h);
+        uv_buf_t one = uv_buf_init((char *)"x", 1);
+        long n = (long)conn_stream_try_write(c, &one, 1);
+        pthread_mutex_lock(&h->mu);
+        h->try_chunked = n;
+        pthread_mutex_unlock(&h->mu);
+        conn_stream_end(c);
     } else if (path_is(req, "/hold")) {
         conn_stream_begin(c, 200, "Content-Type: text/plain\r\n", 0, on_stream_close, h);
         conn_stream_write_copy(c, "open\n", 5);
@@ -738,6 +760,38 @@ static void stream_with_two_writes_then_conn_close_calls_on_close_once(void)
     CHECK_EQ(h.write_after_close, UV_ECANCELED);
 }
 
+static void try_write_scenario(struct harness *h)
+{
+    int fd = client_connect(h);
+    send_str(fd, "GET /try-chunked HTTP/1.1\r\n\r\n");
+    EXPECT_RECV(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n"
+                    "0\r\n\r\n");
+    close(fd);
+    fd = client_connect(h);
+    send_str(fd, "GET /try-write HTTP/1.1\r\n\r\n");
+    EXPECT_RECV(fd, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
+                    "direct\nqueued\n");
+    CHECK(recv_closed(fd));
+    CHECK(wait_for(h, &h->stream_closes, 1, RECV_TIMEOUT_MS));
+    close(fd);
+    harness_finish(h);
+}
+
+/* The direct write goes out in order before later queued writes; it is
+ * refused on chunked streams (their framing needs a queued write) and once
+ * the conn is closing. */
+static void try_write_writes_directly_in_order_and_refuses_when_it_must(void)
+{
+    struct harness h = {0};
+    struct server_config cfg = test_config();
+    harness_run(&h, &cfg, try_write_scenario);
+    CHECK_EQ(h.try_result, 7); /* a fresh loopback socket takes 7 bytes at once */
+    CHECK_EQ(h.try_after_close, UV_ECANCELED);
+    CHECK_EQ(h.try_chunked, UV_EINVAL);
+    CHECK_EQ(h.stream_closes, 1);
+    CHECK_EQ(h.conns_at_finish, 0);
+}
+
 static void client_leaves_scenario(struct harness *h)
 {
     int fd = client_connect(h);
@@ -1173,6 +1227,7 @@ int main(void)
     log_configure(LOG_ERROR, LOG_TEXT); /* the EMFILE test warns, as it should */
     RUN_TEST(idle_conn_is_small);
     RUN_TEST(keep_alive_serves_two_requests_on_one_connection);
+    RUN_TEST(try_write_writes_directly_in_order_and_refuses_when_it_must);
     RUN_TEST(pipelined_requests_sent_in_one_write_are_answered_in_order);
     RUN_TEST(connection_close_request_is_answered_then_closed);
     RUN_TEST(http10_keep_alive_is_acknowledged_and_plain_http10_closes);
