@@ -482,30 +482,34 @@ static int sub_write_send(struct conn *conn, struct sub_write *w, struct subscri
  * then the completion of the queued write calls back here. A replaying
  * subscriber writes at most HUB_FLUSH_BUDGET bytes per loop iteration and
  * continues in the next one, so one long replay cannot starve the others.
- * May free s (a lagging subscriber is dropped; a write error closes it). */
-static void subscriber_flush(struct subscriber *s)
+ * Returns -1 when s is gone (a lagging subscriber is dropped; a write error
+ * closes it), else 0. */
+static int subscriber_flush(struct subscriber *s)
 {
     if (!list_empty(&s->writes) && conn_write_queue_bytes(s->conn) > 0)
-        return;
+        return 0;
     size_t sent = 0;
     for (;;) {
         if (sent >= HUB_FLUSH_BUDGET) {
             subscriber_schedule(s);
-            return;
+            return 0;
         }
         int lagged;
         struct sub_write *w = subscriber_take_batch(s, HUB_MAX_BATCH, HUB_MAX_BATCH_BYTES, &lagged);
         if (lagged) {
             subscriber_drop(s, HUB_DROP_LAGGED);
-            return;
+            return -1;
         }
         if (w == NULL)
-            return;
+            return 0;
         size_t bytes = 0;
         for (unsigned i = 0; i < w->nframes; i++)
             bytes += w->frames[i]->len;
-        if (sub_write_send(s->conn, w, s) != 1)
-            return; /* queued (write_done proceeds), or closing */
+        int rc = sub_write_send(s->conn, w, s);
+        if (rc < 0)
+            return -1;
+        if (rc == 0)
+            return 0; /* queued: write_done proceeds */
         sent += bytes;
     }
 }
@@ -585,6 +589,11 @@ static void subscriber_offer(struct subscriber *s, struct frame *f)
         s->next_seq++;
     }
     s->wrote_since_tick = 1;
+    /* A burst bigger than the buffer within one loop iteration: offer it to
+     * the socket now rather than at the end of the iteration, since the
+     * rule below is about bytes the kernel refused. */
+    if (s->queued_bytes > config.subscriber_buffer && subscriber_flush(s) < 0)
+        return;
     /* Only a connection that is backed up can be too slow: bytes queued in
      * one loop iteration for a socket that takes everything are in transit. */
     if (conn_write_queue_bytes(s->conn) > 0 &&

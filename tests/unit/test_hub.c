@@ -359,6 +359,42 @@ static void slow_subscriber_is_dropped_and_others_get_everything(void)
     teardown();
 }
 
+/* All in one loop iteration (no flush between the publishes): a socket
+ * that takes nothing is dropped as soon as its backlog passes the buffer,
+ * one that takes everything is not, however big the burst. */
+static void burst_in_one_iteration_drops_only_the_blocked_subscriber(void)
+{
+    setup(1000, 1 << 22, 4096);
+    struct hub *h = hub_create();
+    struct conn fast = {0}, blocked = {0};
+    CHECK_EQ(hub_subscribe(h, &fast, NULL, 1), 0);
+    CHECK_EQ(hub_subscribe(h, &blocked, NULL, 1), 0);
+    complete_writes(&fast);
+    complete_writes(&blocked);
+    fast.take = SIZE_MAX;
+    uint64_t dropped_before = hub_dropped_total(HUB_DROP_SLOW);
+    char data[512];
+    memset(data, 'y', sizeof(data));
+    data[0] = '"';
+    data[sizeof(data) - 1] = '"';
+    for (int i = 0; i < 40; i++) {
+        hub_publish(h, "agent.event", data, sizeof(data), 0);
+        blocked.queue_bytes = blocked.npending ? blocked.pending[0].bytes : 0;
+    }
+    CHECK_EQ(blocked.close_calls, 1);
+    CHECK(count(&blocked, "event: agent.event") < 12); /* dropped near 4096 bytes */
+    CHECK_EQ(fast.close_calls, 0);
+    CHECK_EQ(hub_dropped_total(HUB_DROP_SLOW) - dropped_before, 1);
+    flush();
+    CHECK_EQ(count(&fast, "event: agent.event"), 40);
+    CHECK_EQ(fast.npending, 0);
+    complete_writes(&blocked);
+    hub_destroy(h);
+    buf_free(&fast.wire);
+    buf_free(&blocked.wire);
+    teardown();
+}
+
 static void live_subscriber_never_lags_behind_a_tiny_log(void)
 {
     setup(5, 1 << 20, 1 << 20);
@@ -734,6 +770,7 @@ int main(void)
     RUN_TEST(ids_strictly_increase);
     RUN_TEST(log_is_bounded_by_count_and_bytes);
     RUN_TEST(slow_subscriber_is_dropped_and_others_get_everything);
+    RUN_TEST(burst_in_one_iteration_drops_only_the_blocked_subscriber);
     RUN_TEST(live_subscriber_never_lags_behind_a_tiny_log);
     RUN_TEST(destroy_flushes_everything_before_closing);
     RUN_TEST(heartbeat_reaches_idle_streams_only);
