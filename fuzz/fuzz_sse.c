@@ -16,24 +16,44 @@
  * LF, interpret each; -E2BIG when a line or an event's data (with an LF per
  * data line) passes max_event_bytes.
  *
+ * Property 4 (fast frame check): whenever upstream_frame_is_plain_object()
+ * is sure about an event's data, jansson agrees: it parses the data as an
+ * object with no top-level "error" member, so runcast relays exactly the
+ * frames it relayed before the fast path existed.
+ *
  * Input: byte 0 = bits 0-2: k, the number of chunk-size bytes that follow
  * minus one; bits 3-4: max_event_bytes (1 MiB, 256, 32, 8). Then k+1 bytes:
  * chunk i holds 1 + size[i % (k+1)] bytes. The rest is the stream; for the
  * round trip it is split at its first two NULs into id, event and data.
  */
+#include <jansson.h>
 #include <stdint.h>
 #include <stdlib.h>
 
 #include "sse.h"
+#include "upstream.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const size_t max_event_choices[4] = {1 << 20, 256, 32, 8};
 
+/* Property 4 on one event's data. */
+static void check_fast_frame(const char *data, size_t len)
+{
+    if (!upstream_frame_is_plain_object(data, len))
+        return;
+    json_error_t error;
+    json_t *frame = json_loadb(data, len, JSON_DECODE_ANY, &error);
+    if (frame == NULL || !json_is_object(frame) || json_object_get(frame, "error") != NULL)
+        abort();
+    json_decref(frame);
+}
+
 /* Records every event as three length-prefixed fields. */
 static int record_event(void *arg, const struct sse_event *ev)
 {
     struct buf *log = arg;
+    check_fast_frame(ev->data, ev->data_len);
     const char *fields[3] = {ev->event, ev->data, ev->id};
     size_t lens[3] = {ev->event_len, ev->data_len, ev->id_len};
     for (int i = 0; i < 3; i++) {

@@ -1105,8 +1105,135 @@ static void start_rejects_missing_message(void)
     teardown();
 }
 
+/* ---- the fast frame check ---- */
+
+/* What the full check (jansson) would do with a frame: 1 relay it. */
+static int jansson_relays(const char *data, size_t len)
+{
+    json_error_t error;
+    json_t *frame = json_loadb(data, len, JSON_DECODE_ANY, &error);
+    if (frame == NULL)
+        return 0;
+    int relay = json_is_object(frame);
+    json_t *err = relay ? json_object_get(frame, "error") : NULL;
+    if (err != NULL && !json_is_null(err) && json_object_get(frame, "content") == NULL)
+        relay = 0;
+    json_decref(frame);
+    return relay;
+}
+
+static void fast_frame_check_is_exact_where_sure(void)
+{
+    static const struct {
+        const char *text;
+        int sure;
+    } cases[] = {
+        {"{\"id\":\"e5c8\",\"timestamp\":1796194498.743616,\"content\":{\"role\":\"model\","
+         "\"parts\":[{\"text\":\"event 0xxx\"}]},\"partial\":true,\"actions\":{\"stateDelta\":{}},"
+         "\"customMetadata\":{\"seq\":0,\"sent_at_us\":1796194498743616}}", 1},
+        {"{}", 1},
+        {" {\"a\" : [1, 2.5e10, -0, 0.5E-3, true, false, null, \"x\\n\\u00e9\\\"\"] }\r\n", 1},
+        {"{\"a\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"}", 1}, /* é € and an emoji */
+        {"{\"x\":{\"error\":1}}", 1},  /* only a top-level error counts */
+        {"{\"errors\":1}", 1},
+        {"{\"error\":\"boom\"}", 0},     /* jansson judges error frames */
+        {"{\"content\":{},\"error\":null}", 0},
+        {"{\"\\u0065rror\":\"boom\"}", 0}, /* an escaped name might be "error" */
+        {"[1]", 0},
+        {"\"text\"", 0},
+        {"", 0},
+        {"{", 0},
+        {"{\"a\":1} x", 0},
+        {"{\"a\":1,}", 0},
+        {"{\"a\":01}", 0},
+        {"{\"a\":1.}", 0},
+        {"{\"a\":-}", 0},
+        {"{\"a\":12345678901234567890}", 0},
+        {"{\"a\":1e400}", 0},
+        {"{\"a\":tru}", 0},
+        {"{\"a\":\"\\u0000\"}", 0},
+        {"{\"a\":\"\\ud83d\\ude00\"}", 0},
+        {"{\"a\":\"\\x\"}", 0},
+        {"{\"a\":\"\t\"}", 0},
+        {"{\"a\":\"\xff\"}", 0},
+        {"{\"a\":\"\xc0\xaf\"}", 0},         /* overlong */
+        {"{\"a\":\"\xed\xa0\x80\"}", 0},     /* a surrogate */
+        {"{\"a\":\"\xf4\x90\x80\x80\"}", 0}, /* past U+10FFFF */
+        {"{\"a\":\"\xe2\x82\"}", 0},         /* cut short */
+        {"{\"a\" 1}", 0},
+        {"{a:1}", 0},
+    };
+    for (size_t i = 0; i < RC_ARRAY_SIZE(cases); i++) {
+        size_t len = strlen(cases[i].text);
+        int fast = upstream_frame_is_plain_object(cases[i].text, len);
+        if (fast != cases[i].sure)
+            fprintf(stderr, "  case %zu: %s\n", i, cases[i].text);
+        CHECK_EQ(fast, cases[i].sure);
+        if (fast)
+            CHECK_EQ(jansson_relays(cases[i].text, len), 1);
+    }
+    /* {"a":[[[…]]]} nested past the scanner's depth: left to jansson */
+    char deep[200];
+    size_t n = (size_t)snprintf(deep, sizeof(deep), "{\"a\":");
+    for (int i = 0; i < 80; i++)
+        deep[n++] = '[';
+    for (int i = 0; i < 80; i++)
+        deep[n++] = ']';
+    deep[n++] = '}';
+    CHECK_EQ(upstream_frame_is_plain_object(deep, n), 0);
+    CHECK_EQ(jansson_relays(deep, n), 1);
+}
+
+/* Mutations of real frames: whenever the fast check is sure, jansson agrees
+ * (the converse need not hold: "not sure" only costs a full parse). */
+static void fast_frame_check_never_contradicts_jansson(void)
+{
+    static const char *seeds[] = {
+        "{\"id\":\"e5c8\",\"content\":{\"parts\":[{\"text\":\"h\\u00e9 \\\"x\\\"\"}]},"
+        "\"partial\":true,\"n\":-12.5e-3,\"ok\":[true,false,null],\"customMetadata\":{\"seq\":7}}",
+        "{\"error\":\"bad\",\"error_details\":{\"a\":1}}",
+        "{\"a\":\"\xc3\xa9\",\"b\":[{},[],\"\"],\"c\":0}",
+    };
+    static const char alphabet[] = "{}[]\":,\\ 0123456789-+.eEtrufalsn\xc3\xa9\xff\x01u";
+    uint64_t rng = 0x9e3779b97f4a7c15ull;
+    int sure = 0;
+    for (int round = 0; round < 20000; round++) {
+        char buf[512];
+        const char *seed = seeds[round % RC_ARRAY_SIZE(seeds)];
+        size_t len = strlen(seed);
+        memcpy(buf, seed, len);
+        int edits = 1 + round % 3;
+        for (int e = 0; e < edits; e++) {
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            size_t at = (size_t)(rng % len);
+            char c = alphabet[(rng >> 32) % (sizeof(alphabet) - 1)];
+            switch ((rng >> 40) % 3) {
+            case 0: buf[at] = c; break;                                          /* replace */
+            case 1: memmove(buf + at, buf + at + 1, len - at - 1); len--; break; /* delete */
+            default:                                                             /* insert */
+                if (len + 1 < sizeof(buf)) {
+                    memmove(buf + at + 1, buf + at, len - at);
+                    buf[at] = c;
+                    len++;
+                }
+            }
+        }
+        if (upstream_frame_is_plain_object(buf, len)) {
+            sure++;
+            if (!jansson_relays(buf, len)) {
+                fprintf(stderr, "  contradiction: %.*s\n", (int)len, buf);
+                CHECK(!"the fast check accepted what jansson refuses");
+                break;
+            }
+        }
+    }
+    CHECK(sure > 1000); /* the property was exercised, not vacuous */
+}
+
 int main(void)
 {
+    RUN_TEST(fast_frame_check_is_exact_where_sure);
+    RUN_TEST(fast_frame_check_never_contradicts_jansson);
     RUN_TEST(stream_relays_three_events_split_across_writes);
     RUN_TEST(session_conflict_409_counts_as_ready);
     RUN_TEST(session_create_failure_is_http_error);
