@@ -259,7 +259,6 @@ def test_slowloris_head_one_byte_per_100ms_gets_408_while_others_are_served(t):
         took = time.monotonic() - t1
         expect(took < 0.25 * TIME_SCALE, "another client waited %.3fs" % took)
         served += 1
-        time.sleep(0.02)
     expect(served >= 5, "only %d other requests served in 0.4s" % served)
     r = slow.read_response(timeout=3 * TIME_SCALE)
     elapsed = time.monotonic() - t0
