@@ -6,8 +6,8 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import {
-  launchBrowser, mintJwt, runsOf, screenshot, sendMessage,
-  startRuncast, waitRun, T_UI,
+  launchBrowser, mintJwt, openConsole, runsOf, screenshot, sendMessage,
+  startRuncast, waitRun,
 } from './lib.mjs';
 
 // --jwt-secret wants at least 32 bytes.
@@ -17,28 +17,12 @@ let browser;
 before(async () => { browser = await launchBrowser(); });
 after(async () => { if (browser) await browser.close(); });
 
-/* A context and page with request recording, without waiting for the
- * stream to go live (it cannot before a token is given). */
-async function openPage(rc, hash) {
-  const context = await browser.newContext({ viewport: { width: 1280, height: 800 }, colorScheme: 'light' });
-  const requests = [];
-  const errors = [];
-  const consoleLines = [];
-  context.on('request', (r) => requests.push({ url: r.url(), method: r.method(), headers: r.headers() }));
-  const page = await context.newPage();
-  page.setDefaultTimeout(T_UI);
-  page.on('pageerror', (err) => errors.push(String(err && err.stack || err)));
-  page.on('console', (msg) => consoleLines.push(msg.type() + ': ' + msg.text()));
-  await page.goto(rc.url + '/#' + hash);
-  return { context, page, requests, errors, consoleLines };
-}
-
 test('with --auth jwt the page asks for a token, keeps it for the tab and shows 401/403 in words',
   { timeout: 120000 }, async () => {
     const rc = await startRuncast(['--auth', 'jwt', '--jwt-secret', SECRET]);
     let ui = null;
     try {
-      ui = await openPage(rc, 'demo/alice/auth');
+      ui = await openConsole(browser, rc, { hash: 'demo/alice/auth', waitLive: false });
       const { page, requests } = ui;
 
       // No token: the stream is refused; the page says so and opens the token bar.

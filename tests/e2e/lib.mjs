@@ -118,8 +118,9 @@ export async function launchBrowser() {
 
 /* A fresh context (own storage) and page at rc.url + '/' + hash. Every
  * request the context makes is recorded (requests[]), and so are page errors
- * and console messages (errors[], consoleLines[]). */
-export async function openConsole(browser, rc, { hash = '', viewport = { width: 1280, height: 800 }, mobile = false } = {}) {
+ * and console messages (errors[], consoleLines[]). waitLive: wait for the
+ * stream to go live (false where it cannot, e.g. before a token is given). */
+export async function openConsole(browser, rc, { hash = '', viewport = { width: 1280, height: 800 }, mobile = false, waitLive = true } = {}) {
   const context = await browser.newContext({
     viewport, isMobile: mobile, hasTouch: mobile, deviceScaleFactor: mobile ? 2 : 1, colorScheme: 'light',
   });
@@ -132,7 +133,8 @@ export async function openConsole(browser, rc, { hash = '', viewport = { width: 
   page.on('pageerror', (err) => errors.push(String(err && err.stack || err)));
   page.on('console', (msg) => consoleLines.push(msg.type() + ': ' + msg.text()));
   const response = await page.goto(rc.url + '/' + (hash ? '#' + hash : ''));
-  await page.waitForFunction(() => document.getElementById('conn').dataset.state === 'live');
+  if (waitLive)
+    await page.waitForFunction(() => document.getElementById('conn').dataset.state === 'live');
   return { context, page, requests, errors, consoleLines, response };
 }
 
