@@ -724,12 +724,33 @@ static uint64_t run_due_ns(const struct demo_run *run, uint64_t i)
     return run->start_ns + (uint64_t)((double)i * run->interval_ns);
 }
 
+/* Rewrites every "sent_at_us" in out with the time now, so the stamp says
+ * when the event was handed to the network rather than when jansson began
+ * building it (the benchmarks measure delivery latency from it). A number
+ * of another width is left as it is. */
+static void restamp_sent_at(struct buf *out)
+{
+    static const char key[] = "\"sent_at_us\":";
+    char now[24];
+    int n = snprintf(now, sizeof(now), "%llu", (unsigned long long)wall_us());
+    char *p = out->data, *end = out->data + out->len;
+    while ((p = memmem(p, (size_t)(end - p), key, sizeof(key) - 1)) != NULL) {
+        p += sizeof(key) - 1;
+        char *digits = p;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p - digits == n)
+            memcpy(digits, now, (size_t)n);
+    }
+}
+
 /* Writes out (if anything) to the stream. Returns 0, or -1 when the conn
  * went away meanwhile (run->conn is then NULL or closing). */
 static int run_flush(struct demo_run *run, struct buf *out)
 {
     if (out->len == 0)
         return 0;
+    restamp_sent_at(out);
     int rc = conn_stream_write_copy(run->conn, out->data, out->len);
     buf_reset(out);
     return rc < 0 || run->conn == NULL ? -1 : 0;

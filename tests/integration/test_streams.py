@@ -131,6 +131,36 @@ def test_last_event_id_of_the_newest_event_replays_nothing(t):
 
 
 @test()
+def test_demo_events_carry_their_send_time_and_sequence(t):
+    """The benchmarks measure delivery latency from the demo agent's
+    customMetadata.sent_at_us: it must be the wall clock when the event left
+    the agent (after the POST, before it arrived, paced by !rate)."""
+    d = t.daemon()
+    sid = "stamps"
+    s = t.sse(d, spath(sid) + "/run")
+    s.wait_retry()
+    wall_minus_mono = time.time() - time.monotonic()
+    posted_us = time.time() * 1e6
+    j, _, _ = post_run(d, sid, "!events=5 !rate=50 !bytes=64")
+    s.wait_event("run.completed", 5, run_id=j["run_id"])
+    agent = [e for e in run_events(s.snapshot(), j["run_id"]) if e.type == "agent.event"]
+    eq(len(agent), 5, "agent events")
+    meta = [e.json()["customMetadata"] for e in agent]
+    eq([m["seq"] for m in meta], [0, 1, 2, 3, 4], "seq")
+    sent = [m["sent_at_us"] for m in meta]
+    slop_us = 2000  # time.time() vs the monotonic clock the reader stamps with
+    for e, at in zip(agent, sent):
+        eq(len(e.json()["content"]["parts"][0]["text"]), 64, "text bytes")
+        arrived_us = (e.at + wall_minus_mono) * 1e6
+        expect(posted_us - slop_us <= at <= arrived_us + slop_us,
+               "sent_at_us %d not between the POST (%d) and the arrival (%d)"
+               % (at, posted_us, arrived_us))
+    eq(sent, sorted(sent), "sent_at_us in order")
+    # 50 events/s: the fifth leaves about 80 ms after the first (1 ms timer steps).
+    expect(sent[4] - sent[0] >= 70000, "5 events at 50/s spanned only %d us" % (sent[4] - sent[0]))
+
+
+@test()
 def test_five_subscribers_see_identical_sequences(t):
     d = t.daemon()
     sid = "five"
