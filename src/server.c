@@ -48,7 +48,10 @@
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
+#include <limits.h>
 #include <stdlib.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "log.h"
@@ -837,16 +840,29 @@ ssize_t conn_stream_try_write(struct conn *c, const uv_buf_t *bufs, unsigned nbu
         return UV_ECANCELED;
     if (c->state != CONN_STREAMING || c->chunked)
         return UV_EINVAL;
-    /* uv_try_write itself answers EAGAIN while writes are queued, so the
-     * bytes can never overtake queued ones. */
-    int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, nbufs);
-    if (n == UV_EAGAIN)
+    /* Nothing may overtake bytes libuv still holds (uv_try_write makes the
+     * same check). */
+    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) != 0)
         return 0;
-    if (n < 0) {
-        conn_begin_close(c, 1);
+    /* sendmsg rather than uv_try_write's write(2): a socket write through
+     * the VFS layer cost a tenth of the server's CPU in fan-out (perf).
+     * uv_buf_t is laid out as struct iovec on Unix. */
+    uv_os_fd_t fd;
+    if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0)
+        return UV_EBADF;
+    struct msghdr msg = {.msg_iov = (struct iovec *)bufs,
+                         .msg_iovlen = nbufs < IOV_MAX ? nbufs : IOV_MAX};
+    ssize_t n;
+    do
+        n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+    while (n < 0 && errno == EINTR);
+    if (n >= 0)
         return n;
-    }
-    return n;
+    if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
+        return 0;
+    int err = -errno;
+    conn_begin_close(c, 1);
+    return err;
 }
 
 int conn_stream_write_copy(struct conn *c, const void *data, size_t len)
