@@ -7,7 +7,9 @@
  * ("sent_at_us", CLOCK_REALTIME microseconds) into a log-bucketed histogram.
  * It also drives the load: for runcast it starts runs on the demo agent with
  * POST …/run ("!events=N !bytes=B !rate=R"), for Nchan it publishes the same
- * JSON events itself with HTTP POSTs to the publisher location.
+ * JSON events itself with HTTP POSTs to the publisher location. With
+ * --serve-upstream it is runcast's upstream as well: it answers /run_sse and
+ * writes the events to runcast itself, as it publishes them to Nchan.
  *
  * Modes (see usage()):
  *   fanout  subscribers on `sessions` sessions (+ idle ones), events at a
@@ -270,6 +272,7 @@ static struct {
     int max_connecting;
     int pub_inflight;
     double poll_interval;
+    int serve_upstream;         /* fanout on runcast: be its upstream on this port */
 } opt = {
     .mode = MODE_FANOUT,
     .target = TARGET_RUNCAST,
@@ -400,8 +403,10 @@ static struct cpu_mark cpu_mark_now(void)
 /* ---- connections -------------------------------------------------------- */
 
 enum conn_kind {
-    KIND_SUB,    /* an SSE subscriber */
-    KIND_CLIENT, /* a keep-alive HTTP client: POSTs, publishes, debug polls */
+    KIND_SUB,      /* an SSE subscriber */
+    KIND_CLIENT,   /* a keep-alive HTTP client: POSTs, publishes, debug polls */
+    KIND_LISTEN,   /* --serve-upstream: the listening socket */
+    KIND_UPSTREAM, /* --serve-upstream: a connection from runcast's libcurl */
 };
 
 enum conn_state { CS_CONNECTING, CS_HEAD, CS_BODY, CS_CLOSED };
@@ -476,6 +481,7 @@ static uint64_t max_post_backlog;
 
 /* nchan publishing */
 static uint64_t published, pub_answered;
+static int publishing;          /* fanout: events are being published */
 static uint64_t *channel_seq;
 
 /* replay */
@@ -1083,12 +1089,10 @@ static uint64_t rng_next(void)
 
 static char *event_text;
 
-/* Publishes one event to channel ch in the demo agent's exact format, so both
- * servers carry the same bytes. */
-static void publish_one(struct conn *c, int ch)
+/* Appends the next event of channel ch to out in the demo agent's exact
+ * format, so every source sends the same bytes; sent_at_us is now. */
+static void event_append(struct bytes *out, int ch)
 {
-    char name[96];
-    session_name(name, sizeof(name), ch);
     uint64_t seq = channel_seq[ch]++;
     if (event_text == NULL) {
         event_text = xcalloc(1, (size_t)opt.bytes + 32);
@@ -1113,15 +1117,154 @@ static void publish_one(struct conn *c, int ch)
                       "\"requestedAuthConfigs\":{}},\"customMetadata\":{\"seq\":%" PRIu64
                       ",\"sent_at_us\":%" PRIu64 "}}",
                       seq, t);
+    bytes_append(out, json_head, (size_t)jl);
+    bytes_append(out, event_text, b);
+    bytes_append(out, json_tail, (size_t)tl);
+}
+
+/* Publishes one event to Nchan channel ch. */
+static void publish_one(struct conn *c, int ch)
+{
+    static struct bytes ev;
+    char name[96];
+    session_name(name, sizeof(name), ch);
+    ev.len = ev.off = 0;
+    event_append(&ev, ch);
     bytes_printf(&c->out,
                  "POST /pub/%s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
                  "Content-Length: %zu\r\n\r\n",
-                 name, (size_t)jl + b + (size_t)tl);
-    bytes_append(&c->out, json_head, (size_t)jl);
-    bytes_append(&c->out, event_text, b);
-    bytes_append(&c->out, json_tail, (size_t)tl);
+                 name, ev.len);
+    bytes_append(&c->out, ev.data, ev.len);
     c->inflight++;
     published++;
+}
+
+/* ---- --serve-upstream: the generator as runcast's ADK upstream ---------- */
+
+/* With --serve-upstream, runcast's upstream is this process, as Nchan's
+ * publisher is: both servers are then fed by the process that measures
+ * them, with no third process on the load core. It answers ADK's
+ * create-session with {} and /run_sse with a close-delimited event stream
+ * of session k (from "sessionId"), written by fanout_tick. */
+static struct conn **up_streams; /* by session */
+static int up_open;
+
+static void upstream_listen(void)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)opt.serve_upstream)};
+    a.sin_addr.s_addr = htonl(0x7f000001u);
+    if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof(a)) < 0 || listen(fd, 1024) < 0)
+        die("--serve-upstream %d: %s", opt.serve_upstream, strerror(errno));
+    struct conn *l = xcalloc(1, sizeof(*l));
+    l->kind = KIND_LISTEN;
+    l->fd = fd;
+    l->state = CS_BODY;
+    ep_set(l, EPOLLIN, EPOLL_CTL_ADD);
+    up_streams = xcalloc((size_t)opt.sessions + 1, sizeof(*up_streams));
+}
+
+static void upstream_accept(struct conn *l)
+{
+    int fd;
+    while ((fd = accept4(l->fd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+        int one = 1;
+        setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+        struct conn *c = xcalloc(1, sizeof(*c));
+        c->kind = KIND_UPSTREAM;
+        c->fd = fd;
+        c->state = CS_HEAD;
+        c->session = -1;
+        ep_set(c, EPOLLIN, EPOLL_CTL_ADD);
+    }
+}
+
+/* Answers the complete requests in c->in; a /run_sse turns c into session
+ * k's stream (nothing more is read from it). */
+static void upstream_parse(struct conn *c)
+{
+    while (c->state == CS_HEAD) {
+        char *h = c->in.data + c->in.off;
+        size_t hn = c->in.len - c->in.off;
+        char *e = hn ? memmem(h, hn, "\r\n\r\n", 4) : NULL;
+        if (e == NULL)
+            return;
+        size_t head_len = (size_t)(e - h) + 4;
+        int64_t body_len = find_number(h, e, "\nContent-Length:", 16);
+        if (body_len < 0)
+            body_len = 0;
+        if (hn < head_len + (size_t)body_len)
+            return;
+        const char *body = h + head_len, *body_end = body + body_len;
+        c->in.off += head_len + (size_t)body_len;
+        if (strncmp(h, "POST /run_sse ", 14) != 0) {
+            bytes_printf(&c->out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                  "Content-Length: 2\r\n\r\n{}");
+            conn_flush(c);
+            continue;
+        }
+        static const char KEY[] = "\"sessionId\":\"";
+        const char *k = memmem(body, (size_t)(body_end - body), KEY, sizeof(KEY) - 1);
+        size_t plen = strlen(opt.prefix);
+        int session = -1;
+        if (k && (size_t)(body_end - k) > sizeof(KEY) - 1 + plen &&
+            memcmp(k + sizeof(KEY) - 1, opt.prefix, plen) == 0)
+            session = atoi(k + sizeof(KEY) - 1 + plen);
+        if (session < 0 || session >= opt.sessions || up_streams[session] != NULL)
+            die("--serve-upstream: unexpected /run_sse body %.*s", (int)body_len, body);
+        bytes_printf(&c->out, "HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\n"
+                              "Cache-Control: no-cache\r\nConnection: close\r\n\r\n");
+        c->state = CS_BODY;
+        c->session = session;
+        up_streams[session] = c;
+        up_open++;
+        conn_flush(c);
+    }
+}
+
+static void upstream_on_event(struct conn *c, uint32_t events)
+{
+    if (events & EPOLLOUT)
+        if (conn_flush(c) < 0)
+            goto closed;
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+        return;
+    ssize_t n = read(c->fd, readbuf, sizeof(readbuf));
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return;
+    if (n <= 0) {
+        conn_close_fd(c);
+        goto closed;
+    }
+    if (c->state == CS_HEAD) {
+        bytes_append(&c->in, readbuf, (size_t)n);
+        upstream_parse(c);
+    }
+    return;
+closed:
+    if (c->session >= 0 && up_streams[c->session] == c) {
+        up_streams[c->session] = NULL;
+        up_open--;
+        if (publishing)
+            err.closed++;
+    }
+}
+
+/* Writes the next event of session ch to its stream as one SSE frame. */
+static void upstream_publish(int ch)
+{
+    struct conn *c = up_streams[ch];
+    published++;
+    if (c == NULL || c->state == CS_CLOSED) {
+        err.publish++;
+        return;
+    }
+    bytes_append(&c->out, "data: ", 6);
+    event_append(&c->out, ch);
+    bytes_append(&c->out, "\n\n", 2);
+    conn_flush(c);
 }
 
 /* ---- storm -------------------------------------------------------------- */
@@ -1188,8 +1331,12 @@ static void loop_once(int timeout_ms)
             continue;
         if (c->kind == KIND_SUB)
             sub_on_event(c, evs[i].events);
-        else
+        else if (c->kind == KIND_CLIENT)
             client_on_event(c, evs[i].events);
+        else if (c->kind == KIND_LISTEN)
+            upstream_accept(c);
+        else
+            upstream_on_event(c, evs[i].events);
     }
     now_mono = mono_us();
 }
@@ -1257,7 +1404,6 @@ static void run_for(double seconds, void (*tick)(void))
 static uint64_t pub_start_mono;
 static struct conn *pub_conn;
 static uint64_t pub_target;
-static int publishing;
 
 static char run_message[160];
 static int runs_posted;
@@ -1266,6 +1412,12 @@ static void fanout_tick(void)
 {
     if (!publishing || pub_conn->state != CS_BODY)
         return;
+    if (opt.serve_upstream) {
+        double due = (double)(now_mono - pub_start_mono) / 1e6 * opt.rate;
+        while (published < (uint64_t)due)
+            upstream_publish((int)(published % (uint64_t)opt.sessions));
+        return;
+    }
     if (opt.target == TARGET_RUNCAST) {
         /* Session k's run starts k/rate seconds in, so the sessions' event
          * schedules interleave evenly, as Nchan's round-robin publishes do
@@ -1326,6 +1478,8 @@ static int run_fanout(void)
     for (int i = 0; i < opt.idle; i++)
         subs[total_active + i] = sub_new(opt.sessions + i % opt.idle_sessions, 1);
     channel_seq = xcalloc((size_t)opt.sessions + 1, sizeof(*channel_seq));
+    if (opt.serve_upstream)
+        upstream_listen();
 
     uint64_t rss_base = pids_status_kib(opt.server_pids, opt.nserver, "VmRSS");
     double connect_s = connect_all();
@@ -1351,6 +1505,17 @@ static int run_fanout(void)
         uint64_t dl = mono_us() + 5000000;
         while (!interrupted && c->state == CS_CONNECTING && now_mono < dl)
             loop_once(1);
+        if (opt.serve_upstream) {
+            /* Every run at once; the events start when every stream is open. */
+            for (int k = 0; k < opt.sessions; k++)
+                post_run(c, k, run_message);
+            dl = mono_us() + 10000000;
+            while (!interrupted && up_open < opt.sessions && now_mono < dl)
+                loop_once(1);
+            if (up_open < opt.sessions)
+                die("--serve-upstream: %d of %d runs reached the upstream", up_open, opt.sessions);
+            runs_posted = opt.sessions;
+        }
         publishing = 1;
         pub_start_mono = mono_us();
     } else {
@@ -1579,7 +1744,9 @@ static void usage(void)
             "  --server-pid P --aux-pid P  processes whose CPU/RSS is reported (repeat)\n"
             "  --post-conns N --directives TEXT   storm: POST connections, run directives\n"
             "  --replay-events N --replay-subs N --replay-rate R\n"
-            "  --max-connecting N       connects in progress at once (default 256)\n");
+            "  --max-connecting N       connects in progress at once (default 256)\n"
+            "  --serve-upstream N       fanout on runcast: be its upstream on port N (runcast's\n"
+            "                           --upstream), publishing as for Nchan, instead of the demo agent\n");
     exit(2);
 }
 
@@ -1594,7 +1761,8 @@ int main(int argc, char **argv)
         {"prefix", 1, 0, 'P'}, {"src", 1, 0, 'a'}, {"server-pid", 1, 0, 'k'},
         {"aux-pid", 1, 0, 'x'}, {"post-conns", 1, 0, 'c'}, {"directives", 1, 0, 'R'},
         {"replay-events", 1, 0, 'e'}, {"replay-subs", 1, 0, 'E'}, {"replay-rate", 1, 0, 'Q'},
-        {"max-connecting", 1, 0, 'M'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0},
+        {"max-connecting", 1, 0, 'M'}, {"serve-upstream", 1, 0, 'U'}, {"help", 0, 0, 'h'},
+        {0, 0, 0, 0},
     };
     static char prefix_buf[32];
     int ch;
@@ -1638,6 +1806,7 @@ int main(int argc, char **argv)
         case 'E': opt.replay_subs = atoi(optarg); break;
         case 'Q': opt.replay_rate = atof(optarg); break;
         case 'M': opt.max_connecting = atoi(optarg); break;
+        case 'U': opt.serve_upstream = atoi(optarg); break;
         default: usage();
         }
     }
