@@ -1022,6 +1022,26 @@ static void client_parse(struct conn *c)
     }
 }
 
+/* The readiness work every request/response connection shares: flushes on
+ * EPOLLOUT, then reads once into readbuf on EPOLLIN. Returns the bytes read,
+ * 0 when there is nothing to read now, or -1 when the connection failed or
+ * the peer closed it (c is then closed). */
+static ssize_t conn_ready(struct conn *c, uint32_t events)
+{
+    if ((events & EPOLLOUT) && conn_flush(c) < 0)
+        return -1;
+    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
+        return 0;
+    ssize_t n = read(c->fd, readbuf, sizeof(readbuf));
+    if (n < 0 && (errno == EAGAIN || errno == EINTR))
+        return 0;
+    if (n <= 0) {
+        conn_close_fd(c);
+        return -1;
+    }
+    return n;
+}
+
 static void client_on_event(struct conn *c, uint32_t events)
 {
     if (c->state == CS_CONNECTING) {
@@ -1036,15 +1056,8 @@ static void client_on_event(struct conn *c, uint32_t events)
         conn_flush(c);
         return;
     }
-    if (events & EPOLLOUT)
-        if (conn_flush(c) < 0)
-            return;
-    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
-        return;
-    ssize_t n = read(c->fd, readbuf, sizeof(readbuf));
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
-    if (n <= 0) {
+    ssize_t n = conn_ready(c, events);
+    if (n < 0) {
         fprintf(stderr, "loadgen: client connection (role %d) closed by the server\n", c->role);
         if (c->role == ROLE_PUB)
             err.publish++;
@@ -1052,11 +1065,12 @@ static void client_on_event(struct conn *c, uint32_t events)
             err.post++;
         else
             err.debug++;
-        conn_close_fd(c);
         return;
     }
-    bytes_append(&c->in, readbuf, (size_t)n);
-    client_parse(c);
+    if (n > 0) {
+        bytes_append(&c->in, readbuf, (size_t)n);
+        client_parse(c);
+    }
 }
 
 /* ---- driving: runcast runs, Nchan publishes ------------------------------ */
@@ -1226,25 +1240,12 @@ static void upstream_parse(struct conn *c)
 
 static void upstream_on_event(struct conn *c, uint32_t events)
 {
-    if (events & EPOLLOUT)
-        if (conn_flush(c) < 0)
-            goto closed;
-    if (!(events & (EPOLLIN | EPOLLHUP | EPOLLERR)))
-        return;
-    ssize_t n = read(c->fd, readbuf, sizeof(readbuf));
-    if (n < 0 && (errno == EAGAIN || errno == EINTR))
-        return;
-    if (n <= 0) {
-        conn_close_fd(c);
-        goto closed;
-    }
-    if (c->state == CS_HEAD) {
+    ssize_t n = conn_ready(c, events);
+    if (n > 0 && c->state == CS_HEAD) {
         bytes_append(&c->in, readbuf, (size_t)n);
         upstream_parse(c);
     }
-    return;
-closed:
-    if (c->session >= 0 && up_streams[c->session] == c) {
+    if (n < 0 && c->session >= 0 && up_streams[c->session] == c) {
         up_streams[c->session] = NULL;
         up_open--;
         if (publishing)
