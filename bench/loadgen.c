@@ -995,31 +995,39 @@ static void client_response(struct conn *c, int status, const char *body, size_t
     }
 }
 
-/* Parses complete responses (Content-Length framed) from c->in. */
+/* The next complete Content-Length framed HTTP message (request or
+ * response) in c->in: returns its head and consumes it, with *body and
+ * *body_len set; NULL while it is incomplete. Chunked bodies are not
+ * supported (nothing here needs them). */
+static char *next_message(struct conn *c, const char **body, size_t *body_len)
+{
+    char *h = c->in.data + c->in.off;
+    size_t hn = c->in.len - c->in.off;
+    char *e = hn ? memmem(h, hn, "\r\n\r\n", 4) : NULL;
+    if (e == NULL)
+        return NULL;
+    size_t head_len = (size_t)(e - h) + 4;
+    char save = h[head_len - 1];
+    h[head_len - 1] = '\0';
+    char *cl = strcasestr(h, "\ncontent-length:");
+    *body_len = cl ? strtoull(cl + 16, NULL, 10) : 0;
+    if (!cl && strcasestr(h, "\ntransfer-encoding: chunked"))
+        die("chunked messages are not supported here");
+    h[head_len - 1] = save;
+    if (hn < head_len + *body_len)
+        return NULL;
+    c->in.off += head_len + *body_len;
+    *body = h + head_len;
+    return h;
+}
+
+/* Parses complete responses from c->in. */
 static void client_parse(struct conn *c)
 {
-    for (;;) {
-        char *h = c->in.data + c->in.off;
-        size_t hn = c->in.len - c->in.off;
-        if (hn == 0)
-            return;
-        char *e = memmem(h, hn, "\r\n\r\n", 4);
-        if (e == NULL)
-            return;
-        size_t head_len = (size_t)(e - h) + 4;
-        int status = atoi(h + 9);
-        char save = h[head_len - 1];
-        h[head_len - 1] = '\0';
-        char *cl = strcasestr(h, "\ncontent-length:");
-        size_t body_len = cl ? strtoull(cl + 16, NULL, 10) : 0;
-        if (!cl && strcasestr(h, "\ntransfer-encoding: chunked"))
-            die("chunked responses are not supported on client connections");
-        h[head_len - 1] = save;
-        if (hn < head_len + body_len)
-            return;
-        c->in.off += head_len + body_len;
-        client_response(c, status, h + head_len, body_len);
-    }
+    const char *h, *body;
+    size_t body_len;
+    while ((h = next_message(c, &body, &body_len)) != NULL)
+        client_response(c, atoi(h + 9), body, body_len);
 }
 
 /* The readiness work every request/response connection shares: flushes on
@@ -1199,20 +1207,10 @@ static void upstream_accept(struct conn *l)
  * k's stream (nothing more is read from it). */
 static void upstream_parse(struct conn *c)
 {
-    while (c->state == CS_HEAD) {
-        char *h = c->in.data + c->in.off;
-        size_t hn = c->in.len - c->in.off;
-        char *e = hn ? memmem(h, hn, "\r\n\r\n", 4) : NULL;
-        if (e == NULL)
-            return;
-        size_t head_len = (size_t)(e - h) + 4;
-        int64_t body_len = find_number(h, e, "\nContent-Length:", 16);
-        if (body_len < 0)
-            body_len = 0;
-        if (hn < head_len + (size_t)body_len)
-            return;
-        const char *body = h + head_len, *body_end = body + body_len;
-        c->in.off += head_len + (size_t)body_len;
+    const char *h, *body;
+    size_t body_len;
+    while (c->state == CS_HEAD && (h = next_message(c, &body, &body_len)) != NULL) {
+        const char *body_end = body + body_len;
         if (strncmp(h, "POST /run_sse ", 14) != 0) {
             bytes_printf(&c->out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
                                   "Content-Length: 2\r\n\r\n{}");
