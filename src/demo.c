@@ -985,12 +985,16 @@ static json_t *body_object(struct conn *c, const struct http_request *req)
     return body;
 }
 
-/* POST /apps/{app}/users/{user}/sessions */
+/* POST /apps/{app}/users/{user}/sessions (the id from the body's sessionId,
+ * or made up) and POST …/sessions/{path_id} (the id from the path; the body
+ * may hold a state, which the demo ignores), as Python ADK answers both. */
 static void demo_session_create(struct demo *d, struct conn *c, const struct http_request *req,
-                                const char *app, const char *user)
+                                const char *app, const char *user, const char *path_id)
 {
     char *id = NULL;
-    if (req->body_len > 0) {
+    if (path_id != NULL) {
+        id = xstrdup(path_id);
+    } else if (req->body_len > 0) {
         json_t *body = body_object(c, req);
         if (body == NULL)
             return;
@@ -1230,13 +1234,15 @@ static void demo_on_request(struct conn *c, const struct http_request *req, void
                str_is_path_param(seg[3], strlen(seg[3])) &&
                (n == 5 || str_is_path_param(seg[5], strlen(seg[5])))) {
         if (n == 5 && m == HTTP_POST)
-            demo_session_create(d, c, req, seg[1], seg[3]);
+            demo_session_create(d, c, req, seg[1], seg[3], NULL);
         else if (n == 5)
             respond_not_allowed(c, "POST");
+        else if (m == HTTP_POST)
+            demo_session_create(d, c, req, seg[1], seg[3], seg[5]);
         else if (m == HTTP_GET || m == HTTP_DELETE)
             demo_session_one(d, c, req, seg[1], seg[3], seg[5]);
         else
-            respond_not_allowed(c, "GET, DELETE");
+            respond_not_allowed(c, "GET, POST, DELETE");
     } else {
         respond_detail(c, 404, "Not Found", NULL);
     }

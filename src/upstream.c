@@ -59,6 +59,7 @@
 #define DEFAULT_MAX_EVENT_BYTES (1024 * 1024)
 #define NO_DEADLINE UINT64_MAX
 #define RETRY_AFTER_CAP_MS (24ull * 3600 * 1000)
+#define CREATE_ANSWER_MAX (64 * 1024) /* a create-session answer kept to read its id */
 
 /* One watched socket. Owned by the module; a fresh one is made whenever
  * libcurl starts watching a socket that has none, and freed in the poll
@@ -78,24 +79,38 @@ enum call_state {
     CALL_CLOSING,    /* torn down; the timer is closing, then the call is freed */
 };
 
+/* The requests of a call, in the order they are tried. Creating a session
+ * tries the path form first: ADK JS honours only that one (it ignores a
+ * sessionId in the body and makes up an id), Python ADK honours both (the
+ * path form is deprecated there). A server without the path form answers
+ * 404/405, and the body form follows. */
 enum call_step {
-    STEP_CREATE_SESSION = 0,
-    STEP_RUN,
+    STEP_CREATE_BY_PATH = 0, /* POST …/sessions/{session} {} */
+    STEP_CREATE_BY_BODY,     /* POST …/sessions {"sessionId": …} */
+    STEP_RUN,                /* POST /run_sse */
+    STEP_COUNT,
+};
+
+/* One request, serialised once when the call starts. */
+struct upstream_post {
+    char *url;
+    char *body;
 };
 
 /* What the body of the current response is for, decided at the end of its
  * headers. */
 enum body_mode {
     BODY_PENDING = 0, /* headers not finished yet */
-    BODY_DISCARD,     /* nobody reads it (session created, retry coming) */
+    BODY_DISCARD,     /* nobody reads it (a retry is coming) */
     BODY_EXCERPT,     /* an error answer: keep its first bytes for the message */
+    BODY_KEEP,        /* a create-session answer: keep it (bounded) to judge it */
     BODY_STREAM,      /* 2xx text/event-stream: parse and relay */
 };
 
 /* What to do when the current transfer finishes. */
 enum verdict {
     VERDICT_NONE = 0,
-    VERDICT_SESSION_READY, /* create answered 2xx/409/400: go on with /run_sse */
+    VERDICT_CREATED,       /* a create-session answer: judged with its body */
     VERDICT_RETRY_404,     /* /run_sse said 404: create the session, retry once */
     VERDICT_RETRY_LATER,   /* 429/503 with retries left: wait, retry */
     VERDICT_HTTP,          /* end UPSTREAM_HTTP with an excerpt */
@@ -109,9 +124,8 @@ struct upstream_call {
     struct upstream_callbacks cb;
     void *arg;
 
-    /* The two requests, serialised once at start (owned). */
-    char *create_url, *create_body;
-    char *run_url, *run_body;
+    char *session;                     /* the id asked for (owned) */
+    struct upstream_post post[STEP_COUNT]; /* owned */
     struct curl_slist *create_headers, *run_headers;
 
     enum call_step step;
@@ -121,6 +135,7 @@ struct upstream_call {
     int sent_pending;    /* ... and has not run yet */
     int start_deferred;  /* the next transfer waits for the service queue */
     int got_first_event;
+    json_t *error_event; /* {"errorCode","errorMessage"} of the first event with one */
 
     /* The current transfer (easy == NULL between transfers). */
     CURL *easy;
@@ -306,7 +321,7 @@ static uint64_t nearest_deadline(const struct upstream_call *call, const char **
     if (call->easy != NULL) {
         if (call->step == STEP_RUN && !call->got_first_event && up.cfg.first_event_timeout_ms)
             CONSIDER(call->sent_ms + up.cfg.first_event_timeout_ms, "first_event");
-        if (up.cfg.idle_timeout_ms && (call->step == STEP_CREATE_SESSION || call->response_started))
+        if (up.cfg.idle_timeout_ms && (call->step != STEP_RUN || call->response_started))
             CONSIDER(call->last_rx_ms + up.cfg.idle_timeout_ms, "idle");
     }
     if (call->backoff_until_ms != NO_DEADLINE)
@@ -449,10 +464,9 @@ static void end_of_headers(struct upstream_call *call)
         return; /* an interim response; the real one follows */
     call->headers_done = 1;
     call->result.status = status;
-    if (call->step == STEP_CREATE_SESSION) {
-        int exists = (status >= 200 && status < 300) || status == 409 || status == 400;
-        call->mode = exists ? BODY_DISCARD : BODY_EXCERPT;
-        call->verdict = exists ? VERDICT_SESSION_READY : VERDICT_HTTP;
+    if (call->step != STEP_RUN) {
+        call->mode = BODY_KEEP;
+        call->verdict = VERDICT_CREATED;
         return;
     }
     judge_run_response(call, status);
@@ -699,15 +713,25 @@ static int scan_literal(struct scan *s, const char *word, size_t n)
 
 static int scan_value(struct scan *s, int depth);
 
-/* An object; s->p is at '{'. At depth 0 a member named "error" (or a name
- * with escapes, which might decode to it) makes the answer "not sure". */
+/* 1 when a top-level member name says the frame may be an error: "error"
+ * (an error frame), "errorCode" or "errorMessage" (an event with an error). */
+static int is_error_name(const unsigned char *name, size_t len)
+{
+    return (len == 5 && memcmp(name, "error", 5) == 0) ||
+           (len == 9 && memcmp(name, "errorCode", 9) == 0) ||
+           (len == 12 && memcmp(name, "errorMessage", 12) == 0);
+}
+
+/* An object; s->p is at '{'. At depth 0 an empty object, a member whose name
+ * may be an error's (is_error_name) or a name with escapes (which might
+ * decode to one) makes the answer "not sure". */
 static int scan_object(struct scan *s, int depth)
 {
     s->p++;
     scan_ws(s);
     if (s->p < s->end && *s->p == '}') {
         s->p++;
-        return 1;
+        return depth > 0;
     }
     for (;;) {
         if (s->p >= s->end || *s->p != '"')
@@ -716,7 +740,7 @@ static int scan_object(struct scan *s, int depth)
         int plain;
         if (!scan_string(s, &plain))
             return 0;
-        if (depth == 0 && (!plain || (s->p - 1 - name == 5 && memcmp(name, "error", 5) == 0)))
+        if (depth == 0 && (!plain || is_error_name(name, (size_t)(s->p - 1 - name))))
             return 0;
         scan_ws(s);
         if (s->p >= s->end || *s->p++ != ':')
@@ -787,6 +811,27 @@ int upstream_frame_is_plain_object(const char *data, size_t len)
     return s.p == s.end;
 }
 
+/* An ordinary event that carries an ADK error (a model error: ADK JS and
+ * Python ADK both send it as an event with errorCode/errorMessage, then end
+ * the stream normally). The event is relayed like any other; the first such
+ * error is kept and fails the run when the stream ends (stream_ended). */
+static void note_error_event(struct upstream_call *call, json_t *frame)
+{
+    json_t *code = json_object_get(frame, "errorCode");
+    json_t *message = json_object_get(frame, "errorMessage");
+    if (code != NULL && json_is_null(code))
+        code = NULL;
+    if (message != NULL && json_is_null(message))
+        message = NULL;
+    if (call->error_event != NULL || (code == NULL && message == NULL))
+        return;
+    call->error_event = json_object();
+    if (code != NULL)
+        json_object_set(call->error_event, "errorCode", code);
+    if (message != NULL)
+        json_object_set(call->error_event, "errorMessage", message);
+}
+
 /* sse_event_cb: one upstream frame. Returns nonzero to stop the parser once
  * the call is no longer active (ended by this frame or cancelled by on_event). */
 static int on_sse_event(void *arg, const struct sse_event *ev)
@@ -817,6 +862,12 @@ static int on_sse_event(void *arg, const struct sse_event *ev)
         finish(call, UPSTREAM_PROTOCOL, NULL, "upstream sent a frame that is not a JSON object");
         return 1;
     }
+    if (json_object_size(frame) == 0) {
+        /* ADK JS's error frame when something that is not an Error was thrown. */
+        call->result.detail = frame;
+        finish(call, UPSTREAM_AGENT_ERROR, NULL, "agent error: the agent failed without a message");
+        return 1;
+    }
     json_t *err = json_object_get(frame, "error");
     if (err != NULL && !json_is_null(err) && json_object_get(frame, "content") == NULL) {
         call->result.detail = frame;
@@ -828,6 +879,7 @@ static int on_sse_event(void *arg, const struct sse_event *ev)
         finish(call, UPSTREAM_AGENT_ERROR, NULL, "agent error: %s", text);
         return 1;
     }
+    note_error_event(call, frame);
     json_decref(frame);
 relay:
     if (call->cb.on_event)
@@ -861,6 +913,11 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
             finish_with_excerpt(call); /* no need to read the rest */
         break;
     }
+    case BODY_KEEP: {
+        size_t room = CREATE_ANSWER_MAX - call->excerpt.len;
+        buf_append(&call->excerpt, data, len < room ? len : room);
+        break;
+    }
     case BODY_PENDING:
     case BODY_DISCARD:
         break;
@@ -876,8 +933,9 @@ static CURL *make_easy(struct upstream_call *call)
     if (easy == NULL)
         return NULL;
     int run = call->step == STEP_RUN;
-    const char *body = run ? call->run_body : call->create_body;
-    curl_easy_setopt(easy, CURLOPT_URL, run ? call->run_url : call->create_url);
+    const struct upstream_post *post = &call->post[call->step];
+    const char *body = post->body;
+    curl_easy_setopt(easy, CURLOPT_URL, post->url);
     curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
@@ -966,6 +1024,91 @@ static void transfer_failed(struct upstream_call *call, CURLcode res)
     finish(call, UPSTREAM_PROTOCOL, NULL, "the upstream gave no valid response: %s", why);
 }
 
+/* The id of the session a create answer describes, or NULL when the answer
+ * names none (not JSON, cut at CREATE_ANSWER_MAX, or no "id"). */
+static json_t *created_id(const struct upstream_call *call)
+{
+    if (call->excerpt.len == 0)
+        return NULL;
+    json_t *answer = json_loadb(call->excerpt.data, call->excerpt.len, 0, NULL);
+    json_t *id = json_incref(json_object_get(answer, "id"));
+    json_decref(answer);
+    if (!json_is_string(id)) {
+        json_decref(id);
+        return NULL;
+    }
+    return id;
+}
+
+/* Decides what a create-session answer means, with its body: the session
+ * exists (go on with /run_sse), the path form is not there (try the body
+ * form), or the run fails. "Already exists" is ready too: Python ADK says
+ * 409 (400 in old versions), ADK JS 400 {"error": "Session already exists"}. */
+static void judge_created(struct upstream_call *call)
+{
+    long status = call->result.status;
+    int ready = 0;
+    if (status >= 200 && status < 300) {
+        json_t *id = created_id(call);
+        if (id != NULL && strcmp(json_string_value(id), call->session) != 0) {
+            char got[64];
+            copy_printable(got, sizeof(got), json_string_value(id), json_string_length(id));
+            json_decref(id);
+            finish(call, UPSTREAM_PROTOCOL, NULL,
+                   "the upstream created session \"%s\" when asked for \"%s\"", got,
+                   call->session);
+            return;
+        }
+        json_decref(id);
+        ready = 1;
+    } else if (status == 409) {
+        ready = 1;
+    } else if (status == 400) {
+        ready = call->excerpt.len > 0 &&
+                memmem(call->excerpt.data, call->excerpt.len, "already exists", 14) != NULL;
+    } else if ((status == 404 || status == 405) && call->step == STEP_CREATE_BY_PATH) {
+        transfer_release(call);
+        call->step = STEP_CREATE_BY_BODY;
+        attempt_begin(call);
+        return;
+    }
+    if (!ready) {
+        call->verdict = VERDICT_HTTP;
+        if (call->excerpt.len > EXCERPT_BYTES)
+            call->excerpt.len = EXCERPT_BYTES;
+        finish_with_excerpt(call);
+        return;
+    }
+    transfer_release(call);
+    call->step = STEP_RUN;
+    if (call->cb.on_session_ready)
+        call->cb.on_session_ready(call->arg);
+    if (call->state == CALL_ACTIVE)
+        attempt_begin(call);
+}
+
+/* The normal end of the event stream: the run completed, unless an event on
+ * the way carried an ADK error (errorCode/errorMessage), which ends it as an
+ * agent error once the stream is over. */
+static void stream_ended(struct upstream_call *call)
+{
+    if (call->error_event == NULL) {
+        finish(call, UPSTREAM_COMPLETED, NULL, "upstream stream ended");
+        return;
+    }
+    json_t *message = json_object_get(call->error_event, "errorMessage");
+    if (!json_is_string(message))
+        message = json_object_get(call->error_event, "errorCode");
+    char text[160];
+    if (json_is_string(message))
+        copy_printable(text, sizeof(text), json_string_value(message), json_string_length(message));
+    else
+        snprintf(text, sizeof(text), "(no message)");
+    call->result.detail = call->error_event;
+    call->error_event = NULL;
+    finish(call, UPSTREAM_AGENT_ERROR, NULL, "agent error: %s", text);
+}
+
 static void transfer_done(struct upstream_call *call, CURLcode res)
 {
     if (call->state != CALL_ACTIVE)
@@ -975,18 +1118,13 @@ static void transfer_done(struct upstream_call *call, CURLcode res)
         return;
     }
     switch (call->verdict) {
-    case VERDICT_SESSION_READY:
-        transfer_release(call);
-        call->step = STEP_RUN;
-        if (call->cb.on_session_ready)
-            call->cb.on_session_ready(call->arg);
-        if (call->state == CALL_ACTIVE)
-            attempt_begin(call);
+    case VERDICT_CREATED:
+        judge_created(call);
         return;
     case VERDICT_RETRY_404:
         transfer_release(call);
         call->retried_404 = 1;
-        call->step = STEP_CREATE_SESSION;
+        call->step = STEP_CREATE_BY_PATH;
         attempt_begin(call);
         return;
     case VERDICT_RETRY_LATER:
@@ -996,7 +1134,7 @@ static void transfer_done(struct upstream_call *call, CURLcode res)
             char status[24], wait[24];
             snprintf(status, sizeof(status), "%ld", call->result.status);
             snprintf(wait, sizeof(wait), "%llu", (unsigned long long)call->retry_wait_ms);
-            log_event(LOG_DEBUG, "upstream.retry", "url", call->run_url, "status", status,
+            log_event(LOG_DEBUG, "upstream.retry", "url", call->post[STEP_RUN].url, "status", status,
                       "wait_ms", wait, NULL);
         }
         call->backoff_until_ms = now_ms() + call->retry_wait_ms;
@@ -1014,7 +1152,7 @@ static void transfer_done(struct upstream_call *call, CURLcode res)
         else if (sse_parser_has_partial(&call->parser))
             finish(call, UPSTREAM_PROTOCOL, NULL, "stream ended inside a frame");
         else
-            finish(call, UPSTREAM_COMPLETED, NULL, "upstream stream ended");
+            stream_ended(call);
         return;
     case VERDICT_NONE:
         break;
@@ -1050,10 +1188,11 @@ static void socket_action(curl_socket_t fd, int flags)
 static void call_closed_cb(uv_handle_t *handle)
 {
     struct upstream_call *call = container_of((uv_timer_t *)handle, struct upstream_call, timer);
-    free(call->create_url);
-    free(call->create_body);
-    free(call->run_url);
-    free(call->run_body);
+    for (int i = 0; i < STEP_COUNT; i++) {
+        free(call->post[i].url);
+        free(call->post[i].body);
+    }
+    free(call->session);
     curl_slist_free_all(call->create_headers);
     curl_slist_free_all(call->run_headers);
     buf_free(&call->excerpt);
@@ -1072,6 +1211,8 @@ static void teardown(struct upstream_call *call)
         call->cb.on_end(call->arg, &call->result);
     json_decref(call->result.detail);
     call->result.detail = NULL;
+    json_decref(call->error_event);
+    call->error_event = NULL;
     uv_close((uv_handle_t *)&call->timer, call_closed_cb);
 }
 
@@ -1299,7 +1440,8 @@ static char *run_body(const struct upstream_request *req)
     return text;
 }
 
-static char *create_body(const struct upstream_request *req)
+/* The body form's body: {"sessionId": …}. */
+static char *create_by_body_body(const struct upstream_request *req)
 {
     json_t *o = json_object();
     json_object_set_new(o, "sessionId", json_string(req->session));
@@ -1335,7 +1477,7 @@ struct upstream_call *upstream_call_start(const struct upstream_request *req,
         return NULL;
     }
     char *rbody = take_json_text(run_body(req));
-    char *cbody = take_json_text(create_body(req));
+    char *cbody = take_json_text(create_by_body_body(req));
     if (rbody == NULL || cbody == NULL) {
         free(rbody);
         free(cbody);
@@ -1347,17 +1489,20 @@ struct upstream_call *upstream_call_start(const struct upstream_request *req,
     list_init(&call->service_node);
     call->cb = *cb;
     call->arg = arg;
-    call->run_body = rbody;
-    call->create_body = cbody;
+    call->session = xstrdup(req->session);
     struct buf url = {0};
-    buf_printf(&url, "%s/run_sse", up.base_url);
-    call->run_url = url.data;
+    buf_printf(&url, "%s/apps/%s/users/%s/sessions/%s", up.base_url, req->app, req->user,
+               req->session);
+    call->post[STEP_CREATE_BY_PATH] = (struct upstream_post){url.data, xstrdup("{}")};
     url = (struct buf){0};
     buf_printf(&url, "%s/apps/%s/users/%s/sessions", up.base_url, req->app, req->user);
-    call->create_url = url.data;
+    call->post[STEP_CREATE_BY_BODY] = (struct upstream_post){url.data, cbody};
+    url = (struct buf){0};
+    buf_printf(&url, "%s/run_sse", up.base_url);
+    call->post[STEP_RUN] = (struct upstream_post){url.data, rbody};
     call->create_headers = make_headers("Accept: application/json");
     call->run_headers = make_headers("Accept: text/event-stream");
-    call->step = req->session_ready ? STEP_RUN : STEP_CREATE_SESSION;
+    call->step = req->session_ready ? STEP_RUN : STEP_CREATE_BY_PATH;
     call->retry_after_ms = -1;
     call->backoff_until_ms = NO_DEADLINE;
     call->start_ms = now_ms();

@@ -2,7 +2,8 @@
  * multi interface driven by the libuv loop.
  *
  * One upstream_call is one agent run as the upstream sees it: create the ADK
- * session when runcast has not done so yet for this session, POST /run_sse,
+ * session when runcast has not done so yet for this session (path form
+ * first, then the body form; see upstream.c), POST /run_sse,
  * read its event stream, map faults to outcomes (ADK.md, DESIGN.md). The
  * caller (run.c) learns what happens through callbacks, and can cancel at any
  * time; after upstream_call_cancel() returns no callback runs again, and the
@@ -33,7 +34,8 @@ enum upstream_outcome {
     UPSTREAM_UNREACHABLE,     /* connect failed (refused, DNS, TLS) */
     UPSTREAM_HTTP,            /* non-2xx other than 429/503 (status, excerpt) */
     UPSTREAM_RATE_LIMITED,    /* 429/503 still after the retries */
-    UPSTREAM_AGENT_ERROR,     /* ADK error frame {"error": ...} (detail) */
+    UPSTREAM_AGENT_ERROR,     /* ADK error frame {"error": ...} or {}, or an event
+                               * with errorCode/errorMessage (detail) */
     UPSTREAM_PROTOCOL,        /* bad frame, wrong content type, cut short */
     UPSTREAM_TIMED_OUT,       /* phase says which deadline passed */
 };
@@ -43,11 +45,12 @@ struct upstream_result {
     long status;          /* last HTTP status, 0 if none */
     const char *phase;    /* UPSTREAM_TIMED_OUT: "connect", "first_event", "idle", "total" */
     char message[256];    /* human text (for UPSTREAM_HTTP: includes a body excerpt) */
-    struct json_t *detail; /* UPSTREAM_AGENT_ERROR: the error frame (borrowed, valid during on_end) */
+    struct json_t *detail; /* UPSTREAM_AGENT_ERROR: the error frame, or {"errorCode",
+                            * "errorMessage"} (borrowed, valid during on_end) */
 };
 
 struct upstream_callbacks {
-    /* The ADK session now exists upstream (created, or 409 "exists"). */
+    /* The ADK session now exists upstream (created, or "already exists"). */
     void (*on_session_ready)(void *arg);
     /* The /run_sse request was handed to the network (the run has "started"). */
     void (*on_request_sent)(void *arg);
@@ -88,10 +91,11 @@ void upstream_call_cancel(struct upstream_call *call);
 /* Transfers not yet torn down (cancelled ones included), for tests and the soak. */
 size_t upstream_live_transfers(void);
 
-/* 1 when data is certainly one JSON object that jansson accepts and that has
- * no top-level "error" member (a frame to relay as it is); 0 when unsure
- * (jansson then judges the frame). Never allocates. Exposed for tests and
- * the fuzz harness. */
+/* 1 when data is certainly one non-empty JSON object that jansson accepts
+ * and that has no top-level "error", "errorCode" or "errorMessage" member (a
+ * frame to relay as it is, with no error to note); 0 when unsure (jansson
+ * then judges the frame). Never allocates. Exposed for tests and the fuzz
+ * harness. */
 int upstream_frame_is_plain_object(const char *data, size_t len);
 
 #endif

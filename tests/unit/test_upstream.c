@@ -298,6 +298,7 @@ struct probe {
     char phase[32];
     char message[256];
     char detail_error[256];
+    char detail_json[256]; /* the whole detail, compact, keys sorted */
     int has_detail;
     int cancel_on_event;             /* cancel from inside the Nth event (1-based) */
     struct upstream_call *call;
@@ -355,6 +356,9 @@ static void probe_end(void *arg, const struct upstream_result *res)
         json_t *e = json_object_get(res->detail, "error");
         snprintf(p->detail_error, sizeof(p->detail_error), "%s",
                  json_is_string(e) ? json_string_value(e) : "");
+        char *text = json_dumps(res->detail, JSON_COMPACT | JSON_SORT_KEYS);
+        snprintf(p->detail_json, sizeof(p->detail_json), "%s", text ? text : "");
+        free(text);
     }
     if (p->on_end_hook)
         p->on_end_hook(p);
@@ -515,8 +519,8 @@ static void stream_relays_three_events_split_across_writes(void)
 
     CHECK_EQ(f.n_seen, 2);
     CHECK_STREQ(f.seen[0].method, "POST");
-    CHECK_STREQ(f.seen[0].path, "/apps/app/users/u1/sessions");
-    CHECK_STREQ(f.seen[0].body, "{\"sessionId\":\"s1\"}");
+    CHECK_STREQ(f.seen[0].path, "/apps/app/users/u1/sessions/s1");
+    CHECK_STREQ(f.seen[0].body, "{}");
     CHECK_STREQ(f.seen[1].method, "POST");
     CHECK_STREQ(f.seen[1].path, "/run_sse");
     CHECK_STREQ(f.seen[1].body,
@@ -571,10 +575,106 @@ static void run_404_creates_session_and_retries_once(void)
     CHECK_EQ(p.request_sent, 1);
     CHECK_EQ(p.outcome, UPSTREAM_COMPLETED);
     CHECK_EQ(f.n_seen, 4);
-    CHECK_STREQ(f.seen[0].path, "/apps/app/users/u1/sessions");
+    CHECK_STREQ(f.seen[0].path, "/apps/app/users/u1/sessions/s1");
     CHECK_STREQ(f.seen[1].path, "/run_sse");
-    CHECK_STREQ(f.seen[2].path, "/apps/app/users/u1/sessions");
+    CHECK_STREQ(f.seen[2].path, "/apps/app/users/u1/sessions/s1");
     CHECK_STREQ(f.seen[3].path, "/run_sse");
+}
+
+/* A JSON answer whose body ends with the connection. */
+#define JSON_ANSWER(status, body) \
+    "HTTP/1.1 " status "\r\nContent-Type: application/json\r\nConnection: close\r\n\r\n" body
+#define ONE_EVENT {{W(SSE_HEAD), CHUNK("data: {\"n\":1}\n\n"), LAST_CHUNK}}
+
+/* A server without the path form (404 or 405) gets the body form, whose
+ * answer names the session asked for. */
+static void create_falls_back_to_body_form(void)
+{
+    static const char *const refusals[] = {
+        JSON_ANSWER("404 Not Found", "{\"detail\":\"Not Found\"}"),
+        JSON_ANSWER("405 Method Not Allowed", "{\"detail\":\"Method Not Allowed\"}"),
+    };
+    for (int i = 0; i < 2; i++) {
+        const struct reply replies[] = {
+            {{W(refusals[i])}},
+            {{W(JSON_ANSWER("200 OK", "{\"id\":\"s1\",\"appName\":\"app\",\"state\":{}}"))}},
+            ONE_EVENT,
+        };
+        struct fake f;
+        struct probe p = {0};
+        run_one(&f, replies, 3, NULL, &p, 0);
+        CHECK_STREQ(p.seq, "SREX");
+        CHECK_EQ(p.outcome, UPSTREAM_COMPLETED);
+        CHECK_EQ(f.n_seen, 3);
+        CHECK_STREQ(f.seen[0].path, "/apps/app/users/u1/sessions/s1");
+        CHECK_STREQ(f.seen[0].body, "{}");
+        CHECK_STREQ(f.seen[1].path, "/apps/app/users/u1/sessions");
+        CHECK_STREQ(f.seen[1].body, "{\"sessionId\":\"s1\"}");
+        CHECK_STREQ(f.seen[2].path, "/run_sse");
+    }
+}
+
+/* A create answer naming another session (ADK JS ignores a body's
+ * sessionId) fails the run: /run_sse would only answer 404. */
+static void created_with_another_id_is_protocol_error(void)
+{
+    static const struct reply replies[] = {
+        {{W(JSON_ANSWER("405 Method Not Allowed", "{}"))}},
+        {{W(JSON_ANSWER("200 OK", "{\"id\":\"0b7c-random\",\"events\":[]}"))}},
+    };
+    struct fake f;
+    struct probe p = {0};
+    run_one(&f, replies, 2, NULL, &p, 0);
+    CHECK_STREQ(p.seq, "X");
+    CHECK_EQ(p.outcome, UPSTREAM_PROTOCOL);
+    CHECK_STREQ(p.message, "the upstream created session \"0b7c-random\" when asked for \"s1\"");
+    CHECK_EQ(f.n_seen, 2);
+}
+
+/* "Already exists" means ready in both dialects; any other 400 is an error. */
+static void already_exists_400_is_ready_other_400_is_not(void)
+{
+    static const struct reply ready[] = {
+        {{W(JSON_ANSWER("400 Bad Request", "{\"error\":\"Session already exists: s1\"}"))}},
+        ONE_EVENT,
+    };
+    struct fake f;
+    struct probe p = {0};
+    run_one(&f, ready, 2, NULL, &p, 0);
+    CHECK_STREQ(p.seq, "SREX");
+    CHECK_EQ(p.outcome, UPSTREAM_COMPLETED);
+    CHECK_EQ(f.n_seen, 2);
+
+    static const struct reply refused[] = {
+        {{W(JSON_ANSWER("400 Bad Request", "{\"error\":\"Invalid state\"}"))}},
+    };
+    struct probe q = {0};
+    run_one(&f, refused, 1, NULL, &q, 0);
+    CHECK_STREQ(q.seq, "X");
+    CHECK_EQ(q.outcome, UPSTREAM_HTTP);
+    CHECK_EQ(q.status, 400);
+    CHECK_STREQ(q.message, "upstream answered 400: {\"error\":\"Invalid state\"}");
+    CHECK_EQ(f.n_seen, 1);
+}
+
+/* A /run_sse 404 for a session thought ready (the upstream restarted)
+ * re-creates it with the path form and retries. */
+static void run_404_when_ready_recreates_by_path(void)
+{
+    static const struct reply replies[] = {
+        {{W(NOT_FOUND)}},
+        {{W(JSON_ANSWER("200 OK", "{\"id\":\"s1\"}"))}},
+        ONE_EVENT,
+    };
+    struct fake f;
+    struct probe p = {0};
+    run_one(&f, replies, 3, NULL, &p, 1);
+    CHECK_STREQ(p.seq, "RSEX");
+    CHECK_EQ(p.outcome, UPSTREAM_COMPLETED);
+    CHECK_EQ(f.n_seen, 3);
+    CHECK_STREQ(f.seen[0].path, "/run_sse");
+    CHECK_STREQ(f.seen[1].path, "/apps/app/users/u1/sessions/s1");
+    CHECK_STREQ(f.seen[2].path, "/run_sse");
 }
 
 static void second_404_is_http_error(void)
@@ -715,6 +815,69 @@ static void error_frame_is_agent_error(void)
     CHECK_EQ(p.has_detail, 1);
     CHECK_STREQ(p.detail_error, "ValueError: boom");
     CHECK_STREQ(p.message, "agent error: ValueError: boom");
+}
+
+/* ADK's model errors are ordinary events with errorCode/errorMessage and a
+ * normal end of stream: relayed, then the run fails with the error. */
+static void event_with_error_code_is_relayed_then_agent_error(void)
+{
+    static const struct reply replies[] = {
+        {{W(SSE_HEAD), CHUNK("data: {\"n\":1}\n\n"),
+          CHUNK("data: {\"id\":\"e2\",\"errorCode\":\"UNKNOWN_ERROR\","
+                "\"errorMessage\":\"model exploded\",\"timestamp\":1764000000123}\n\n"),
+          CHUNK("data: {\"errorCode\":\"LATER\",\"errorMessage\":\"second\"}\n\n"),
+          LAST_CHUNK}},
+    };
+    struct fake f;
+    struct probe p = {0};
+    run_one(&f, replies, 1, NULL, &p, 1);
+    CHECK_STREQ(p.seq, "REEEX");
+    CHECK_STREQ(p.event[1], "{\"id\":\"e2\",\"errorCode\":\"UNKNOWN_ERROR\","
+                            "\"errorMessage\":\"model exploded\",\"timestamp\":1764000000123}");
+    CHECK_EQ(p.outcome, UPSTREAM_AGENT_ERROR);
+    CHECK_EQ(p.has_detail, 1);
+    CHECK_STREQ(p.detail_json, "{\"errorCode\":\"UNKNOWN_ERROR\",\"errorMessage\":\"model exploded\"}");
+    CHECK_STREQ(p.message, "agent error: model exploded");
+}
+
+/* null error fields are no error; an errorCode alone is one. */
+static void null_error_fields_complete_error_code_alone_fails(void)
+{
+    static const struct reply ok[] = {
+        {{W(SSE_HEAD), CHUNK("data: {\"errorCode\":null,\"errorMessage\":null}\n\n"),
+          LAST_CHUNK}},
+    };
+    struct fake f;
+    struct probe p = {0};
+    run_one(&f, ok, 1, NULL, &p, 1);
+    CHECK_STREQ(p.seq, "REX");
+    CHECK_EQ(p.outcome, UPSTREAM_COMPLETED);
+
+    static const struct reply code_only[] = {
+        {{W(SSE_HEAD), CHUNK("data: {\"errorCode\":\"SAFETY\"}\n\n"), LAST_CHUNK}},
+    };
+    struct probe q = {0};
+    run_one(&f, code_only, 1, NULL, &q, 1);
+    CHECK_STREQ(q.seq, "REX");
+    CHECK_EQ(q.outcome, UPSTREAM_AGENT_ERROR);
+    CHECK_STREQ(q.detail_json, "{\"errorCode\":\"SAFETY\"}");
+    CHECK_STREQ(q.message, "agent error: SAFETY");
+}
+
+/* ADK JS ends with {} when something that is not an Error was thrown. */
+static void empty_object_frame_is_agent_error(void)
+{
+    static const struct reply replies[] = {
+        {{W(SSE_HEAD), CHUNK("data: {\"n\":1}\n\n"), CHUNK("data: {}\n\n"), LAST_CHUNK}},
+    };
+    struct fake f;
+    struct probe p = {0};
+    run_one(&f, replies, 1, NULL, &p, 1);
+    CHECK_STREQ(p.seq, "REX");
+    CHECK_EQ(p.events, 1);
+    CHECK_EQ(p.outcome, UPSTREAM_AGENT_ERROR);
+    CHECK_STREQ(p.detail_json, "{}");
+    CHECK_STREQ(p.message, "agent error: the agent failed without a message");
 }
 
 static void invalid_json_error_frame_keeps_its_raw_text(void)
@@ -1114,10 +1277,10 @@ static int jansson_relays(const char *data, size_t len)
     json_t *frame = json_loadb(data, len, JSON_DECODE_ANY, &error);
     if (frame == NULL)
         return 0;
-    int relay = json_is_object(frame);
-    json_t *err = relay ? json_object_get(frame, "error") : NULL;
-    if (err != NULL && !json_is_null(err) && json_object_get(frame, "content") == NULL)
-        relay = 0;
+    int relay = json_is_object(frame) && json_object_size(frame) > 0;
+    if (relay && (json_object_get(frame, "error") || json_object_get(frame, "errorCode") ||
+                  json_object_get(frame, "errorMessage")))
+        relay = 0; /* an error frame, or an event whose error is noted */
     json_decref(frame);
     return relay;
 }
@@ -1131,11 +1294,15 @@ static void fast_frame_check_is_exact_where_sure(void)
         {"{\"id\":\"e5c8\",\"timestamp\":1796194498.743616,\"content\":{\"role\":\"model\","
          "\"parts\":[{\"text\":\"event 0xxx\"}]},\"partial\":true,\"actions\":{\"stateDelta\":{}},"
          "\"customMetadata\":{\"seq\":0,\"sent_at_us\":1796194498743616}}", 1},
-        {"{}", 1},
+        {"{}", 0},                       /* ADK JS's error frame for a non-Error throw */
+        {"{\"a\":{}}", 1},
         {" {\"a\" : [1, 2.5e10, -0, 0.5E-3, true, false, null, \"x\\n\\u00e9\\\"\"] }\r\n", 1},
         {"{\"a\":\"\xc3\xa9\xe2\x82\xac\xf0\x9f\x98\x80\"}", 1}, /* é € and an emoji */
         {"{\"x\":{\"error\":1}}", 1},  /* only a top-level error counts */
         {"{\"errors\":1}", 1},
+        {"{\"errorCodes\":1,\"errorMessages\":2}", 1},
+        {"{\"content\":{},\"errorCode\":\"X\"}", 0}, /* an event with an error */
+        {"{\"errorMessage\":\"boom\"}", 0},
         {"{\"error\":\"boom\"}", 0},     /* jansson judges error frames */
         {"{\"content\":{},\"error\":null}", 0},
         {"{\"\\u0065rror\":\"boom\"}", 0}, /* an escaped name might be "error" */
@@ -1238,6 +1405,10 @@ int main(void)
     RUN_TEST(session_conflict_409_counts_as_ready);
     RUN_TEST(session_create_failure_is_http_error);
     RUN_TEST(run_404_creates_session_and_retries_once);
+    RUN_TEST(create_falls_back_to_body_form);
+    RUN_TEST(created_with_another_id_is_protocol_error);
+    RUN_TEST(already_exists_400_is_ready_other_400_is_not);
+    RUN_TEST(run_404_when_ready_recreates_by_path);
     RUN_TEST(second_404_is_http_error);
     RUN_TEST(rate_limited_twice_then_completes);
     RUN_TEST(unavailable_forever_is_rate_limited_after_retries);
@@ -1246,6 +1417,9 @@ int main(void)
     RUN_TEST(server_error_is_http_with_excerpt);
     RUN_TEST(long_error_body_is_cut_to_200_bytes);
     RUN_TEST(error_frame_is_agent_error);
+    RUN_TEST(event_with_error_code_is_relayed_then_agent_error);
+    RUN_TEST(null_error_fields_complete_error_code_alone_fails);
+    RUN_TEST(empty_object_frame_is_agent_error);
     RUN_TEST(invalid_json_error_frame_keeps_its_raw_text);
     RUN_TEST(event_with_content_and_error_is_relayed);
     RUN_TEST(non_json_frame_is_protocol_and_not_relayed);
