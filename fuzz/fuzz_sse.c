@@ -17,9 +17,10 @@
  * data line) passes max_event_bytes.
  *
  * Property 4 (fast frame check): whenever upstream_frame_is_plain_object()
- * is sure about an event's data, jansson agrees: it parses the data as an
- * object with no top-level "error" member, so runcast relays exactly the
- * frames it relayed before the fast path existed.
+ * is sure about an event's data, jansson agrees: it parses the data as a
+ * non-empty object with no top-level "error", "errorCode" or "errorMessage"
+ * member, so runcast relays exactly the frames the slow path would relay
+ * without noting an error.
  *
  * Input: byte 0 = bits 0-2: k, the number of chunk-size bytes that follow
  * minus one; bits 3-4: max_event_bytes (1 MiB, 256, 32, 8). Then k+1 bytes:
@@ -44,7 +45,9 @@ static void check_fast_frame(const char *data, size_t len)
         return;
     json_error_t error;
     json_t *frame = json_loadb(data, len, JSON_DECODE_ANY, &error);
-    if (frame == NULL || !json_is_object(frame) || json_object_get(frame, "error") != NULL)
+    if (frame == NULL || !json_is_object(frame) || json_object_size(frame) == 0 ||
+        json_object_get(frame, "error") != NULL || json_object_get(frame, "errorCode") != NULL ||
+        json_object_get(frame, "errorMessage") != NULL)
         abort();
     json_decref(frame);
 }

@@ -227,7 +227,11 @@ static void on_end(void *arg, const struct upstream_result *res)
         break;
     case UPSTREAM_AGENT_ERROR: {
         metrics_count_upstream_error(METRICS_UPSTREAM_AGENT_ERROR);
+        /* The upstream's own words: an error frame's "error", or the
+         * "errorMessage" of an event that carried an ADK error. */
         json_t *err = res->detail ? json_object_get(res->detail, "error") : NULL;
+        if (!json_is_string(err) && res->detail)
+            err = json_object_get(res->detail, "errorMessage");
         data = failure("agent_error", json_is_string(err) ? json_string_value(err) : res->message);
         if (res->detail)
             json_object_set(data, "detail", res->detail);
