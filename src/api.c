@@ -18,6 +18,12 @@
 #include "session.h"
 
 static int draining;
+static const char *upstream_kind = "http";
+
+void api_set_upstream_kind(const char *kind)
+{
+    upstream_kind = kind;
+}
 
 void api_set_draining(int value)
 {
@@ -372,7 +378,7 @@ void api_handle_request(struct conn *c, const struct http_request *req, void *da
         handle_all_status(c, req);
         break;
     case ROUTE_HEALTHZ:
-        respond_json_steal(c, 200, json_pack("{s:s}", "status", "ok"));
+        respond_json_steal(c, 200, json_pack("{s:s, s:s}", "status", "ok", "upstream", upstream_kind));
         break;
     case ROUTE_READYZ:
         if (draining)

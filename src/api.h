@@ -11,5 +11,8 @@ struct conn;
 void api_handle_request(struct conn *c, const struct http_request *req, void *data);
 /* Draining: /readyz answers 503 and new runs are refused with 503. */
 void api_set_draining(int draining);
+/* What /healthz says the upstream is: "demo" (the built-in agent, whose
+ * directives the console offers as examples) or "http" (anything else). */
+void api_set_upstream_kind(const char *kind);
 
 #endif

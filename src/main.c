@@ -179,6 +179,7 @@ int main(int argc, char **argv)
 
     char upstream[sizeof(cfg.upstream) + 32];
     snprintf(upstream, sizeof(upstream), "%s", cfg.upstream);
+    api_set_upstream_kind(strcmp(cfg.upstream, "demo") == 0 ? "demo" : "http");
     int err = start_demo_if_needed(upstream, sizeof(upstream));
     if (err < 0) {
         fprintf(stderr, "runcast: cannot start the demo agent: %s\n", uv_strerror(err));

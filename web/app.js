@@ -1086,6 +1086,17 @@
     const session = fromHash ? fromHash[2] : randomId();
     openSession(PARAM_RE.test(app) ? app : 'demo', PARAM_RE.test(user) ? user : 'alice', session);
     pollOps();
+    showDemoExamples();
+  }
+
+  /* The example chips use the demo agent's directives (!delay=, !error=…),
+   * which mean nothing to another agent: shown only when /healthz says the
+   * upstream is the built-in demo. */
+  async function showDemoExamples() {
+    const health = await request('GET', '/healthz');
+    const kind = health.ok && health.data && typeof health.data.upstream === 'string' ? health.data.upstream : '';
+    $('demo-examples').dataset.upstream = kind;
+    $('demo-examples').hidden = kind !== 'demo';
   }
 
   init();

@@ -127,6 +127,25 @@ test('failed runs show their code and message', { timeout: TEST_TIMEOUT },
     await screenshot(page, 'run-failed');
   }));
 
+test('the demo agent\'s example chips are shown only when the upstream is the demo agent',
+  { timeout: TEST_TIMEOUT }, async () => {
+    const chips = (page) => page.evaluate(() => {
+      const box = document.getElementById('demo-examples');
+      return { upstream: box.dataset.upstream, hidden: box.hidden, chips: box.querySelectorAll('[data-example]').length,
+        visible: box.getBoundingClientRect().height > 0 };
+    });
+    const settled = (page) => page.waitForFunction(() => document.getElementById('demo-examples').dataset.upstream !== undefined);
+    await withConsole([], { hash: 'demo/alice/chips' }, async (rc, ui) => {
+      await settled(ui.page);
+      assert.deepEqual(await chips(ui.page), { upstream: 'demo', hidden: false, chips: 4, visible: true });
+    });
+    // Any other upstream (here one that is not even listening): no chips.
+    await withConsole(['--upstream', 'http://127.0.0.1:9'], { hash: 'demo/alice/chips', waitLive: false }, async (rc, ui) => {
+      await settled(ui.page);
+      assert.deepEqual(await chips(ui.page), { upstream: 'http', hidden: true, chips: 4, visible: false });
+    });
+  });
+
 test('the Cancel button cancels the active run', { timeout: TEST_TIMEOUT },
   () => withConsole([], { hash: 'demo/alice/cancel' }, async (rc, ui) => {
     const { page } = ui;
