@@ -25,6 +25,7 @@ import test_http  # noqa: E402,F401
 import test_controls  # noqa: E402,F401
 import test_hostile  # noqa: E402,F401
 import test_auth  # noqa: E402,F401
+import test_adk  # noqa: E402,F401
 
 
 def run_one(name, fn, timeout):

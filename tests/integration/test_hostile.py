@@ -154,7 +154,7 @@ def test_half_closed_client_still_gets_its_answers_then_the_connection_ends(t):
     c.send(build_request("GET", "/healthz"))
     c.sock.shutdown(socket.SHUT_WR)
     r = c.read_response()
-    eq((r.status, r.json()), (200, {"status": "ok"}), "GET /healthz before SHUT_WR")
+    eq((r.status, r.json()), (200, {"status": "ok", "upstream": "demo"}), "GET /healthz before SHUT_WR")
     expect(c.wait_eof(2), "connection not closed after answering a half-closed client")
     # pipelined requests, a POST among them, then the half-close
     body = b'{"message": "half closed !word-delay=0"}'
@@ -223,7 +223,7 @@ def test_five_thousand_pipelined_requests_in_one_write_are_answered_in_order(t):
     th = threading.Thread(target=send_all, daemon=True)
     th.start()
     deadline = time.monotonic() + 20 * TIME_SCALE
-    want = {"/healthz": (200, b'{"status":"ok"}'), "/readyz": (200, b'{"status":"ready"}')}
+    want = {"/healthz": (200, b'{"status":"ok","upstream":"demo"}'), "/readyz": (200, b'{"status":"ready"}')}
     for i in range(n):
         r = c.read_response(timeout=max(0.1, deadline - time.monotonic()))
         p = path(i)
