@@ -84,7 +84,8 @@ double time_wall_seconds(void);
 
 /* Case-insensitive compare of a counted string with a C string. */
 int str_ieq(const char *s, size_t len, const char *cstr);
-/* 1 when s[0..len) is 1..128 chars of [A-Za-z0-9_.-]: a path parameter. */
+/* 1 when s[0..len) is 1..128 chars of [A-Za-z0-9_.-], and not "." or "..":
+ * a path parameter. */
 int str_is_path_param(const char *s, size_t len);
 
 #endif

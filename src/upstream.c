@@ -936,6 +936,7 @@ static CURL *make_easy(struct upstream_call *call)
     const struct upstream_post *post = &call->post[call->step];
     const char *body = post->body;
     curl_easy_setopt(easy, CURLOPT_URL, post->url);
+    curl_easy_setopt(easy, CURLOPT_PATH_AS_IS, 1L); /* no dot-segment squashing */
     curl_easy_setopt(easy, CURLOPT_PROTOCOLS_STR, "http,https");
     curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
@@ -1450,6 +1451,36 @@ static char *create_by_body_body(const struct upstream_request *req)
     return text;
 }
 
+/* Appends s to url as one path segment: every byte outside RFC 3986's
+ * unreserved set is percent-encoded, so no parameter can add a segment or a
+ * query. ("." and ".." cannot arrive: str_is_path_param refuses them, and
+ * CURLOPT_PATH_AS_IS keeps libcurl from resolving them.) */
+static void url_append_segment(struct buf *url, const char *s)
+{
+    static const char hex[] = "0123456789ABCDEF";
+    buf_append(url, "/", 1);
+    for (; *s; s++) {
+        unsigned char c = (unsigned char)*s;
+        if ((c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+            c == '-' || c == '.' || c == '_' || c == '~') {
+            buf_append(url, s, 1);
+        } else {
+            char esc[3] = {'%', hex[c >> 4], hex[c & 15]};
+            buf_append(url, esc, 3);
+        }
+    }
+}
+
+/* {base}/apps/{app}/users/{user}/sessions, each parameter one segment. */
+static void sessions_url(struct buf *url, const struct upstream_request *req)
+{
+    buf_printf(url, "%s/apps", up.base_url);
+    url_append_segment(url, req->app);
+    buf_printf(url, "/users");
+    url_append_segment(url, req->user);
+    buf_printf(url, "/sessions");
+}
+
 /* Copies a jansson-allocated string into our allocator's memory. */
 static char *take_json_text(char *text)
 {
@@ -1491,11 +1522,11 @@ struct upstream_call *upstream_call_start(const struct upstream_request *req,
     call->arg = arg;
     call->session = xstrdup(req->session);
     struct buf url = {0};
-    buf_printf(&url, "%s/apps/%s/users/%s/sessions/%s", up.base_url, req->app, req->user,
-               req->session);
+    sessions_url(&url, req);
+    url_append_segment(&url, req->session);
     call->post[STEP_CREATE_BY_PATH] = (struct upstream_post){url.data, xstrdup("{}")};
     url = (struct buf){0};
-    buf_printf(&url, "%s/apps/%s/users/%s/sessions", up.base_url, req->app, req->user);
+    sessions_url(&url, req);
     call->post[STEP_CREATE_BY_BODY] = (struct upstream_post){url.data, cbody};
     url = (struct buf){0};
     buf_printf(&url, "%s/run_sse", up.base_url);

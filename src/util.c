@@ -147,6 +147,10 @@ int str_is_path_param(const char *s, size_t len)
 {
     if (len < 1 || len > 128)
         return 0;
+    /* "." and ".." are path segments that mean something: a URL built from
+     * them (the upstream's) would walk up a level. */
+    if (s[0] == '.' && (len == 1 || (len == 2 && s[1] == '.')))
+        return 0;
     for (size_t i = 0; i < len; i++) {
         char c = s[i];
         int ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') ||

@@ -403,3 +403,26 @@ def test_newmessage_and_query_bodies_start_runs(t):
     rid = r.json()["run_id"]
     ev = s.wait_event("run.completed", 5, run_id=rid)
     eq(ev.json().get("events"), 1, "streaming:false => one aggregated event")
+
+
+@test()
+def test_dot_and_dot_dot_path_parameters_are_refused_everywhere(t):
+    d = t.daemon()
+    bad = [("..", "u", "s1"), ("app", "..", "s1"), ("app", "u", ".."), (".", "u", "s1"),
+           ("app", ".", "s1"), ("app", "u", ".")]
+    for app, user, sid in bad:
+        base = "/apps/%s/users/%s/sessions/%s" % (app, user, sid)
+        for method, path in [("POST", base + "/run"), ("GET", base + "/run"),
+                             ("DELETE", base + "/run"), ("GET", base + "/task-status"),
+                             ("DELETE", base)]:
+            body = b'{"message": "hi"}' if method == "POST" else None
+            r = request(d.port, method, path, body=body,
+                        headers={"Content-Type": "application/json"} if body else None)
+            check_error(r, 400, "%s %s" % (method, path), "invalid_path_parameter")
+    eq(all_status(d, "?all=1")["sessions"], [], "sessions created")
+    eq(d.demo_calls(), [], "upstream calls")
+    # Dots inside a parameter are fine.
+    j, _, _ = post_run(d, "a..b", "dots !word-delay=0", app=".app", user="u.")
+    s = t.sse(d, spath("a..b", app=".app", user="u.") + "/run")
+    s.wait_event("run.completed", 5, run_id=j["run_id"])
+    eq([c["session"] for c in d.demo_calls()], ["a..b"], "upstream calls")

@@ -817,6 +817,38 @@ static void error_frame_is_agent_error(void)
     CHECK_STREQ(p.message, "agent error: ValueError: boom");
 }
 
+/* No parameter can change the upstream path: bytes outside the unreserved
+ * set are percent-encoded, and dot segments reach the upstream as they are
+ * (libcurl would otherwise resolve "/apps/../users" to "/users"). */
+static void parameters_cannot_change_the_upstream_path(void)
+{
+    static const struct reply replies[] = {
+        {{W(JSON_ANSWER("200 OK", "{}"))}},
+        ONE_EVENT,
+    };
+    struct fake f;
+    fake_start(&f, replies, 2);
+    struct upstream_config cfg = default_config(f.port);
+    setup(&cfg);
+    json_t *msg = hello_message();
+    struct upstream_request req = {
+        .app = "..", .user = "a b/c?d#%", .session = "s1", .new_message = msg, .streaming = 1,
+    };
+    struct probe p = {0};
+    int err = 1;
+    p.call = upstream_call_start(&req, &probe_callbacks, &p, &err);
+    json_decref(msg);
+    CHECK(p.call != NULL);
+    CHECK(wait_until(probe_ended, &p, WAIT_MS));
+    CHECK(wait_until(no_live_transfers, NULL, WAIT_MS));
+    teardown();
+    fake_stop(&f);
+    CHECK_EQ(p.outcome, UPSTREAM_COMPLETED);
+    CHECK_EQ(f.n_seen, 2);
+    CHECK_STREQ(f.seen[0].path, "/apps/../users/a%20b%2Fc%3Fd%23%25/sessions/s1");
+    CHECK_STREQ(f.seen[1].path, "/run_sse");
+}
+
 /* ADK's model errors are ordinary events with errorCode/errorMessage and a
  * normal end of stream: relayed, then the run fails with the error. */
 static void event_with_error_code_is_relayed_then_agent_error(void)
@@ -1409,6 +1441,7 @@ int main(void)
     RUN_TEST(created_with_another_id_is_protocol_error);
     RUN_TEST(already_exists_400_is_ready_other_400_is_not);
     RUN_TEST(run_404_when_ready_recreates_by_path);
+    RUN_TEST(parameters_cannot_change_the_upstream_path);
     RUN_TEST(second_404_is_http_error);
     RUN_TEST(rate_limited_twice_then_completes);
     RUN_TEST(unavailable_forever_is_rate_limited_after_retries);
