@@ -206,6 +206,9 @@ static void on_end(void *arg, const struct upstream_result *res)
     json_t *data = NULL;
     enum run_state to = RUN_FAILED;
     r->call = NULL; /* finished: nothing left to cancel */
+    if (res->log_detail[0])
+        log_event(LOG_WARN, "run.upstream_error", "session", r->session->id, "run", r->id, "error",
+                  res->log_detail, NULL);
     switch (res->outcome) {
     case UPSTREAM_COMPLETED:
         to = RUN_COMPLETED;

@@ -1010,9 +1010,15 @@ static void attempt_begin(struct upstream_call *call)
 
 /* ---- finished transfers (outside libcurl callbacks) ---- */
 
+/* Ends a call whose transfer failed below HTTP. Browsers get libcurl's
+ * generic text for the code; its error buffer ("Failed to connect to
+ * 10.0.0.5 port 8001 …") names the upstream's address and goes to the log
+ * only (result.log_detail). */
 static void transfer_failed(struct upstream_call *call, CURLcode res)
 {
-    const char *why = call->errbuf[0] ? call->errbuf : curl_easy_strerror(res);
+    const char *why = curl_easy_strerror(res);
+    snprintf(call->result.log_detail, sizeof(call->result.log_detail), "%s",
+             call->errbuf[0] ? call->errbuf : why);
     if (res == CURLE_OPERATION_TIMEDOUT) {
         finish(call, UPSTREAM_TIMED_OUT, "connect", "cannot connect to the upstream within %llu ms",
                (unsigned long long)up.cfg.connect_timeout_ms);

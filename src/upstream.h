@@ -44,7 +44,10 @@ struct upstream_result {
     enum upstream_outcome outcome;
     long status;          /* last HTTP status, 0 if none */
     const char *phase;    /* UPSTREAM_TIMED_OUT: "connect", "first_event", "idle", "total" */
-    char message[256];    /* human text (for UPSTREAM_HTTP: includes a body excerpt) */
+    char message[256];    /* human text for browsers (for UPSTREAM_HTTP: includes a body
+                           * excerpt); never names the upstream's host or port */
+    char log_detail[256]; /* "" or libcurl's own words, which may name the upstream's
+                           * host and port: for the log only */
     struct json_t *detail; /* UPSTREAM_AGENT_ERROR: the error frame, or {"errorCode",
                             * "errorMessage"} (borrowed, valid during on_end) */
 };

@@ -297,6 +297,7 @@ struct probe {
     long status;
     char phase[32];
     char message[256];
+    char log_detail[256];
     char detail_error[256];
     char detail_json[256]; /* the whole detail, compact, keys sorted */
     int has_detail;
@@ -351,6 +352,7 @@ static void probe_end(void *arg, const struct upstream_result *res)
     p->status = res->status;
     snprintf(p->phase, sizeof(p->phase), "%s", res->phase ? res->phase : "");
     snprintf(p->message, sizeof(p->message), "%s", res->message);
+    snprintf(p->log_detail, sizeof(p->log_detail), "%s", res->log_detail);
     if (res->detail) {
         p->has_detail = 1;
         json_t *e = json_object_get(res->detail, "error");
@@ -1050,6 +1052,10 @@ static void connection_refused_is_unreachable(void)
     CHECK_EQ(p.status, 0);
     CHECK_STREQ(q.seq, "X"); /* failed while creating the session */
     CHECK_EQ(q.outcome, UPSTREAM_UNREACHABLE);
+    /* The upstream's address is for the log, not for browsers. */
+    CHECK_STREQ(p.message, "cannot reach the upstream: Couldn't connect to server");
+    CHECK(strstr(p.log_detail, "127.0.0.1") != NULL);
+    CHECK(strstr(q.log_detail, "127.0.0.1") != NULL);
 }
 
 static void hang_after_headers_times_out_idle(void)
