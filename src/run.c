@@ -104,7 +104,13 @@ static void run_transition(struct run *r, enum run_state to, json_t *data)
     if (to == RUN_RUNNING) {
         r->started_at = time_wall_seconds();
         r->started_ns = now_ns;
-    } else if (to != RUN_QUEUED) { /* terminal */
+        json_object_set_new(data, "started_at", json_real(r->started_at));
+    }
+    if (to == RUN_QUEUED || to == RUN_RUNNING) {
+        /* The server's clock, so that a tab replaying the run later (or
+         * joining it late) shows its true age, not when it heard of it. */
+        json_object_set_new(data, "created_at", json_real(r->created_at));
+    } else { /* terminal */
         r->ended_at = time_wall_seconds();
         if (r->call) {
             upstream_call_cancel(r->call);

@@ -100,6 +100,15 @@
       return what + ' was refused (401 Unauthorized' + detail + '). This runcast needs an access token: ' +
         (auth.token ? 'the one given was not accepted (expired or invalid).' : 'paste one under "Token".');
     }
+    if (status === 403 && error && error.code === 'origin_not_allowed') {
+      return what + ' was refused (403 origin_not_allowed): runcast does not accept requests from this ' +
+        'page\'s origin (' + location.origin + '). Behind a proxy, pass the Host header on ' +
+        '(nginx: proxy_set_header Host $http_host); or list the origin in --allow-origin.';
+    }
+    if (status === 421) {
+      return what + ' was refused (421 Misdirected Request' + detail + '): runcast does not serve the ' +
+        'host name ' + location.host + '. List it in --allow-host.';
+    }
     if (status === 403) {
       return what + ' was refused (403 Forbidden' + detail + '). The token is valid but not allowed here' +
         ' (another user\'s session, or an admin-only page).';
@@ -238,8 +247,15 @@
     saveSoon();
   }
 
-  function step(run, label) {
-    run.timeline.push({ label, t: Date.now() - run.t0 });
+  /* at: when it happened (ms since the epoch); now when not given. */
+  function step(run, label, at) {
+    run.timeline.push({ label, t: (at || Date.now()) - run.t0 });
+  }
+
+  /* run.queued and run.started carry the server's times (Unix seconds): a
+   * run replayed or joined late then shows its true age. */
+  function takeServerTimes(run, d) {
+    if (typeof d.created_at === 'number' && d.created_at > 0) run.t0 = d.created_at * 1000;
   }
 
   function latestRun() {
@@ -320,12 +336,14 @@
       S.streamRun = run.id;
       run.state = 'queued';
       run.position = d.position;
-      step(run, 'queued' + (d.position ? ' #' + d.position : ''));
+      takeServerTimes(run, d);
+      step(run, 'queued' + (d.position ? ' #' + d.position : ''), run.t0);
       break;
     case 'run.started':
       S.streamRun = run.id;
       run.state = 'running';
-      step(run, 'started');
+      takeServerTimes(run, d);
+      step(run, 'started', typeof d.started_at === 'number' ? d.started_at * 1000 : undefined);
       break;
     case 'run.completed':
     case 'run.failed':
@@ -479,7 +497,7 @@
     tl.replaceChildren();
     for (const s of run.timeline) {
       const li = el('li', null, s.label);
-      li.title = '+' + fmtMs(s.t) + ' after this tab first saw the run';
+      li.title = '+' + fmtMs(s.t) + ' after the run was registered';
       tl.appendChild(li);
     }
   }
@@ -851,6 +869,7 @@
         tr = el('tr');
         tr.dataset.session = key;
         const name = el('td');
+        name.title = key;
         name.appendChild(el('span', 'sess-name', s.session_id));
         name.appendChild(el('span', 'sess-path', ' ' + (s.app || '?') + '/' + (s.user || '?')));
         tr.appendChild(name);

@@ -146,6 +146,34 @@ test('the demo agent\'s example chips are shown only when the upstream is the de
     });
   });
 
+test('a tab that joins a run late shows its age from the server\'s clock', { timeout: TEST_TIMEOUT },
+  async () => {
+    const rc = await startRuncast([]);
+    try {
+      const path = '/apps/demo/users/alice/sessions/late';
+      const posted = await api(rc, 'POST', path + '/run', { message: '!word-delay=500ms ' + 'w '.repeat(20) });
+      assert.equal(posted.status, 202);
+      // Wait (on the server's own clock) until the run is two seconds old.
+      await pollUntil(async () => {
+        const st = await api(rc, 'GET', path + '/task-status');
+        return st.json.started_at && Date.now() / 1000 - st.json.created_at >= 2;
+      }, Date.now() + 10000, 'the run to be 2 s old');
+      const ui = await openConsole(browser, rc, { hash: 'demo/alice/late' });
+      try {
+        await waitRun(ui.page, -1, { state: 'running' }, 'the replayed run running');
+        const [run] = await runsOf(ui.page);
+        const m = /^for (\d+(?:\.\d+)?) s$/.exec(run.meta);
+        assert.ok(m && Number(m[1]) >= 2, 'the badge counts from the run\'s start: ' + JSON.stringify(run.meta));
+        const since = await ui.page.evaluate(() => document.querySelector('#transcript .run .timeline li').title);
+        assert.match(since, /^\+\d+(\.\d+)? ms after the run was registered$/, 'started, on the server\'s clock');
+      } finally {
+        await closeConsole(rc, ui);
+      }
+    } finally {
+      await rc.stop();
+    }
+  });
+
 test('the Cancel button cancels the active run', { timeout: TEST_TIMEOUT },
   () => withConsole([], { hash: 'demo/alice/cancel' }, async (rc, ui) => {
     const { page } = ui;
@@ -375,13 +403,21 @@ test('at laptop width the two panels sit side by side (README screenshot)', { ti
   () => withConsole([], { hash: 'demo/alice/tour' }, async (rc, ui) => {
     const { page } = ui;
     await api(rc, 'POST', '/apps/demo/users/bob/sessions/support-42/run', { message: '!word-delay=20ms how do I reset my password' });
+    // A session id of the longest kind (128 characters) must not widen the table.
+    const longId = 'conversation-' + 'x'.repeat(115);
+    await api(rc, 'POST', '/apps/demo/users/carol/sessions/' + longId + '/run', { message: 'a long id' });
     await sendMessage(page, 'What can runcast do?');
     await waitRun(page, -1, { state: 'completed' }, 'completed');
     await sendMessage(page, '!status=500 this one fails');
     await waitRun(page, -1, { state: 'failed' }, 'failed');
     await sendMessage(page, '!word-delay=400ms a reply that streams in word by word while you watch');
     await waitRun(page, -1, { state: 'running', minEvents: 5 }, 'streaming');
-    await page.waitForFunction(() => document.querySelectorAll('#sessions-body tr[data-session]').length === 2);
+    await page.waitForFunction(() => document.querySelectorAll('#sessions-body tr[data-session]').length === 3);
+    const wrap = await page.evaluate(() => {
+      const w = document.querySelector('.table-wrap');
+      return { scroll: w.scrollWidth, client: w.clientWidth };
+    });
+    assert.ok(wrap.scroll <= wrap.client, 'the sessions table fits its panel: ' + JSON.stringify(wrap));
     const boxes = await page.evaluate(() => ['.chat', '.ops'].map((s) => {
       const r = document.querySelector(s).getBoundingClientRect();
       return { left: r.left, right: r.right, top: r.top };

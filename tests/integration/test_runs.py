@@ -432,3 +432,25 @@ def test_dot_and_dot_dot_path_parameters_are_refused_everywhere(t):
     s = t.sse(d, spath("a..b", app=".app", user="u.") + "/run")
     s.wait_event("run.completed", 5, run_id=j["run_id"])
     eq([c["session"] for c in d.demo_calls()], ["a..b"], "upstream calls")
+
+
+@test()
+def test_run_queued_and_started_carry_the_servers_times(t):
+    d = t.daemon("--max-concurrent-runs", "1")
+    s = t.sse(d, spath("times") + "/run")
+    s.wait_retry()
+    before = time.time()
+    blocker, _, _ = post_run(d, "blocker", "hold !delay=10s")
+    queued, _, _ = post_run(d, "times", "after the blocker !word-delay=0")
+    q = s.wait_event("run.queued", 5, run_id=queued["run_id"]).json()
+    eq(d.delete(spath("blocker") + "/run").status, 200, "cancel the blocker")
+    st = s.wait_event("run.started", 5, run_id=queued["run_id"]).json()
+    s.wait_event("run.completed", 5, run_id=queued["run_id"])
+    after = time.time()
+    status = task_status(d, "times")
+    eq(q["created_at"], st["created_at"], "created_at in run.queued and run.started")
+    expect(before <= q["created_at"] <= st["started_at"] <= after,
+           "times out of order: %r %r (%f..%f)" % (q, st, before, after))
+    expect(abs(status["created_at"] - st["created_at"]) < 1e-3 and
+           abs(status["started_at"] - st["started_at"]) < 1e-3,
+           "task status %r vs run.started %r" % (status, st))
