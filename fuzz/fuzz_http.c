@@ -1,11 +1,14 @@
 /* fuzz_http: the HTTP/1.1 request parser over a pipelined byte stream.
  *
  * Property (prefix consistency): a connection appends what it reads to a
- * buffer, calls http_parse_request() and consumes every complete request.
+ * buffer, calls http_parse_request_resume() with its chunked-body state and
+ * consumes every complete request.
  * Feeding the stream in chunks split at input-chosen points must give exactly
  * the outcomes of parsing the whole stream at once: per request its method,
  * target, header count, keep-alive, Expect, head length and body bytes, then
- * the same error, or the same bytes left waiting for more. Every call is also
+ * the same error, or the same bytes left waiting for more (so the body
+ * decoded incrementally across any split is the body decoded at once, and
+ * the stateless http_parse_request() agrees with it). Every call is also
  * checked for sanity: lengths within the buffer, pointers inside the head,
  * header values trimmed and free of CR/LF, and no accepted request with an
  * ambiguous framing (Transfer-Encoding with Content-Length, two lengths, a
@@ -79,7 +82,7 @@ static int inside(const char *p, size_t len, const char *lo, const char *hi)
 static void check_sane(const char *buf, size_t len, ssize_t n, const struct http_request *req)
 {
     if (n < 0) {
-        if (n < HTTP_ERR_VERSION)
+        if (n < HTTP_ERR_HOST)
             abort();
         return;
     }
@@ -142,13 +145,16 @@ static void check_sane(const char *buf, size_t len, ssize_t n, const struct http
 /* Appends `chunk` to the connection buffer `acc` and parses and consumes as
  * the server does. Returns 1 when the stream ended with an error. */
 static int feed(struct buf *acc, const char *chunk, size_t chunk_len,
-                const struct http_limits *limits, struct outcomes *out, size_t *head_len)
+                const struct http_limits *limits, struct outcomes *out, size_t *head_len,
+                struct http_body_state *st)
 {
     buf_append(acc, chunk, chunk_len);
     while (acc->len > 0) {
         struct http_request req;
-        ssize_t n = http_parse_request(acc->data, acc->len, limits, &req);
+        ssize_t n = http_parse_request_resume(acc->data, acc->len, limits, &req, st);
         check_sane(acc->data, acc->len, n, &req);
+        if (n != 0 && (st->decoded.len != 0 || st->raw_done != 0))
+            abort(); /* a finished request leaves no state behind */
         if (n == 0) {
             /* A head seen complete stays complete as bytes arrive. */
             if (*head_len != 0 && req.head_len != *head_len)
@@ -187,15 +193,18 @@ static void run_stream(const char *stream, size_t len, const uint8_t *sizes, siz
                        const struct http_limits *limits, struct outcomes *out)
 {
     struct buf acc = {0};
+    struct http_body_state st;
+    memset(&st, 0, sizeof(st));
     size_t pos = 0, i = 0, head_len = 0;
     int failed = 0;
     while (pos < len && !failed) {
         size_t chunk = nsizes ? 1 + (size_t)sizes[i++ % nsizes] : len;
         if (chunk > len - pos)
             chunk = len - pos;
-        failed = feed(&acc, stream + pos, chunk, limits, out, &head_len);
+        failed = feed(&acc, stream + pos, chunk, limits, out, &head_len, &st);
         pos += chunk;
     }
+    http_body_state_free(&st);
     if (!failed) {
         struct outcome o;
         memset(&o, 0, sizeof(o));
@@ -222,6 +231,13 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 
     struct outcomes whole = {0}, split = {0};
     run_stream(stream, len, NULL, 0, limits, &whole);
+    /* The stateless parser gives the first request's outcome too. */
+    struct http_request req;
+    ssize_t first = http_parse_request(stream, len, limits, &req);
+    http_request_free(&req);
+    if (whole.n == 0 || (first != 0 && first != whole.v[0].result) ||
+        (first == 0 && whole.v[0].result != 0))
+        abort();
     run_stream(stream, len, sizes, nsizes, limits, &split);
     if (whole.n != split.n || memcmp(whole.v, split.v, whole.n * sizeof(*whole.v)) != 0)
         abort();

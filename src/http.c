@@ -1,8 +1,10 @@
 /* http.c: runcast's strict HTTP/1.1 request parser (RFC 9110/9112 subset).
  *
- * The parser is re-run from the first byte each time the connection has read
- * more, so it keeps no state between calls and every pass is linear in the
- * bytes it looks at. Errors are reported at the first byte that makes the
+ * The head is parsed again from its first byte each time the connection has
+ * read more (it is bounded by max_header). A chunked body is not: the
+ * connection keeps a struct http_body_state, so each body byte is decoded
+ * once however it is split, and a body trickled in tiny pieces costs time
+ * linear in its size. Errors are reported at the first byte that makes the
  * request invalid, so a prefix of a bad request returns either 0 or the same
  * error as the whole of it.
  *
@@ -259,16 +261,34 @@ static int list_has_token(const char *s, size_t len, const char *token)
     return 0;
 }
 
+/* Host = uri-host [ ":" port ] (RFC 9110 7.2): reg-name, IPv4 or an
+ * IP-literal in brackets, so unreserved, pct-encoded, sub-delims, ':' and
+ * brackets; empty is allowed (a target with no authority). Anything else
+ * (space, '/', '@', a comma-joined list) is refused. */
+static int is_host_value(const char *s, size_t len)
+{
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if ((ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9'))
+            continue;
+        if (strchr("-._~%!$&'()*+;=:[]", ch) == NULL)
+            return 0;
+    }
+    return 1;
+}
+
 /* How the body is delimited, decided from the header fields. */
 enum body_framing { BODY_NONE, BODY_LENGTH, BODY_CHUNKED };
 
-/* Reads the fields that matter to runcast (framing, Connection, Expect) and
- * refuses every ambiguous framing. */
+/* Reads the fields that matter to runcast (framing, Connection, Expect,
+ * Host) and refuses every ambiguous framing, and what RFC 9112 3.2 says
+ * must be 400: an HTTP/1.1 request without Host, any request with two Host
+ * lines or an invalid one (HTTP/1.0 may leave it out). */
 static int apply_headers(struct http_request *req, const struct http_limits *limits,
                          enum body_framing *framing, size_t *content_length)
 {
     const struct http_header *cl = NULL, *te = NULL;
-    size_t cl_count = 0, te_count = 0;
+    size_t cl_count = 0, te_count = 0, host_count = 0;
     int has_close = 0, has_keep_alive = 0;
 
     for (size_t i = 0; i < req->header_count; i++) {
@@ -285,8 +305,14 @@ static int apply_headers(struct http_request *req, const struct http_limits *lim
         } else if (str_ieq(h->name, h->name_len, "expect")) {
             if (str_ieq(h->value, h->value_len, "100-continue"))
                 req->expect_continue = 1;
+        } else if (str_ieq(h->name, h->name_len, "host")) {
+            if (!is_host_value(h->value, h->value_len))
+                return HTTP_ERR_HOST;
+            host_count++;
         }
     }
+    if (host_count > 1 || (host_count == 0 && req->version_minor == 1))
+        return HTTP_ERR_HOST;
     req->keep_alive = req->version_minor == 1 ? !has_close : has_keep_alive && !has_close;
 
     *framing = BODY_NONE;
@@ -345,69 +371,149 @@ static int scan_chunk_size_line(struct cursor *c, size_t room, size_t *size)
     return scan_crlf(c);
 }
 
-/* Walks a chunked body (chunks, last chunk, trailer section) from c->pos.
- * With out == NULL it only validates and measures; a second walk with out
- * sized from the first copies the data. On success c->pos is the end of the
- * encoded body and *decoded_len the data length. */
-static int walk_chunked(struct cursor *c, size_t max_body, char *out, size_t *decoded_len)
-{
-    size_t decoded = 0, size;
-    int rc;
+static ssize_t parse_request(const char *buf, size_t len, const struct http_limits *limits,
+                             struct http_request *req, struct http_body_state *st);
 
-    for (;;) {
-        if ((rc = scan_chunk_size_line(c, max_body - decoded, &size)) != SCAN_OK)
-            return rc;
-        if (size == 0)
-            break;
-        if (c->len - c->pos < size)
-            return SCAN_MORE;
-        if (out != NULL)
-            memcpy(out + decoded, c->p + c->pos, size);
-        c->pos += size;
-        decoded += size;
-        if ((rc = scan_crlf(c)) != SCAN_OK)
-            return rc;
+/* Where the decoder is inside a chunked body (struct http_body_state). */
+enum chunk_phase { CHUNK_SIZE = 0, CHUNK_DATA, CHUNK_DATA_END, CHUNK_TRAILERS };
+
+/* Scans one line of the chunked framing (a size line or a trailer field
+ * line) that starts at c->pos and may take at most max_line bytes: a longer
+ * one is 413, like framing past max_body + max_header. A line cut short is rescanned from its start by the
+ * next call, so the cap also bounds what a peer trickling it can cost. */
+static int scan_chunk_line(struct cursor *c, size_t max_line, size_t room, size_t *size,
+                           int trailer)
+{
+    struct cursor line = {c->p, c->len, c->pos};
+    if (line.len - line.pos > max_line)
+        line.len = line.pos + max_line;
+    int rc;
+    if (!trailer)
+        rc = scan_chunk_size_line(&line, room, size);
+    else if (line.pos < line.len && line.p[line.pos] == '\r')
+        rc = scan_crlf(&line);
+    else if (line.pos < line.len && (line.p[line.pos] == ' ' || line.p[line.pos] == '\t'))
+        rc = HTTP_ERR_BAD_REQUEST; /* obs-fold */
+    else {
+        struct http_header dropped;
+        rc = line.pos == line.len ? SCAN_MORE : scan_field_line(&line, &dropped);
     }
-    if ((rc = scan_field_section(c, NULL, NULL)) != SCAN_OK)
-        return rc;
-    *decoded_len = decoded;
-    return SCAN_OK;
+    if (rc == SCAN_MORE && line.len < c->len)
+        return HTTP_ERR_BODY_TOO_LARGE; /* padding in the framing, as past max_raw */
+    if (rc == SCAN_OK)
+        c->pos = line.pos;
+    return rc;
 }
 
-/* Decodes the chunked body at buf[0..len). The encoded body may take at most
- * max_body + max_header bytes (data plus framing and trailers), so a peer
- * cannot make the connection buffer without bound with tiny chunks or
- * padding. Returns the encoded length, 0 for more, or a negative error. */
-static ssize_t parse_chunked_body(const char *buf, size_t len, const struct http_limits *limits,
-                                  struct http_request *req)
+/* Decodes the chunked body at buf[0..len) from where st stopped, appending
+ * data to st->decoded: every byte is looked at once, except a framing line
+ * cut short, which is scanned again from its start. The encoded body may
+ * take at most max_body + max_header bytes (data plus framing and
+ * trailers), so a peer cannot make the connection buffer without bound with
+ * tiny chunks or padding. Returns the encoded length once the body is
+ * complete, 0 for more, or a negative error. */
+static ssize_t decode_chunked_body(const char *buf, size_t len, const struct http_limits *limits,
+                                   struct http_body_state *st)
 {
     size_t max_raw = size_add_saturated(limits->max_body, limits->max_header);
-    struct cursor c = {(const unsigned char *)buf, len < max_raw ? len : max_raw, 0};
-    size_t decoded_len = 0;
+    struct cursor c = {(const unsigned char *)buf, len < max_raw ? len : max_raw, st->raw_done};
+    size_t size = 0;
+    int rc = SCAN_OK;
 
-    int rc = walk_chunked(&c, limits->max_body, NULL, &decoded_len);
+    while (rc == SCAN_OK) {
+        size_t from = c.pos;
+        switch ((enum chunk_phase)st->phase) {
+        case CHUNK_SIZE:
+            rc = scan_chunk_line(&c, limits->max_header, limits->max_body - st->decoded.len,
+                                 &size, 0);
+            if (rc != SCAN_OK)
+                break;
+            st->chunk_left = size;
+            st->phase = size ? CHUNK_DATA : CHUNK_TRAILERS;
+            break;
+        case CHUNK_DATA: {
+            size_t n = c.len - c.pos < st->chunk_left ? c.len - c.pos : st->chunk_left;
+            buf_append(&st->decoded, c.p + c.pos, n);
+            c.pos += n;
+            st->chunk_left -= n;
+            if (st->chunk_left)
+                rc = SCAN_MORE;
+            else
+                st->phase = CHUNK_DATA_END;
+            break;
+        }
+        case CHUNK_DATA_END:
+            rc = scan_crlf(&c);
+            if (rc == SCAN_OK)
+                st->phase = CHUNK_SIZE;
+            break;
+        case CHUNK_TRAILERS:
+            rc = scan_chunk_line(&c, limits->max_header, 0, NULL, 1);
+            if (rc == SCAN_OK && c.pos - from == 2) {
+                st->examined += 2;
+                return (ssize_t)c.pos; /* the empty line: the body is complete */
+            }
+            break;
+        }
+        st->examined += (rc == SCAN_OK || st->phase == CHUNK_DATA ? c.pos : c.len) - from;
+        if (rc == SCAN_OK || st->phase == CHUNK_DATA)
+            st->raw_done = c.pos;
+    }
     if (rc == SCAN_MORE)
         return len > max_raw ? HTTP_ERR_BODY_TOO_LARGE : 0;
-    if (rc != SCAN_OK)
-        return rc;
+    return rc;
+}
 
-    size_t raw_len = c.pos;
-    req->body_owned = xmalloc(decoded_len + 1);
-    c.pos = 0;
-    walk_chunked(&c, limits->max_body, req->body_owned, &decoded_len);
-    req->body_owned[decoded_len] = '\0';
+/* Hands the decoded body to req (NUL-terminated, req owns it) and readies
+ * st for the next request. */
+static void take_chunked_body(struct http_body_state *st, struct http_request *req)
+{
+    buf_reserve(&st->decoded, 1);
+    st->decoded.data[st->decoded.len] = '\0';
+    req->body_owned = st->decoded.data;
     req->body = req->body_owned;
-    req->body_len = decoded_len;
-    return (ssize_t)raw_len;
+    req->body_len = st->decoded.len;
+    memset(&st->decoded, 0, sizeof(st->decoded));
+    http_body_state_free(st);
+}
+
+void http_body_state_free(struct http_body_state *st)
+{
+    buf_free(&st->decoded);
+    size_t examined = st->examined;
+    memset(st, 0, sizeof(*st));
+    st->examined = examined; /* a total over every request */
+}
+
+ssize_t http_parse_request(const char *buf, size_t len, const struct http_limits *limits,
+                           struct http_request *req)
+{
+    struct http_body_state st;
+    memset(&st, 0, sizeof(st));
+    ssize_t rc = http_parse_request_resume(buf, len, limits, req, &st);
+    http_body_state_free(&st);
+    return rc;
 }
 
 /* Resets *req (it does not free a previous body_owned: call
  * http_request_free() first), then parses the head within max_header bytes
- * and the body its fields announce. */
-ssize_t http_parse_request(const char *buf, size_t len, const struct http_limits *limits,
-                           struct http_request *req)
+ * (again on every call: it is bounded) and the body its fields announce;
+ * a chunked body resumes where st stopped. st is reset when the request
+ * completes or fails. */
+ssize_t http_parse_request_resume(const char *buf, size_t len, const struct http_limits *limits,
+                                  struct http_request *req, struct http_body_state *st)
 {
     memset(req, 0, sizeof(*req));
+    ssize_t rc = parse_request(buf, len, limits, req, st);
+    if (rc != 0)
+        http_body_state_free(st);
+    return rc;
+}
+
+/* http_parse_request_resume() before st is reset. */
+static ssize_t parse_request(const char *buf, size_t len, const struct http_limits *limits,
+                             struct http_request *req, struct http_body_state *st)
+{
 
     struct cursor c = {(const unsigned char *)buf, len < limits->max_header ? len : limits->max_header, 0};
     int rc = scan_request_line(&c, limits, req);
@@ -418,6 +524,7 @@ ssize_t http_parse_request(const char *buf, size_t len, const struct http_limits
     if (rc != SCAN_OK)
         return rc;
     req->head_len = c.pos;
+    st->examined += c.pos;
 
     const char *question = memchr(req->target, '?', req->target_len);
     req->path = req->target;
@@ -444,8 +551,11 @@ ssize_t http_parse_request(const char *buf, size_t len, const struct http_limits
         req->body_len = content_length;
         return (ssize_t)(req->head_len + content_length);
     case BODY_CHUNKED: {
-        ssize_t raw_len = parse_chunked_body(body, available, limits, req);
-        return raw_len > 0 ? (ssize_t)req->head_len + raw_len : raw_len;
+        ssize_t raw_len = decode_chunked_body(body, available, limits, st);
+        if (raw_len <= 0)
+            return raw_len;
+        take_chunked_body(st, req);
+        return (ssize_t)req->head_len + raw_len;
     }
     }
     return HTTP_ERR_BAD_REQUEST;
@@ -570,6 +680,7 @@ static const struct {
     {HTTP_ERR_BODY_TOO_LARGE, 413, "body_too_large", "request body too large"},
     {HTTP_ERR_NOT_IMPLEMENTED, 501, "not_implemented", "transfer-coding not implemented"},
     {HTTP_ERR_VERSION, 505, "http_version_not_supported", "HTTP version not supported"},
+    {HTTP_ERR_HOST, 400, "invalid_host", "an HTTP/1.1 request needs exactly one valid Host header"},
 };
 
 static size_t http_error_index(int err)
@@ -618,6 +729,7 @@ const char *http_status_reason(int status)
     case 413: return "Content Too Large";
     case 414: return "URI Too Long";
     case 415: return "Unsupported Media Type";
+    case 421: return "Misdirected Request";
     case 422: return "Unprocessable Content";
     case 429: return "Too Many Requests";
     case 431: return "Request Header Fields Too Large";

@@ -1,8 +1,9 @@
 /* http.h: a strict, small HTTP/1.1 request parser and response helpers.
  *
- * The parser is a pure function over a byte buffer: the connection keeps the
- * bytes it has read and calls http_parse_request() again when more arrive.
- * It never allocates except for a chunked body, which it decodes into
+ * The parser works over a byte buffer: the connection keeps the bytes it has
+ * read and calls http_parse_request_resume() again when more arrive, with a
+ * small state that lets a chunked body be decoded incrementally. It never
+ * allocates except for a chunked body, which it decodes into
  * req->body_owned. It refuses every shape that lets two parsers disagree on
  * where a request ends (request smuggling).
  */
@@ -32,6 +33,7 @@ enum http_error {
     HTTP_ERR_BODY_TOO_LARGE = -4,  /* 413: body over limits.max_body (known from Content-Length) */
     HTTP_ERR_NOT_IMPLEMENTED = -5, /* 501: a transfer-coding other than chunked */
     HTTP_ERR_VERSION = -6,         /* 505: not HTTP/1.0 or HTTP/1.1 */
+    HTTP_ERR_HOST = -7,            /* 400: HTTP/1.1 without Host; two Hosts; an invalid one */
 };
 
 struct http_header {
@@ -72,6 +74,21 @@ struct http_request {
     char *body_owned; /* decoded chunked body; release with http_request_free() */
 };
 
+/* Where a chunked body's decoding stopped, for the request at the start of
+ * the caller's buffer. A connection keeps one, zeroed at first, and passes
+ * it to every http_parse_request_resume() call for that request, so a body
+ * trickled in small pieces is decoded once, not again on every read. The
+ * parser resets it when the request completes or fails; the owner calls
+ * http_body_state_free() if it drops the request (the conn goes away). */
+struct http_body_state {
+    size_t raw_done;      /* encoded body bytes decoded so far */
+    size_t chunk_left;    /* data bytes of the current chunk not yet read */
+    int phase;            /* size line, data, CRLF after data, trailers */
+    struct buf decoded;   /* the data so far */
+    size_t examined;      /* head and body bytes scanned over all calls and
+                             requests: the parser's cost, for tests */
+};
+
 /* Parses one request from buf[0..len).
  * Returns the number of bytes the whole request (head + body) occupies when it
  * is complete; 0 when more bytes are needed (req->head_len is then nonzero if
@@ -82,6 +99,13 @@ struct http_request {
  * head is complete, without waiting for the body. */
 ssize_t http_parse_request(const char *buf, size_t len, const struct http_limits *limits,
                            struct http_request *req);
+/* The same answers as http_parse_request() for the same bytes, decoding a
+ * chunked body incrementally in st (see struct http_body_state): the cost
+ * of a call is the head plus the bytes that arrived since the last one. */
+ssize_t http_parse_request_resume(const char *buf, size_t len, const struct http_limits *limits,
+                                  struct http_request *req, struct http_body_state *st);
+/* Frees what st holds and zeroes it (examined is kept). Cannot fail. */
+void http_body_state_free(struct http_body_state *st);
 void http_request_free(struct http_request *req);
 
 /* First header with this name (case-insensitive), or NULL. */

@@ -3,8 +3,10 @@
  * Ownership: a hub owns its frames (one reference each) and its subscribers.
  * A write in flight owns one more reference to each frame it carries, so a
  * frame evicted from the log stays alive until the kernel has taken it. A
- * subscriber is freed from its connection's close callback; a write that
- * completes after that finds its subscriber pointer cleared.
+ * subscriber is freed from its connection's close callback (a cut: a drop,
+ * a write error, the client leaving) or by subscriber_end() (a normal end,
+ * which lets go of the connection first); a write that completes after that
+ * finds its subscriber pointer cleared.
  */
 #include "hub.h"
 
@@ -39,8 +41,8 @@ struct sub_write {
  * so eviction from the log can never make a live subscriber miss an event. */
 struct subscriber {
     struct list hub_link; /* in hub->subscribers */
-    struct list all_link; /* in the loop-wide list the heartbeat walks */
-    struct hub *hub;      /* NULL once the hub is destroyed */
+    struct list all_link; /* in all_subscribers, ordered by last_write_ms */
+    struct hub *hub;      /* never NULL: hub_destroy() ends every stream first */
     struct conn *conn;
     uint64_t next_seq;    /* next frame this subscriber needs */
     struct frame **queue; /* referenced, not yet handed to the connection */
@@ -48,7 +50,7 @@ struct subscriber {
     size_t queued_bytes;
     struct list writes;   /* struct sub_write in flight; a completion is "proceed" */
     struct list dirty_link; /* in dirty_subscribers while it has frames to flush */
-    int wrote_since_tick;
+    uint64_t last_write_ms; /* uv_now() when bytes were last handed to its connection */
     uint64_t deadline_ms; /* 0: none; else it sits in the deadline heap */
     size_t heap_index;    /* its place in the deadline heap */
     void (*on_leave)(void *arg);
@@ -71,13 +73,17 @@ struct hub {
 #define HUB_FLUSH_BUDGET (256 * 1024)
 
 static struct hub_config config;
+static uv_loop_t *hub_loop;
+/* Every subscriber, least recently written first: a write moves it to the
+ * tail (O(1)), so the head is always the next stream to fall silent and the
+ * one timer is armed for the head's last_write_ms + heartbeat_ms. */
+static struct list all_subscribers;
 static uv_timer_t heartbeat_timer;
 /* Publishing only queues frames; these two flush every subscriber that got
  * some once per loop iteration (see hub_publish). */
 static uv_check_t flush_check;
 static uv_idle_t flush_idle;
 static struct list dirty_subscribers;
-static struct list all_subscribers;
 static size_t total_subscribers;
 static size_t total_frames;
 static uint64_t dropped[HUB_DROP_REASONS];
@@ -91,7 +97,11 @@ static struct subscriber **deadline_heap;
 static size_t deadline_count, deadline_cap;
 static uv_timer_t deadline_timer;
 
-static const char keepalive_comment[] = ": keepalive\n\n";
+/* A comment line and no blank line: WHATWG parsers ignore it, and no
+ * parser dispatches an (empty) message for it (fetch-event-source's does on
+ * every blank line). Frames end with a blank line, so the comment always
+ * starts a line. */
+static const char keepalive_comment[] = ": keepalive\n";
 static struct frame *keepalive_frame; /* shared by every idle stream */
 
 static void subscriber_offer(struct subscriber *s, struct frame *f);
@@ -125,6 +135,7 @@ static struct frame *frame_private(const char *data, size_t len)
 void hub_init(uv_loop_t *loop, const struct hub_config *cfg)
 {
     config = *cfg;
+    hub_loop = loop;
     list_init(&all_subscribers);
     list_init(&dirty_subscribers);
     uv_check_init(loop, &flush_check);
@@ -134,8 +145,6 @@ void hub_init(uv_loop_t *loop, const struct hub_config *cfg)
     keepalive_frame = frame_private(keepalive_comment, sizeof(keepalive_comment) - 1);
     uv_timer_init(loop, &heartbeat_timer);
     uv_unref((uv_handle_t *)&heartbeat_timer);
-    if (config.heartbeat_ms > 0)
-        uv_timer_start(&heartbeat_timer, heartbeat_cb, config.heartbeat_ms, config.heartbeat_ms);
     uv_timer_init(loop, &deadline_timer);
     uv_unref((uv_handle_t *)&deadline_timer);
 }
@@ -353,18 +362,19 @@ static void sub_write_free(struct sub_write *w)
     free(w);
 }
 
-static void subscriber_on_close(struct conn *c, void *arg)
+/* Forgets s everywhere and frees it; writes in flight lose their
+ * subscriber pointer (their frames are released when they complete). Cannot
+ * fail. Called once: from the connection's close callback, or by
+ * subscriber_end() for a stream that ends normally. */
+static void subscriber_release(struct subscriber *s)
 {
-    struct subscriber *s = arg;
     while (!list_empty(&s->writes)) {
         struct sub_write *w = container_of(s->writes.next, struct sub_write, link);
         w->sub = NULL;
         list_remove(&w->link);
     }
-    if (s->hub) {
-        list_remove(&s->hub_link);
-        s->hub->subscriber_count--;
-    }
+    list_remove(&s->hub_link);
+    s->hub->subscriber_count--;
     list_remove(&s->all_link);
     list_remove(&s->dirty_link);
     total_subscribers--;
@@ -376,6 +386,31 @@ static void subscriber_on_close(struct conn *c, void *arg)
     if (s->on_leave)
         s->on_leave(s->leave_arg);
     free(s);
+}
+
+static void subscriber_on_close(struct conn *c, void *arg)
+{
+    subscriber_release(arg);
+}
+
+/* Ends s's stream normally, after what was already handed to its
+ * connection: a chunked stream gets its last chunk and its connection
+ * serves the next request (a client tells this end from a cut); an
+ * HTTP/1.0 one is closed gracefully. Frees s. */
+static void subscriber_end(struct subscriber *s)
+{
+    struct conn *conn = s->conn;
+    subscriber_release(s);
+    conn_stream_end(conn);
+}
+
+/* s handed bytes to its connection now: it goes to the tail of the
+ * heartbeat order. O(1): this runs for every write of the fan-out. */
+static void subscriber_touch(struct subscriber *s)
+{
+    s->last_write_ms = uv_now(hub_loop);
+    list_remove(&s->all_link);
+    list_insert_tail(&all_subscribers, &s->all_link);
 }
 
 static void subscriber_enqueue(struct subscriber *s, struct frame *f)
@@ -433,43 +468,25 @@ static struct sub_write *subscriber_take_batch(struct subscriber *s, size_t max_
 
 static void write_done(struct conn *c, void *arg, int status);
 
-/* Sends w's frames on conn with one vectored write: what the kernel takes at
- * once is written without a request (conn_stream_try_write) and w is freed;
- * the rest, if any, is queued and w stays alive, carrying owner (NULL: a
- * write no subscriber waits for), until write_done. Returns 1 when all was
- * written, 0 when some was queued, or a negative errno when the connection
- * is closing (w is then freed here, and a subscriber's close callback has
- * run or will run). */
+/* Sends w's frames on conn with one vectored write (one chunk of a
+ * chunked stream): what the kernel takes at once is written without a
+ * request and w is freed; the rest, if any, is queued and w stays alive,
+ * carrying owner (NULL: a write no subscriber waits for), until write_done.
+ * Returns 1 when all was written, 0 when some was queued, or a negative
+ * errno when the connection is closing (w is then freed here, and a
+ * subscriber's close callback has run or will run). */
 static int sub_write_send(struct conn *conn, struct sub_write *w, struct subscriber *owner)
 {
     uv_buf_t small[HUB_MAX_BATCH + 2];
     uv_buf_t *bufs = w->nframes <= RC_ARRAY_SIZE(small) ? small : xmalloc(w->nframes * sizeof(*bufs));
-    size_t total = 0;
-    for (unsigned i = 0; i < w->nframes; i++) {
+    for (unsigned i = 0; i < w->nframes; i++)
         bufs[i] = uv_buf_init(w->frames[i]->data, (unsigned)w->frames[i]->len);
-        total += w->frames[i]->len;
-    }
-    ssize_t n = conn_stream_try_write(conn, bufs, w->nframes);
-    int rc;
-    if (n < 0) {
-        rc = (int)n;
-    } else if ((size_t)n == total) {
-        rc = 1;
-    } else {
-        /* Queue what the kernel did not take, from the first unsent byte. */
-        unsigned first = 0;
-        size_t skip = (size_t)n;
-        while (skip >= bufs[first].len)
-            skip -= bufs[first++].len;
-        bufs[first].base += skip;
-        bufs[first].len -= (unsigned)skip;
-        w->sub = owner;
-        if (owner)
-            list_insert_tail(&owner->writes, &w->link);
-        rc = conn_stream_write(conn, bufs + first, w->nframes - first, write_done, w);
-        if (rc < 0)
-            list_remove(&w->link);
-    }
+    w->sub = owner;
+    if (owner)
+        list_insert_tail(&owner->writes, &w->link);
+    int rc = conn_stream_send(conn, bufs, w->nframes, write_done, w);
+    if (rc != 0)
+        list_remove(&w->link); /* a no-op when the close callback unlinked it */
     if (bufs != small)
         free(bufs);
     if (rc != 0)
@@ -508,6 +525,7 @@ static int subscriber_flush(struct subscriber *s)
         int rc = sub_write_send(s->conn, w, s);
         if (rc < 0)
             return -1;
+        subscriber_touch(s);
         if (rc == 0)
             return 0; /* queued: write_done proceeds */
         sent += bytes;
@@ -533,8 +551,7 @@ static void flush_dirty(void)
     while (!list_empty(&batch)) {
         struct subscriber *s = container_of(batch.next, struct subscriber, dirty_link);
         list_remove(&s->dirty_link);
-        if (s->hub)
-            subscriber_flush(s); /* may free s, which is unlinked already */
+        subscriber_flush(s); /* may free s, which is unlinked already */
     }
 }
 
@@ -576,7 +593,7 @@ static void write_done(struct conn *c, void *arg, int status)
         return;
     if (status < 0)
         conn_close(s->conn, 1);
-    else if (s->hub)
+    else
         subscriber_flush(s);
 }
 
@@ -588,7 +605,6 @@ static void subscriber_offer(struct subscriber *s, struct frame *f)
         subscriber_enqueue(s, f);
         s->next_seq++;
     }
-    s->wrote_since_tick = 1;
     /* A burst bigger than the buffer within one loop iteration: offer it to
      * the socket now rather than at the end of the iteration, since the
      * rule below is about bytes the kernel refused. */
@@ -604,18 +620,41 @@ static void subscriber_offer(struct subscriber *s, struct frame *f)
     subscriber_schedule(s);
 }
 
+/* Arms the heartbeat timer for the moment the least recently written
+ * stream has been silent for heartbeat_ms. A write that moves that stream
+ * away leaves the timer early; it then just re-arms. */
+static void heartbeat_arm(void)
+{
+    if (config.heartbeat_ms == 0 || list_empty(&all_subscribers))
+        return;
+    const struct subscriber *oldest = container_of(all_subscribers.next, struct subscriber, all_link);
+    uint64_t due = oldest->last_write_ms + config.heartbeat_ms, now = uv_now(hub_loop);
+    uv_timer_start(&heartbeat_timer, heartbeat_cb, due > now ? due - now : 0, 0);
+}
+
+/* Sends `: keepalive` to every stream silent for heartbeat_ms, or that
+ * would be within an eighth of it (coalescing: one wake-up serves streams
+ * whose deadlines are close; an early keepalive costs a few bytes). A
+ * stream whose bytes are still queued is not silent on our side: it only
+ * moves to the tail. */
 static void heartbeat_cb(uv_timer_t *t)
 {
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &all_subscribers) {
-        struct subscriber *s = container_of(pos, struct subscriber, all_link);
-        int idle = s->hub && !s->wrote_since_tick && list_empty(&s->writes) && s->queued == 0;
-        s->wrote_since_tick = 0;
-        if (idle) {
+    if (config.heartbeat_ms == 0)
+        return;
+    uint64_t horizon = uv_now(hub_loop) + config.heartbeat_ms / 8;
+    while (!list_empty(&all_subscribers)) {
+        struct subscriber *s = container_of(all_subscribers.next, struct subscriber, all_link);
+        if (s->last_write_ms + config.heartbeat_ms > horizon)
+            break;
+        if (list_empty(&s->writes) && s->queued == 0) {
             subscriber_enqueue(s, keepalive_frame);
-            subscriber_flush(s); /* may free s (a write error closes it) */
+            if (subscriber_flush(s) < 0)
+                continue; /* a write error closed it: s is gone */
         }
+        if (all_subscribers.next == &s->all_link)
+            subscriber_touch(s);
     }
+    heartbeat_arm();
 }
 
 /* Ends a stream whose deadline passed: what it was already handed goes out,
@@ -626,19 +665,16 @@ static void heartbeat_cb(uv_timer_t *t)
 static void subscriber_expire(struct subscriber *s)
 {
     static const char closing[] = "event: stream.closed\ndata: {\"reason\":\"token_expired\"}\n\n";
-    if (s->hub == NULL) { /* its hub is going: the stream is ending anyway */
-        conn_close(s->conn, 0);
-        return;
-    }
     struct frame *f = frame_private(closing, sizeof(closing) - 1);
     subscriber_enqueue(s, f);
     frame_release(f);
     int lagged;
     struct sub_write *w = subscriber_take_batch(s, 0, 0, &lagged);
-    /* Sent without a subscriber: its completion may come after s is gone. */
-    if (w != NULL)
-        sub_write_send(s->conn, w, NULL);
-    conn_close(s->conn, 0);
+    /* Sent without a subscriber: its completion may come after s is gone.
+     * A failed send closed the connection and freed s already. */
+    if (w != NULL && sub_write_send(s->conn, w, NULL) < 0)
+        return;
+    subscriber_end(s);
 }
 
 static void deadline_cb(uv_timer_t *t)
@@ -672,6 +708,17 @@ static int parse_id(const char *id, uint32_t *epoch, uint64_t *seq)
     *epoch = (uint32_t)strtoul(id, NULL, 16);
     *seq = v;
     return 0;
+}
+
+uint32_t hub_incarnation(const struct hub *h)
+{
+    return h->epoch;
+}
+
+int hub_event_id_incarnation(const char *id, uint32_t *out)
+{
+    uint64_t seq;
+    return parse_id(id, out, &seq);
 }
 
 /* Where a new subscriber starts, and the reason for a stream.reset (NULL when
@@ -719,7 +766,7 @@ int hub_subscribe_with(struct hub *h, struct conn *conn, const struct hub_subscr
                                 "Content-Type: text/event-stream\r\n"
                                 "Cache-Control: no-cache\r\n"
                                 "X-Accel-Buffering: no\r\n",
-                                0, subscriber_on_close, s);
+                                1, subscriber_on_close, s);
     if (err < 0) {
         free(s);
         return err;
@@ -729,14 +776,20 @@ int hub_subscribe_with(struct hub *h, struct conn *conn, const struct hub_subscr
     list_init(&s->writes);
     list_init(&s->dirty_link);
     list_insert_tail(&h->subscribers, &s->hub_link);
+    int first_stream = list_empty(&all_subscribers);
+    s->last_write_ms = uv_now(hub_loop);
     list_insert_tail(&all_subscribers, &s->all_link);
+    if (first_stream)
+        heartbeat_arm();
     h->subscriber_count++;
     total_subscribers++;
 
     const char *reset_reason;
     s->next_seq = start_position(h, last_event_id, opt->from_live, &reset_reason);
     struct buf pre = {0};
-    buf_printf(&pre, "retry: %" PRIu64 "\n\n", config.retry_ms);
+    /* No blank line after retry: it joins the first event block, so no
+     * parser dispatches an empty message for it. */
+    buf_printf(&pre, "retry: %" PRIu64 "\n", config.retry_ms);
     if (reset_reason) {
         char data[128];
         int n = snprintf(data, sizeof(data), "{\"reason\":\"%s\"}", reset_reason);
@@ -744,7 +797,6 @@ int hub_subscribe_with(struct hub *h, struct conn *conn, const struct hub_subscr
     }
     struct frame *preamble = frame_private(pre.data, pre.len);
     buf_free(&pre);
-    s->wrote_since_tick = 1;
     subscriber_enqueue(s, preamble);
     frame_release(preamble);
     s->on_leave = opt->on_leave;
@@ -792,12 +844,8 @@ void hub_destroy(struct hub *h)
                 break;
             }
         }
-        if (gone)
-            continue;
-        list_remove(&s->hub_link);
-        list_remove(&s->dirty_link);
-        s->hub = NULL;
-        conn_close(s->conn, 0);
+        if (!gone)
+            subscriber_end(s);
     }
     while (h->count)
         log_evict_oldest(h);

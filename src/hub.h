@@ -6,7 +6,13 @@
  * are batched per loop iteration: publishing only queues, a check handle
  * flushes. A subscriber with one write in flight gets the next batch when that write
  * completes (the write callback is the "proceed" of h2o's generators). One
- * loop-wide timer sends keepalive comments to idle streams.
+ * loop-wide timer sends a keepalive comment line to every stream that has
+ * been silent for heartbeat_ms.
+ *
+ * Streams are chunked on HTTP/1.1 (close-delimited on HTTP/1.0): a normal
+ * end (hub_destroy, a deadline) sends the last chunk and the connection
+ * serves the next request, while a drop or a shutdown cuts it, so a client
+ * can tell the two apart.
  */
 #ifndef RUNCAST_HUB_H
 #define RUNCAST_HUB_H
@@ -22,8 +28,8 @@ struct hub_config {
     int history;              /* frames kept per session */
     size_t history_bytes;     /* bytes kept per session */
     size_t subscriber_buffer; /* unsent bytes queued per subscriber before it is dropped */
-    uint64_t heartbeat_ms;    /* keepalive comment interval on idle streams */
-    uint64_t retry_ms;        /* the stream's opening "retry:" line */
+    uint64_t heartbeat_ms;    /* no stream stays silent longer (0: no keepalives) */
+    uint64_t retry_ms;        /* the stream's opening "retry:" line (part of the first block) */
     int max_subscribers;      /* over this, hub_subscribe() fails with -ENOSPC */
 };
 
@@ -42,8 +48,9 @@ void hub_shutdown(void);
 /* A new empty log with a fresh incarnation id (ids of an earlier hub for the
  * same session are recognised as foreign). Never fails. */
 struct hub *hub_create(void);
-/* Ends every stream (after flushing what was already published, so a
- * session.closed published just before is delivered), then frees the log.
+/* Ends every stream normally (after flushing what was already published,
+ * so a session.closed published just before is delivered), then frees the
+ * log.
  * Frames still being written are released when their writes complete. */
 void hub_destroy(struct hub *h);
 
@@ -71,7 +78,7 @@ struct hub_subscribe_options {
     /* time_mono_ms() at which the stream ends (its token expires), 0: never.
      * It then gets what was already handed to it, a `stream.closed`
      * {"reason": "token_expired"} without an id line (so the client's last
-     * id stays the last event it really got), and a graceful close. One
+     * id stays the last event it really got), and a normal end. One
      * timer serves every stream's deadline (a min-heap). */
     uint64_t deadline_ms;
     /* Called once when the subscriber goes away, whatever the reason (from
@@ -83,6 +90,11 @@ struct hub_subscribe_options {
 int hub_subscribe_with(struct hub *h, struct conn *conn, const struct hub_subscribe_options *opt);
 
 size_t hub_subscriber_count(const struct hub *h);
+/* The incarnation h's event ids carry (what tells a re-created session's
+ * ids from the deleted one's), and the incarnation an event id names:
+ * 0, or -EINVAL for an id hub_publish() cannot have made. */
+uint32_t hub_incarnation(const struct hub *h);
+int hub_event_id_incarnation(const char *id, uint32_t *out);
 /* Totals over every hub, for metrics, status and the soak. */
 size_t hub_total_subscribers(void);
 size_t hub_total_frames(void);

@@ -117,6 +117,7 @@ struct conn {
     struct server *server;
     struct list node;      /* in server->conns */
     struct buf rbuf;       /* unparsed input */
+    struct http_body_state body_state; /* the chunked body of the request at rbuf's start */
     char *peer;            /* "ip:port", made by conn_peer() */
     char *answer_headers;  /* conn_set_answer_headers(): for the current request's answer */
     conn_close_cb on_close;
@@ -136,6 +137,7 @@ struct conn {
     unsigned http10 : 1;
     unsigned keep_alive10 : 1;   /* HTTP/1.0 with Connection: keep-alive */
     unsigned continue_sent : 1;
+    unsigned head_request : 1; /* the request being answered is HEAD: no body goes out */
     unsigned linger : 1;
     unsigned eof : 1;
     unsigned shutdown_done : 1;
@@ -298,12 +300,16 @@ static char *error_body(const char *code, const char *message)
 
 /* Writes a whole response (one allocation) and, when the conn must close
  * after it, starts a graceful close. No ownership check: internal answers
- * (parser errors, 408, the public conn_respond) all come through here. */
+ * (parser errors, 408, the public conn_respond) all come through here. The
+ * answer to HEAD is the head a GET would get, its Content-Length included,
+ * and no body: that is done here, once, for every handler (RFC 9110 9.3.2). */
 static void conn_send_response(struct conn *c, int status, const char *content_type,
                                const char *extra_headers, const char *body, size_t body_len)
 {
     int closing = c->close_after;
     int has_length = status >= 200 && status != 204 && status != 304;
+    int send_body = has_length && !c->head_request;
+    c->head_request = 0; /* answered: the flag belonged to this request */
     char length[48] = "";
     if (has_length)
         snprintf(length, sizeof(length), "Content-Length: %zu\r\n", body_len);
@@ -318,7 +324,7 @@ static void conn_send_response(struct conn *c, int status, const char *content_t
     const char *answer = c->answer_headers ? c->answer_headers : "";
     int head_len = snprintf(NULL, 0, fmt, status, reason, ct_name, ct_value, ct_end, length,
                             extra, answer, connection);
-    if (!has_length)
+    if (!send_body)
         body_len = 0;
     struct conn_write *w = conn_write_new((size_t)head_len + 1 + body_len);
     snprintf(w->data, (size_t)head_len + 1, fmt, status, reason, ct_name, ct_value, ct_end,
@@ -345,6 +351,7 @@ static void conn_send_error(struct conn *c, int status, const char *code, const 
  * input is never parsed; it is drained for a moment, see LINGER_MS). */
 static void conn_fail(struct conn *c, int err)
 {
+    c->head_request = 0; /* the method of a refused request is not trusted */
     c->close_after = 1;
     c->keep_alive10 = 0;
     c->linger = 1;
@@ -362,6 +369,7 @@ static void conn_dispatch(struct conn *c, const struct http_request *req)
     c->close_after = !req->keep_alive || c->eof;
     c->http10 = req->version_minor == 0;
     c->keep_alive10 = c->http10 && req->keep_alive;
+    c->head_request = req->method == HTTP_HEAD;
     c->answered = 0;
     c->continue_sent = 0;
     c->in_dispatch = 1;
@@ -422,7 +430,8 @@ static void conn_process(struct conn *c, const char *data, size_t len)
     size_t off = 0;
     while (c->state == CONN_READING && !c->awaiting && !c->paused && off < avail) {
         struct http_request req;
-        ssize_t n = http_parse_request(base + off, avail - off, &s->limits, &req);
+        ssize_t n = http_parse_request_resume(base + off, avail - off, &s->limits, &req,
+                                              &c->body_state);
         if (n < 0) {
             http_request_free(&req);
             conn_fail(c, (int)n);
@@ -529,6 +538,7 @@ static void conn_on_timer(uv_timer_t *timer)
         conn_begin_close(c, 0);
         break;
     case TIMER_REQUEST:
+        c->head_request = 0;
         c->close_after = 1;
         c->keep_alive10 = 0;
         c->linger = 1;
@@ -594,6 +604,7 @@ static void conn_maybe_free(struct conn *c)
     list_remove(&c->node);
     s->conn_count--;
     buf_free(&c->rbuf);
+    http_body_state_free(&c->body_state);
     free(c->peer);
     free(c->answer_headers);
     free(c);
@@ -759,6 +770,7 @@ int conn_stream_begin(struct conn *c, int status, const char *headers, int chunk
         conn_begin_close(c, 0);
         return UV_ECANCELED;
     }
+    c->head_request = 0; /* no HEAD route streams */
     if (c->http10)
         chunked = 0; /* HTTP/1.0 has no chunked coding: the body ends at close */
     int close = !chunked || c->close_after;
@@ -834,16 +846,28 @@ int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
     return rc;
 }
 
-ssize_t conn_stream_try_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs)
+/* Points out[] at what is left of bufs[0..nbufs) after skipping `skip`
+ * bytes. Returns the number of entries filled (out has room for nbufs). */
+static unsigned iov_rest(const uv_buf_t *bufs, unsigned nbufs, size_t skip, uv_buf_t *out)
 {
-    if (c->state == CONN_CLOSING)
-        return UV_ECANCELED;
-    if (c->state != CONN_STREAMING || c->chunked)
-        return UV_EINVAL;
-    /* Nothing may overtake bytes libuv still holds (uv_try_write makes the
-     * same check). */
-    if (uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp) != 0)
-        return 0;
+    unsigned first = 0;
+    while (first < nbufs && skip >= bufs[first].len)
+        skip -= bufs[first++].len;
+    unsigned n = 0;
+    for (unsigned i = first; i < nbufs; i++)
+        out[n++] = bufs[i];
+    if (n > 0) {
+        out[0].base += skip;
+        out[0].len -= (unsigned)skip;
+    }
+    return n;
+}
+
+/* One sendmsg of bufs, without waiting. Returns the bytes the kernel took
+ * (0 when the socket is full), or a negative errno (the conn is then being
+ * closed). */
+static ssize_t conn_sendmsg(struct conn *c, const uv_buf_t *bufs, unsigned nbufs)
+{
     /* sendmsg rather than uv_try_write's write(2), which goes through the
      * VFS layer (vfs_write, fdget_pos: about 7% of the server's CPU in
      * fan-out under perf; sendmsg measured about 2% less CPU per delivery).
@@ -866,6 +890,72 @@ ssize_t conn_stream_try_write(struct conn *c, const uv_buf_t *bufs, unsigned nbu
     int err = -errno;
     conn_begin_close(c, 1);
     return err;
+}
+
+/* The direct write, then a queued write for the rest. On a chunked stream
+ * the chunk's size line and CRLF go around bufs in the same sendmsg (stack
+ * bytes); only when the kernel leaves some over are the framing bytes still
+ * unsent copied into the queued write, which owns them. */
+int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
+                     conn_write_cb on_done, void *arg)
+{
+    if (c->state == CONN_CLOSING)
+        return UV_ECANCELED;
+    if (c->state != CONN_STREAMING)
+        return UV_EINVAL;
+    size_t total = 0;
+    for (unsigned i = 0; i < nbufs; i++)
+        total += bufs[i].len;
+    if (total == 0)
+        return 1; /* an empty chunk would end a chunked body */
+
+    char size_line[CHUNK_HEAD_MAX];
+    uv_buf_t small[66];
+    unsigned count = nbufs + (c->chunked ? 2 : 0);
+    uv_buf_t *all = count <= RC_ARRAY_SIZE(small) ? small : xmalloc(count * sizeof(*all));
+    unsigned k = 0;
+    if (c->chunked) {
+        int head = snprintf(size_line, sizeof(size_line), "%zx\r\n", total);
+        all[k++] = uv_buf_init(size_line, (unsigned)head);
+        total += (size_t)head + 2;
+    }
+    memcpy(all + k, bufs, nbufs * sizeof(*bufs));
+    k += nbufs;
+    if (c->chunked)
+        all[k++] = uv_buf_init((char *)"\r\n", 2);
+
+    /* Nothing may overtake bytes libuv still holds. */
+    ssize_t n = conn_queue_size(c) == 0 ? conn_sendmsg(c, all, count) : 0;
+    int rc;
+    if (n < 0) {
+        rc = (int)n;
+    } else if ((size_t)n == total) {
+        rc = 1;
+    } else {
+        /* The framing bytes still unsent move into w: the size line (if
+         * any of it is left) and the final CRLF. */
+        struct conn_write *w = conn_write_new(CHUNK_HEAD_MAX + 2);
+        w->on_done = on_done;
+        w->arg = arg;
+        if (c->chunked) {
+            memcpy(w->data, size_line, all[0].len);
+            all[0].base = w->data;
+            memcpy(w->data + CHUNK_HEAD_MAX, "\r\n", 2);
+            all[count - 1].base = w->data + CHUNK_HEAD_MAX;
+        }
+        uv_buf_t rest_small[66];
+        uv_buf_t *rest = count <= RC_ARRAY_SIZE(rest_small) ? rest_small
+                         : xmalloc(count * sizeof(*rest));
+        unsigned nrest = iov_rest(all, count, (size_t)n, rest);
+        rc = conn_submit(c, w, rest, nrest); /* libuv copies the array */
+        if (rest != rest_small)
+            free(rest);
+        if (rc < 0)
+            conn_begin_close(c, 1);
+    }
+    if (all != small)
+        free(all);
+    return rc;
 }
 
 int conn_stream_write_copy(struct conn *c, const void *data, size_t len)

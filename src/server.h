@@ -88,11 +88,11 @@ typedef void (*conn_write_cb)(struct conn *c, void *arg, int status);
 
 /* Sends the status line and headers of a response with no Content-Length.
  * chunked=0: the body ends when the connection closes ("Connection: close" is
- * sent; used for SSE to browsers). chunked=1: Transfer-Encoding: chunked, and
- * conn_stream_end() ends the body and lets the connection serve the next
- * request (used by the demo agent, so an upstream client can tell a cut from
- * the end). Any pipelined bytes after the request are discarded for
- * chunked=0. Returns 0 or a negative errno. */
+ * sent). chunked=1: Transfer-Encoding: chunked, and conn_stream_end() ends
+ * the body and lets the connection serve the next request, so a client can
+ * tell a cut from the end (SSE to browsers, the demo agent). An HTTP/1.0
+ * request always gets chunked=0. Any pipelined bytes after the request are
+ * discarded for chunked=0. Returns 0 or a negative errno. */
 int conn_stream_begin(struct conn *c, int status, const char *headers, int chunked,
                       conn_close_cb on_close, void *arg);
 /* Queues bufs (not copied: they must stay valid until on_done runs). For a
@@ -101,20 +101,25 @@ int conn_stream_begin(struct conn *c, int status, const char *headers, int chunk
  * not called). */
 int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
                       conn_write_cb on_done, void *arg);
-/* Writes what the kernel takes of bufs now, without a request, a callback
- * or a copy: the cheap path for streams that are keeping up (a queued
- * uv_write costs a request, a deferred callback and, in libuv 1.44, an
- * epoll_ctl when it completes). Returns the bytes written (0 when the
- * socket is full or writes are still queued: queue the rest with
- * conn_stream_write()), or a negative errno: the connection is closing.
- * Close-delimited streams only (UV_EINVAL for chunked ones). */
-ssize_t conn_stream_try_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs);
+/* Sends bufs (one chunk on a chunked stream) with one sendmsg for what the
+ * kernel takes now, without a request, a callback or a copy: the cheap path
+ * for streams that are keeping up (a queued uv_write costs a request, a
+ * deferred callback and, in libuv 1.44, an epoll_ctl when it completes).
+ * What the kernel leaves is queued: bufs must then stay valid until on_done
+ * runs (the chunk framing is the conn's own). Nothing overtakes bytes still
+ * queued. Returns 1 when everything was written (on_done is not called), 0
+ * when some was queued (on_done will run), or a negative errno: the
+ * connection is closing (on_done is not called). */
+int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
+                     conn_write_cb on_done, void *arg);
 /* Copies data and queues it (convenience for small writes). */
 int conn_stream_write_copy(struct conn *c, const void *data, size_t len);
 /* Bytes queued in libuv for this connection that the kernel has not taken. */
 size_t conn_write_queue_bytes(const struct conn *c);
-/* Ends a chunked stream (sends the last chunk); the connection goes back to
- * reading requests. The close callback is not called. */
+/* Ends the stream normally: a chunked one gets its last chunk and the
+ * connection goes back to reading requests (unless the request asked for
+ * Connection: close); a close-delimited one is closed gracefully. The close
+ * callback is not called: the owner lets go here. */
 void conn_stream_end(struct conn *c);
 /* Closes the connection (gracefully: queued writes are flushed first unless
  * abort is nonzero, which resets it). Safe to call more than once and from

@@ -554,9 +554,15 @@ class SseClient:
     """GET an SSE stream and parse it on a thread.
 
     Each event records whether it had an id line of its own (has_id); the
-    stream's opening bytes (the "retry:" line) and comments are kept too."""
+    stream's opening bytes (the "retry:" line) and comments are kept too.
+    raw is the body (de-chunked when the answer is chunked); arrivals holds
+    (time.monotonic(), bytes) for every read of the socket. A chunked body
+    ends either with its last chunk (completed: a normal end; the
+    connection's later bytes stay in conn.buf, so the test may send its next
+    request on conn) or with a close before it (cut)."""
 
-    def __init__(self, ctx, port, path, headers=None, timeout=DEFAULT_TIMEOUT, expect_status=200):
+    def __init__(self, ctx, port, path, headers=None, timeout=DEFAULT_TIMEOUT, expect_status=200,
+                 version="HTTP/1.1"):
         self.ctx = ctx
         self.path = path
         self.conn = Conn(port, timeout)
@@ -564,7 +570,11 @@ class SseClient:
         h = {}
         if headers:
             h.update(headers)
-        self.conn.send(build_request("GET", path, None, h))
+        req = build_request("GET", path, None, h)
+        if version != "HTTP/1.1":
+            req = req.replace(b" HTTP/1.1\r\n", (" %s\r\n" % version).encode(), 1)
+        self.conn.send(req)
+        self.head_at = time.monotonic()
         version, status, reason, hdrs = self.conn.read_head(timeout)
         self.status = status
         self.resp = Response(status, reason, hdrs, b"", version)
@@ -581,6 +591,10 @@ class SseClient:
         self.comments = []
         self.retry = None
         self.raw = bytearray()
+        self.arrivals = []
+        self.chunked = "chunked" in (self.resp.header("Transfer-Encoding") or "").lower()
+        self.completed = False  # the last chunk arrived
+        self.cut = False        # the connection closed before it
         self.eof = False
         self.closed = False
         self.error = None
@@ -600,6 +614,9 @@ class SseClient:
         sock = self.conn.sock
         pending = bytes(self.conn.buf)
         self.conn.buf = b""
+        wire = b""        # chunked: bytes not decoded yet
+        chunk_left = 0    # data bytes of the current chunk still to come
+        state = "size"    # "size" line, "data", "crlf" after data, "last" CRLF
         line_buf = b""
         cur = {"id": None, "has_id": False, "event": None, "data": [], "raw": []}
 
@@ -645,9 +662,51 @@ class SseClient:
                         self.cond.notify_all()
                     cur["raw"].pop()
 
+        def dechunk(data):
+            """Body bytes of data; sets completed at the last chunk."""
+            nonlocal wire, chunk_left, state
+            wire += data
+            out = b""
+            while not self.completed:
+                if state == "data":
+                    take = wire[:chunk_left]
+                    out += take
+                    wire = wire[len(take):]
+                    chunk_left -= len(take)
+                    if chunk_left:
+                        break
+                    state = "crlf"
+                elif state in ("crlf", "last"):
+                    if len(wire) < 2:
+                        break
+                    if wire[:2] != b"\r\n":
+                        raise TestFailure("bad chunk framing at %r" % wire[:40])
+                    wire = wire[2:]
+                    if state == "last":
+                        with self.cond:
+                            self.completed = True
+                        self.conn.buf = wire  # the next response on this connection
+                        wire = b""
+                        break
+                    state = "size"
+                else:
+                    i = wire.find(b"\r\n")
+                    if i < 0:
+                        break
+                    size = int(wire[:i].split(b";")[0], 16)
+                    wire = wire[i + 2:]
+                    chunk_left = size
+                    state = "data" if size else "last"
+            return out
+
+        def receive(data):
+            with self.cond:
+                self.arrivals.append((time.monotonic(), len(data)))
+            feed(dechunk(data) if self.chunked else data)
+
         try:
             if pending:
-                feed(pending)
+                receive(pending)
             try:
                 sock.settimeout(0.1)
             except OSError:  # closed by the test already
@@ -667,9 +726,15 @@ class SseClient:
                     break
                 if not data:
                     break
-                feed(data)
+                receive(data)
+                if self.completed:
+                    break
+        except TestFailure as e:
+            with self.cond:
+                self.error = e
         finally:
             with self.cond:
+                self.cut = self.chunked and not self.completed and not self.closed
                 self.eof = True
                 self.cond.notify_all()
 

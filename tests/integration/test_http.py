@@ -195,7 +195,7 @@ def test_chunked_post_body_is_decoded_and_accepted(t):
     msg = "chunked hello !word-delay=0"
     body = json.dumps({"message": msg}).encode()
     parts = [body[:7], body[7:19], body[19:]]
-    data = ("POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+    data = ("POST %s HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
             "Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n" % RUN).encode()
     for p in parts:
         data += b"%x;ext=1\r\n%s\r\n" % (len(p), p) if p is parts[1] else b"%x\r\n%s\r\n" % (len(p), p)
@@ -347,3 +347,49 @@ def test_unsupported_version_and_garbage_request_line(t):
         r = raw_exchange(d.port, data)
         check_error(r, 400, "request %r" % data[:30])
         d.healthy()
+
+
+@test()
+def test_head_answers_have_the_get_head_and_no_body(t):
+    d = t.daemon()
+    c = t.conn(d)
+    for path, status in (("/healthz", 200), ("/readyz", 200), ("/", 200),
+                         ("/console/app.js", 200), ("/nope", 404), (RUN, 405)):
+        get = request(d.port, "GET", path) if status != 405 else None
+        # HEAD and a GET pipelined in one write: a body after the HEAD's
+        # head would be read as the GET's answer
+        c.send(build_request("HEAD", path) + build_request("GET", "/healthz"))
+        r = c.read_response(head_request=True)
+        eq(r.status, status, "HEAD %s status" % path)
+        cl = r.header("Content-Length")
+        expect(cl is not None, "HEAD %s: no Content-Length" % path)
+        if get is not None:
+            eq(get.status, status, "GET %s status" % path)
+            eq(int(cl), len(get.body), "HEAD %s Content-Length vs the GET body" % path)
+            eq(r.header("Content-Type"), get.header("Content-Type"), "HEAD %s Content-Type" % path)
+        if status == 405:
+            expect("GET" in (r.header("Allow") or ""), "HEAD %s Allow: %r" % (path, r.header("Allow")))
+        nxt = c.read_response()
+        eq((nxt.status, nxt.json()["status"]), (200, "ok"), "the GET after HEAD %s" % path)
+
+
+@test()
+def test_http11_without_host_or_with_two_hosts_is_400(t):
+    d = t.daemon()
+    for name, raw in (
+            ("no Host", b"GET /healthz HTTP/1.1\r\n\r\n"),
+            ("two Hosts", b"GET /healthz HTTP/1.1\r\nHost: a\r\nHost: a\r\n\r\n"),
+            ("two Hosts, HTTP/1.0", b"GET /healthz HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"),
+            ("a Host list", b"GET /healthz HTTP/1.1\r\nHost: a, b\r\n\r\n"),
+            ("no Host, a body", ("POST %s HTTP/1.1\r\nContent-Type: application/json\r\n"
+                                 "Content-Length: 17\r\n\r\n{\"message\": \"x\"}" % RUN).encode())):
+        c = t.conn(d)
+        c.send(raw)
+        r = c.read_response()
+        check_error(r, 400, name, "invalid_host")
+        eq(r.header("Connection"), "close", "%s: Connection" % name)
+        expect(c.wait_eof(2), "%s: connection not closed" % name)
+    task_status(d, "s1", expect_status=404)  # the POST without Host started nothing
+    r = raw_exchange(d.port, b"GET /healthz HTTP/1.0\r\n\r\n")
+    eq(r.status, 200, "HTTP/1.0 without Host")
+    d.healthy()

@@ -41,8 +41,9 @@ def test_stream_headers_retry_line_and_get_creates_the_session(t):
     expect(ctype.split(";")[0].strip() == "text/event-stream", "Content-Type %r" % ctype)
     eq(s.header("Cache-Control"), "no-cache", "Cache-Control")
     eq(s.header("X-Accel-Buffering"), "no", "X-Accel-Buffering")
-    expect(bytes(s.raw).startswith(b"retry: 1500\n\n"), "stream does not open with the retry line: %r"
-           % bytes(s.raw[:60]))
+    # no blank line after it: it joins the first event block, so no parser
+    # dispatches an empty message for it
+    eq(bytes(s.raw), b"retry: 1500\n", "the stream's opening bytes")
     st = task_status(d, sid)
     eq(st["session_id"], sid, "session_id")
     eq(st["has_task"], False, "has_task")
@@ -60,8 +61,8 @@ def test_event_framing_has_id_event_and_json_data(t):
     s.wait_retry()
     rid = completed_run(t, d, sid, "frame me !word-delay=0", s)
     raw = bytes(s.raw).decode()
-    body = raw[len("retry: "):]
-    body = body[body.index("\n\n") + 2:]
+    expect(raw.startswith("retry: "), "stream opens with %r" % raw[:40])
+    body = raw[raw.index("\n") + 1:]
     blocks = [b for b in body.split("\n\n") if b]
     evs = s.snapshot()
     eq(len(blocks), len(evs), "blocks vs parsed events")
@@ -200,7 +201,10 @@ def test_subscriber_that_never_reads_is_dropped_while_others_get_everything(t):
     wait_until(lambda: task_status(d, sid)["subscribers"] == 1, 5, "slow subscriber dropped (subscribers == 1)")
     # The dropped subscriber got a gap-free prefix and then the end of the stream.
     got = slow.read_to_eof(time.monotonic() + 10)
-    text = (slow.buf + got).decode("utf-8", "replace")
+    wire = slow.buf + got
+    # a cut, not a normal end: the chunked body lacks its last chunk
+    expect(not wire.endswith(b"\r\n0\r\n\r\n"), "a dropped stream ended with the last chunk")
+    text = wire.decode("utf-8", "replace")
     ids = [l[4:] for l in text.split("\n") if l.startswith("id: ")]
     full_ids = [e.id for e in evs]
     # the last id line may be cut mid-value; compare the complete ones
@@ -371,7 +375,8 @@ def test_heartbeat_comment_arrives_on_an_idle_stream(t):
     s = t.sse(d, spath("idle") + "/run")
     s.wait_retry()
     s.wait_comment("keepalive", 2)
-    expect(b"\n: keepalive\n\n" in bytes(s.raw), "keepalive bytes: %r" % bytes(s.raw[:120]))
+    # a comment line and no blank line: nothing for a parser to dispatch
+    eq(bytes(s.raw), b"retry: 3000\n: keepalive\n", "an idle stream's bytes")
     eq(s.snapshot(), [], "events on an idle stream")
 
 
@@ -391,3 +396,82 @@ def test_closing_the_only_subscriber_does_not_cancel_the_run(t):
     eq((st["status"], st["run_id"], st["events"]), ("completed", rid, 20), "task-status after")
     eq(demo_call(d, sid)[0]["state"], "finished", "upstream call state")
     eq(all_status(d)["total_tasks"], 0, "total_tasks")
+
+
+# ---------------------------------------------------------------- how streams end
+
+def blocks_without_data(raw):
+    """Event blocks (text between blank lines) with no data line: what a
+    parser that dispatches on every blank line (fetch-event-source) would
+    hand to onmessage as an empty message."""
+    text = bytes(raw).decode("utf-8", "replace")
+    done = text[:text.rfind("\n\n") + 2] if "\n\n" in text else ""
+    return [b for b in done.split("\n\n")[:-1]
+            if not any(l.startswith("data:") for l in b.split("\n"))]
+
+
+@test()
+def test_stream_is_chunked_and_a_normal_end_keeps_the_connection(t):
+    d = t.daemon("--heartbeat", "0.1")
+    sid = "ends"
+    s = t.sse(d, spath(sid) + "/run")
+    eq(s.header("Transfer-Encoding"), "chunked", "Transfer-Encoding")
+    expect(s.header("Connection") is None, "Connection: %r" % s.header("Connection"))
+    s.wait_comment("keepalive", 2)
+    rid = completed_run(t, d, sid, "end me !word-delay=0", s)
+    r = d.delete(spath(sid))
+    eq(r.status, 200, "DELETE session")
+    s.wait_eof(5)
+    eq((s.completed, s.cut, s.error), (True, False, None), "completed, cut, error")
+    evs = s.snapshot()
+    eq(evs[-1].type, "session.closed", "last event")
+    expect(any(e.type == "run.completed" and e.json()["run_id"] == rid for e in evs), "run.completed")
+    eq(blocks_without_data(s.raw), [], "blocks that would be empty messages")
+    # the same connection serves the next request
+    s.conn.send(build_request("GET", "/healthz"))
+    r = s.conn.read_response()
+    eq(r.status, 200, "GET /healthz after the stream on its connection")
+    eq(r.json()["status"], "ok", "healthz body")
+
+
+@test()
+def test_http10_stream_stays_close_delimited(t):
+    d = t.daemon()
+    sid = "old"
+    s = t.sse(d, spath(sid) + "/run", version="HTTP/1.0")
+    eq(s.header("Transfer-Encoding"), None, "Transfer-Encoding")
+    eq(s.header("Connection"), "close", "Connection")
+    s.wait_retry()
+    completed_run(t, d, sid, "old client !word-delay=0", s)
+    eq(d.delete(spath(sid)).status, 200, "DELETE session")
+    s.wait_eof(5)
+    eq((s.completed, s.cut), (False, False), "completed, cut")
+    eq(s.snapshot()[-1].type, "session.closed", "last event")
+
+
+@test(valgrind=False)
+def test_no_stream_is_silent_longer_than_the_heartbeat(t):
+    hb = 0.5
+    d = t.daemon("--heartbeat", "0.5s")
+    idle = t.sse(d, spath("quiet") + "/run")
+    busy = t.sse(d, spath("talks") + "/run")
+    idle.wait_retry()
+    busy.wait_retry()
+    # an event in the middle of a period on one stream: its silence starts
+    # over there, not at the next tick
+    time.sleep(hb / 2)
+    j, _, _ = post_run(d, "talks", "one !word-delay=0")
+    busy.wait_event("run.completed", 5, run_id=j["run_id"])
+    end = time.monotonic() + 4.0
+    while time.monotonic() < end:
+        expect(not idle.eof and not busy.eof, "a stream ended")
+        time.sleep(0.05)
+    for name, s in (("idle", idle), ("busy", busy)):
+        with s.cond:
+            times = [s.head_at] + [a[0] for a in s.arrivals]
+        times.append(time.monotonic())
+        gap = max(b - a for a, b in zip(times, times[1:]))
+        expect(gap <= hb + 0.15, "%s stream silent for %.3fs with --heartbeat %.1fs (arrivals %r)"
+               % (name, gap, hb, [round(x - times[0], 3) for x in times]))
+        expect(len(s.comments) >= 7, "%s: %d keepalives in 4.25s" % (name, len(s.comments)))
+    eq(blocks_without_data(idle.raw), [], "blocks that would be empty messages")

@@ -22,9 +22,11 @@ struct conn {
     struct pending_write pending[256];
     int npending;
     size_t queue_bytes;     /* what conn_write_queue_bytes reports */
-    size_t take;            /* bytes conn_stream_try_write takes (0: the socket is full) */
-    int try_error;          /* conn_stream_try_write fails with this (and closes) */
+    size_t take;            /* bytes conn_stream_send writes at once (0: the socket is full) */
+    int try_error;          /* conn_stream_send fails with this (and closes) */
     int try_calls;
+    int ended;              /* conn_stream_end() calls: normal ends */
+    int chunked;            /* what conn_stream_begin() was asked for */
 };
 
 int conn_stream_begin(struct conn *c, int status, const char *headers, int chunked,
@@ -32,32 +34,16 @@ int conn_stream_begin(struct conn *c, int status, const char *headers, int chunk
 {
     c->on_close = on_close;
     c->close_arg = arg;
+    c->chunked = chunked;
     return 0;
 }
 
-int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
-                      conn_write_cb on_done, void *arg)
-{
-    if (c->closed)
-        return -ECANCELED;
-    if (c->npending == (int)RC_ARRAY_SIZE(c->pending)) {
-        CHECK(!"too many writes in flight");
-        return -ENOBUFS;
-    }
-    size_t bytes = 0;
-    for (unsigned i = 0; i < nbufs; i++) {
-        buf_append(&c->wire, bufs[i].base, bufs[i].len);
-        bytes += bufs[i].len;
-    }
-    c->pending[c->npending++] = (struct pending_write){on_done, arg, bytes};
-    return 0;
-}
-
-void conn_close(struct conn *c, int abort);
-
-/* Like the server: the kernel takes what it takes; nothing while writes are
- * queued; an error closes the conn (the close callback runs at once). */
-ssize_t conn_stream_try_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs)
+/* Like the server: the kernel takes what it takes (nothing while writes are
+ * queued), the rest becomes a pending write; an error closes the conn (the
+ * close callback runs at once). Chunk framing is the server's business and
+ * is left out of the recorded bytes. */
+int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
+                     conn_write_cb on_done, void *arg)
 {
     if (c->closed)
         return UV_ECANCELED;
@@ -66,16 +52,31 @@ ssize_t conn_stream_try_write(struct conn *c, const uv_buf_t *bufs, unsigned nbu
         conn_close(c, 1);
         return c->try_error;
     }
-    if (c->npending > 0)
-        return 0;
-    size_t n = 0;
-    for (unsigned i = 0; i < nbufs && n < c->take; i++) {
-        size_t part = bufs[i].len < c->take - n ? bufs[i].len : c->take - n;
-        buf_append(&c->wire, bufs[i].base, part);
-        n += part;
+    size_t taken = 0, queued = 0;
+    for (unsigned i = 0; i < nbufs; i++) {
+        size_t part = 0;
+        if (c->npending == 0 && taken < c->take)
+            part = bufs[i].len < c->take - taken ? bufs[i].len : c->take - taken;
+        buf_append(&c->wire, bufs[i].base, bufs[i].len); /* all of it, in order */
+        taken += part;
+        queued += bufs[i].len - part;
     }
-    c->take -= n;
-    return (ssize_t)n;
+    c->take -= taken;
+    if (queued == 0)
+        return 1;
+    if (c->npending == (int)RC_ARRAY_SIZE(c->pending)) {
+        CHECK(!"too many writes in flight");
+        return -ENOBUFS;
+    }
+    c->pending[c->npending++] = (struct pending_write){on_done, arg, queued};
+    return 0;
+}
+
+/* The normal end: the owner lets go, the close callback is not called. */
+void conn_stream_end(struct conn *c)
+{
+    c->on_close = NULL;
+    c->ended++;
 }
 
 size_t conn_write_queue_bytes(const struct conn *c)
@@ -89,7 +90,8 @@ void conn_close(struct conn *c, int abort)
         return;
     c->closed = 1;
     c->close_calls++;
-    c->on_close(c, c->close_arg);
+    if (c->on_close)
+        c->on_close(c, c->close_arg);
 }
 
 /* Completes every pending write (status 0, or -ECANCELED once closed). */
@@ -103,6 +105,7 @@ static void complete_writes(struct conn *c)
 }
 
 static uv_loop_t loop;
+static uint64_t heartbeat_ms; /* the next setup()'s --heartbeat; 0: none */
 
 static void setup(int history, size_t history_bytes, size_t subscriber_buffer)
 {
@@ -110,7 +113,7 @@ static void setup(int history, size_t history_bytes, size_t subscriber_buffer)
         .history = history,
         .history_bytes = history_bytes,
         .subscriber_buffer = subscriber_buffer,
-        .heartbeat_ms = 0,
+        .heartbeat_ms = heartbeat_ms,
         .retry_ms = 3000,
         .max_subscribers = 10,
     };
@@ -118,8 +121,31 @@ static void setup(int history, size_t history_bytes, size_t subscriber_buffer)
     hub_init(&loop, &cfg);
 }
 
+/* Makes every stream look silent for ms longer than it has been. */
+static void age_streams(uint64_t ms)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &all_subscribers)
+        container_of(pos, struct subscriber, all_link)->last_write_ms -= ms;
+}
+
+/* all_subscribers is in last-write order, oldest first. */
+static int heartbeat_order_valid(void)
+{
+    uint64_t prev = 0;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &all_subscribers) {
+        uint64_t t = container_of(pos, struct subscriber, all_link)->last_write_ms;
+        if (t < prev)
+            return 0;
+        prev = t;
+    }
+    return 1;
+}
+
 static void teardown(void)
 {
+    heartbeat_ms = 0;
     hub_shutdown();
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_EQ(uv_loop_close(&loop), 0);
@@ -169,7 +195,9 @@ static void default_replay_starts_at_latest_run(void)
     publish_n(h, "agent.event", 2);
     struct conn c = {0};
     CHECK_EQ(hub_subscribe(h, &c, NULL, 0), 0);
-    CHECK(strncmp(c.wire.data, "retry: 3000\n\n", 13) == 0);
+    CHECK_EQ(c.chunked, 1);
+    /* retry joins the first event block: no empty message for it */
+    CHECK(strncmp(c.wire.data, "retry: 3000\nid: ", 16) == 0);
     CHECK_EQ(count(&c, "event: run.started"), 1);
     CHECK_EQ(count(&c, "{\"second\":1}"), 1);
     CHECK_EQ(count(&c, "event: agent.event"), 2);
@@ -180,7 +208,9 @@ static void default_replay_starts_at_latest_run(void)
     CHECK(strstr(c.wire.data, line) == NULL);
     complete_writes(&c);
     hub_destroy(h);
-    CHECK_EQ(c.close_calls, 1);
+    CHECK_EQ(c.ended, 1); /* a normal end, not a cut */
+    CHECK_EQ(c.close_calls, 0);
+    CHECK_EQ(hub_total_subscribers(), 0);
     complete_writes(&c);
     buf_free(&c.wire);
     teardown();
@@ -428,7 +458,8 @@ static void destroy_flushes_everything_before_closing(void)
     publish_n(h, "agent.event", 100);
     hub_publish(h, "session.closed", "{\"reason\":\"session_deleted\"}", 28, 0);
     hub_destroy(h);
-    CHECK_EQ(c.close_calls, 1);
+    CHECK_EQ(c.ended, 1);
+    CHECK_EQ(c.close_calls, 0);
     CHECK_EQ(count(&c, "event: agent.event"), 100);
     CHECK_EQ(count(&c, "event: session.closed"), 1);
     complete_writes(&c);
@@ -436,23 +467,50 @@ static void destroy_flushes_everything_before_closing(void)
     teardown();
 }
 
-static void heartbeat_reaches_idle_streams_only(void)
+/* A stream written in the middle of a period is not due when an idle one
+ * is; each due stream gets one comment line (no blank line: it dispatches
+ * nothing) and moves to the tail; the timer then waits for the next one. */
+static void heartbeat_reaches_silent_streams_only(void)
 {
+    heartbeat_ms = 1000;
     setup(100, 1 << 20, 1 << 20);
-    struct hub *h = hub_create();
+    struct hub *quiet = hub_create(), *talking = hub_create();
     struct conn idle = {0}, busy = {0};
-    CHECK_EQ(hub_subscribe(h, &idle, NULL, 1), 0);
-    CHECK_EQ(hub_subscribe(h, &busy, NULL, 1), 0);
+    CHECK_EQ(hub_subscribe(quiet, &idle, NULL, 1), 0);
+    CHECK_EQ(hub_subscribe(talking, &busy, NULL, 1), 0);
+    CHECK(uv_is_active((uv_handle_t *)&heartbeat_timer));
+    CHECK_EQ(uv_timer_get_due_in(&heartbeat_timer), 1000);
     complete_writes(&idle);
     complete_writes(&busy);
-    heartbeat_cb(&heartbeat_timer); /* both wrote their preamble this tick */
+    heartbeat_cb(&heartbeat_timer); /* both wrote their preamble just now */
     CHECK_EQ(count(&idle, ": keepalive"), 0);
-    publish_n(h, "agent.event", 0);
-    heartbeat_cb(&heartbeat_timer);
-    CHECK_EQ(count(&idle, ": keepalive\n\n"), 1);
-    complete_writes(&idle);
+    CHECK_EQ(count(&busy, ": keepalive"), 0);
+
+    age_streams(600);
+    publish_n(talking, "agent.event", 1); /* busy writes mid-period */
+    flush();
+    CHECK(heartbeat_order_valid());
+    CHECK(container_of(all_subscribers.prev, struct subscriber, all_link)->conn == &busy);
     complete_writes(&busy);
-    hub_destroy(h);
+    age_streams(500); /* idle: silent 1100 ms; busy: 500 ms */
+    heartbeat_cb(&heartbeat_timer);
+    CHECK_EQ(count(&idle, ": keepalive\n"), 1);
+    CHECK_EQ(count(&idle, ": keepalive\n\n"), 0);
+    CHECK_EQ(count(&busy, ": keepalive"), 0);
+    CHECK(heartbeat_order_valid());
+    /* next due: busy, 500 ms after its event */
+    CHECK(uv_is_active((uv_handle_t *)&heartbeat_timer));
+    CHECK(uv_timer_get_due_in(&heartbeat_timer) <= 500);
+    complete_writes(&idle);
+
+    /* within an eighth of the period: served by the same wake-up */
+    age_streams(400);
+    heartbeat_cb(&heartbeat_timer);
+    CHECK_EQ(count(&busy, ": keepalive\n"), 1);
+    CHECK_EQ(count(&idle, ": keepalive\n"), 1);
+    complete_writes(&busy);
+    hub_destroy(quiet);
+    hub_destroy(talking);
     buf_free(&idle.wire);
     buf_free(&busy.wire);
     teardown();
@@ -601,6 +659,7 @@ static void long_replay_continues_over_iterations(void)
  * must not touch it afterwards (ASan checks). */
 static void write_errors_free_the_subscriber_safely(void)
 {
+    heartbeat_ms = 1000;
     setup(100, 1 << 20, 1 << 20);
     struct hub *h = hub_create();
     struct conn a = {0}, b = {0}, d = {0};
@@ -611,8 +670,8 @@ static void write_errors_free_the_subscriber_safely(void)
     complete_writes(&b);
     complete_writes(&d);
     a.try_error = UV_EPIPE;
-    heartbeat_cb(&heartbeat_timer); /* all three wrote their preamble */
-    heartbeat_cb(&heartbeat_timer); /* idle: keepalive; a fails */
+    age_streams(1000);
+    heartbeat_cb(&heartbeat_timer); /* all three due: keepalive; a fails */
     CHECK_EQ(a.close_calls, 1);
     CHECK_EQ(count(&b, ": keepalive"), 1);
     complete_writes(&b);
@@ -693,7 +752,8 @@ static void stream_ends_at_its_deadline_after_what_it_was_given(void)
     publish_n(h, "agent.event", 1); /* handed to the connection before the deadline */
     deadline_heap[0]->deadline_ms = 1; /* the deadline has passed */
     deadline_cb(&deadline_timer);
-    CHECK_EQ(c.closed, 1);
+    CHECK_EQ(c.ended, 1); /* a normal end: the client can tell it from a cut */
+    CHECK_EQ(c.closed, 0);
     CHECK_EQ(left_calls, 1);
     CHECK_EQ(deadline_count, 0);
     CHECK_EQ(count(&c, "event: agent.event"), 3);
@@ -746,8 +806,8 @@ static void one_heap_orders_every_deadline(void)
     }
     CHECK(deadline_heap_valid());
     deadline_cb(&deadline_timer);
-    CHECK_EQ(c[1].closed + c[6].closed, 2);
-    CHECK_EQ(c[0].closed + c[2].closed + c[5].closed, 0);
+    CHECK_EQ(c[1].ended + c[6].ended, 2);
+    CHECK_EQ(c[0].ended + c[2].ended + c[5].ended, 0);
     CHECK_EQ(deadline_count, 3);
     CHECK(deadline_heap_valid());
     CHECK(uv_is_active((uv_handle_t *)&deadline_timer));
@@ -773,7 +833,7 @@ int main(void)
     RUN_TEST(burst_in_one_iteration_drops_only_the_blocked_subscriber);
     RUN_TEST(live_subscriber_never_lags_behind_a_tiny_log);
     RUN_TEST(destroy_flushes_everything_before_closing);
-    RUN_TEST(heartbeat_reaches_idle_streams_only);
+    RUN_TEST(heartbeat_reaches_silent_streams_only);
     RUN_TEST(one_write_per_subscriber_per_iteration);
     RUN_TEST(publish_outside_io_is_not_delayed);
     RUN_TEST(direct_writes_and_partial_ones_keep_the_bytes_exact);

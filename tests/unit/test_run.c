@@ -10,7 +10,9 @@ int conn_stream_begin(struct conn *c, int status, const char *headers, int chunk
                       conn_close_cb on_close, void *arg) { return -ENOTCONN; }
 int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
                       conn_write_cb on_done, void *arg) { return -ENOTCONN; }
-ssize_t conn_stream_try_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs) { return -ENOTCONN; }
+int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
+                     conn_write_cb on_done, void *arg) { return -ENOTCONN; }
+void conn_stream_end(struct conn *c) {}
 size_t conn_write_queue_bytes(const struct conn *c) { return 0; }
 void conn_close(struct conn *c, int abort) {}
 
