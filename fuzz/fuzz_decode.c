@@ -13,7 +13,9 @@
  *
  * Last-Event-ID (api.c last_event_id, as header and as ?last_event_id=, then
  * hub.c parse_id and start_position against small hubs): parse_id accepts
- * exactly [0-9a-f]{8}-[0-9]+ with a seq that fits in 64 bits; a position is
+ * exactly [0-9a-f]{8}-[0-9]+ with a seq that fits in 64 bits, and
+ * hub_event_id_incarnation (what deleted sessions' tombstones compare)
+ * agrees with it on the verdict and the incarnation; a position is
  * within [oldest retained, last + 1]; an exact position (no stream.reset)
  * lies right after the given id, or at the latest run's start or the live
  * end when there is no id. Also Content-Type (api.c content_type_is_json):
@@ -214,6 +216,11 @@ static void check_last_event_id(const char *value, size_t len)
         int ok = has_id && parse_id(id, &epoch, &seq) == 0;
         if (has_id && (ok != id_is_valid(id, &epoch_ref, &seq_ref) ||
                        (ok && (epoch != epoch_ref || seq != seq_ref))))
+            abort();
+        /* what session.c's tombstones compare: the same verdict and epoch */
+        uint32_t incarnation = 0;
+        if (has_id && ((hub_event_id_incarnation(id, &incarnation) == 0) != ok ||
+                       (ok && incarnation != epoch)))
             abort();
         for (size_t i = 0; i < RC_ARRAY_SIZE(hubs); i++) {
             for (int from_live = 0; from_live < 2; from_live++)

@@ -12,13 +12,15 @@
  * every input (length, bytes, and which inputs are refused).
  *
  * Gate (auth_check_request) with the input as the Authorization value, the
- * raw ?access_token= value, the Cookie header and the Origin header (each
- * request that parses): it answers exactly when it returns 0, once, with
- * 204, 401, 403 or 404; a 401 carries WWW-Authenticate; the CORS headers it
- * sets name only a configured origin.
+ * raw ?access_token= value, the Cookie header, the Origin header and the
+ * Host header (each request that parses): it answers exactly when it
+ * returns 0, once, with 204, 401, 403, 404 or 421; a 401 carries
+ * WWW-Authenticate; the CORS headers it sets name only a configured
+ * origin; a listed Host ("gw") and /healthz are never refused with 421.
  */
 #include <stdint.h>
 #include <stdlib.h>
+#include <strings.h>
 #include <unistd.h>
 
 #include <openssl/evp.h>
@@ -85,14 +87,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     struct auth_config rc = {.jwt = 1, .public_key_path = path, .user_claim = "sub",
                              .leeway_ms = 30000, .admin_claim = "role=admin",
                              .allow_origins = "https://app.test,http://localhost:3000",
-                             .cookie = "rc_token"};
+                             .cookie = "rc_token", .allow_hosts = "", .listen_host = "gw"};
     if (auth_init(&rc) != 0)
         abort();
     unlink(path);
     with_rsa = auth;
     memset(&auth, 0, sizeof(auth)); /* with_rsa owns those strings now */
     struct auth_config sc = {.jwt = 1, .secret = secret, .user_claim = "sub", .leeway_ms = 30000,
-                             .admin_claim = "role", .allow_origins = "*", .cookie = "rc_token"};
+                             .admin_claim = "role", .allow_origins = "*", .cookie = "rc_token",
+                             .allow_hosts = "gw,app.test:8443,::1"};
     if (auth_init(&sc) != 0)
         abort();
     with_secret = auth;
@@ -174,10 +177,13 @@ static char *header_value(const uint8_t *data, size_t size)
     return strndup((const char *)data, size);
 }
 
-static void check_gate(const char *raw)
+/* Runs the gate on raw and checks what it answered; returns the status it
+ * answered, 0 when it let the request through (or raw did not parse). */
+static int check_gate(const char *raw)
 {
     struct http_limits limits = {65536, 1 << 20, 65536};
     struct http_request req;
+    int status = 0;
     memset(&req, 0, sizeof(req));
     ssize_t n = http_parse_request(raw, strlen(raw), &limits, &req);
     if (n > 0) {
@@ -188,7 +194,8 @@ static void check_gate(const char *raw)
         int pass = auth_check_request(&c, &req, route, &params, NULL, &grant);
         if (pass != (c.answers == 0) || c.answers > 1)
             abort();
-        if (!pass && c.status != 204 && c.status != 401 && c.status != 403 && c.status != 404)
+        if (!pass && c.status != 204 && c.status != 401 && c.status != 403 && c.status != 404 &&
+            c.status != 421)
             abort();
         if (c.status == 401 && strncmp(c.headers, "WWW-Authenticate: Bearer", 24) != 0)
             abort();
@@ -205,8 +212,10 @@ static void check_gate(const char *raw)
         }
         if (pass && grant.expires_at < 0)
             abort();
+        status = pass ? 0 : c.status;
     }
     http_request_free(&req);
+    return status;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
@@ -245,6 +254,15 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         buf_printf(&raw, "DELETE /apps/a/users/alice/sessions/s HTTP/1.1\r\nHost: gw\r\n"
                    "Origin: %s\r\n\r\n", value);
         check_gate(raw.data);
+        /* Host: a listed name is never refused, a probe never is */
+        buf_reset(&raw);
+        buf_printf(&raw, "GET /task-status HTTP/1.1\r\nHost: %s\r\n\r\n", value);
+        if (check_gate(raw.data) == 421 && strcasecmp(value, "gw") == 0)
+            abort();
+        buf_reset(&raw);
+        buf_printf(&raw, "GET /healthz HTTP/1.1\r\nHost: %s\r\n\r\n", value);
+        if (check_gate(raw.data) == 421)
+            abort();
     }
     buf_free(&raw);
     free(value);

@@ -152,6 +152,23 @@ static json_t *run_request_from_body(json_t *body, json_t **state_delta, int *st
     return message;
 }
 
+/* session_get_or_create() for a request: on failure answers it (503 at
+ * --max-sessions, 429 at --max-sessions-per-user) and returns the negative
+ * errno. */
+static int get_or_create_session(struct conn *c, const struct route_params *p,
+                                 struct session **out)
+{
+    int err = session_get_or_create(p->app, p->user, p->session, out);
+    if (err == -EDQUOT)
+        conn_respond_error(c, 429, "too_many_user_sessions",
+                           "this user has --max-sessions-per-user sessions",
+                           "Retry-After: 1\r\n");
+    else if (err < 0)
+        conn_respond_error(c, 503, "too_many_sessions",
+                           "the session limit (--max-sessions) is reached", "Retry-After: 1\r\n");
+    return err;
+}
+
 static void handle_post_run(struct conn *c, const struct http_request *req,
                             const struct route_params *p)
 {
@@ -183,11 +200,9 @@ static void handle_post_run(struct conn *c, const struct http_request *req,
     }
 
     struct session *s;
-    if (session_get_or_create(p->app, p->user, p->session, &s) < 0) {
+    if (get_or_create_session(c, p, &s) < 0) {
         json_decref(message);
         json_decref(state_delta);
-        conn_respond_error(c, 503, "too_many_sessions", "the session limit (--max-sessions) is reached",
-                           "Retry-After: 1\r\n");
         return;
     }
     struct run *r = run_start(s, message, state_delta, stream);
@@ -238,12 +253,14 @@ static void handle_get_stream(struct conn *c, const struct http_request *req,
         }
         from_live = 1;
     }
-    struct session *s;
-    if (session_get_or_create(p->app, p->user, p->session, &s) < 0) {
-        conn_respond_error(c, 503, "too_many_sessions", "the session limit (--max-sessions) is reached",
-                           "Retry-After: 1\r\n");
+    if (has_id && session_was_deleted(p->app, p->user, p->session, id)) {
+        /* The tab's session was deleted: EventSource stops on 204. */
+        conn_respond(c, 204, NULL, NULL, NULL, 0);
         return;
     }
+    struct session *s;
+    if (get_or_create_session(c, p, &s) < 0)
+        return;
     void *counted;
     if (quota_subscriber_begin(p->user, &counted) < 0) {
         conn_respond_error(c, 429, "too_many_user_subscribers",
@@ -346,7 +363,8 @@ void api_handle_request(struct conn *c, const struct http_request *req, void *da
         return;
     if (route < 0) {
         conn_respond_error(c, 400, "invalid_path_parameter",
-                           "app, user and session must be 1 to 128 characters of [A-Za-z0-9_.-]",
+                           "app, user and session must be 1 to 128 characters of [A-Za-z0-9_.-], "
+                           "and not . or ..",
                            NULL);
         return;
     }

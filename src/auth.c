@@ -4,12 +4,15 @@
  * shape and size, then the header's algorithm against the configured key
  * (libjwt 1.10 verifies with whatever algorithm the token names, so a token
  * saying HS256 would otherwise be checked with the RSA public key's PEM text
- * as its HMAC secret), then the signature with libjwt, then the claims. The
- * header and the claims are decoded here with jansson, strictly (duplicate
- * names refused); the signature covers exactly those bytes.
+ * as its HMAC secret), then the signature, then the claims. The header and
+ * the claims are decoded here with jansson, strictly (duplicate names
+ * refused); the signature covers exactly those bytes.
  *
- * Verifying costs tens of microseconds for HS256 and about a millisecond
- * for RS256 with libjwt 1.10 (it parses the PEM key on every call), on the
+ * HS signatures are checked by libjwt with the secret. RS and ES signatures
+ * are checked here with OpenSSL's EVP on the key parsed once at start-up:
+ * libjwt 1.10 takes a key only as PEM bytes and parses them on every call
+ * (about 0.3 ms, most of an RS256 check), which a stream of refused tokens
+ * would pay each time. Verifying then costs tens of microseconds, on the
  * loop thread. A browser sends the same token with every request and every
  * stream reconnection, so the verdict for an accepted token is remembered:
  * a small direct-mapped cache keyed by the token's SHA-256. Only exp can
@@ -18,10 +21,13 @@
  */
 #include "auth.h"
 
+#include <arpa/inet.h>
 #include <jansson.h>
 #include <math.h>
 #include <jwt.h>
 #include <openssl/core_names.h>
+#include <openssl/ecdsa.h>
+#include <openssl/err.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
 #include <stdio.h>
@@ -55,8 +61,9 @@ const struct auth_listener auth_admin_listener = {.admin = 1};
 static struct {
     int jwt;
     unsigned allowed_algs;  /* ALG_BIT(jwt_alg_t) the key verifies */
-    unsigned char *key;     /* the HMAC secret, or the PEM text */
+    unsigned char *key;     /* the HMAC secret, or NULL with a public key */
     size_t key_len;
+    EVP_PKEY *public_key;   /* --jwt-public-key, parsed once by auth_init() */
     char *user_claim;
     char *audience;
     char *issuer;
@@ -67,6 +74,11 @@ static struct {
     char **origins;
     size_t origin_count;
     int any_origin;         /* "*": any origin, no credentials */
+    int check_hosts;        /* 0: every Host is served (allow_hosts NULL) */
+    int any_host;           /* --allow-host "*" */
+    int host_addresses;     /* the default list: every IPv4 or [IPv6] address */
+    char **hosts;           /* allowed names, without port; IPv6 in brackets */
+    size_t host_count;
     struct cache_entry *cache; /* AUTH_CACHE_SLOTS entries, with --auth jwt */
     uint64_t cache_hits;
 } auth;
@@ -76,7 +88,8 @@ static char *dup_or_null(const char *s)
     return s && *s ? xstrdup(s) : NULL;
 }
 
-/* Reads a PEM public key file (at start-up: blocking is fine there) and
+/* Reads and parses a PEM public key file (at start-up: blocking is fine
+ * there) into auth.public_key, which every RS or ES check then uses, and
  * picks the algorithms it verifies: RS256/384/512 for RSA (2048 bits or
  * more), the one ES algorithm matching an EC key's curve. Returns 0 or
  * -EINVAL after printing one line. */
@@ -126,16 +139,14 @@ static int load_public_key(const char *path)
             why = "neither an RSA nor an EC key";
             break;
         }
-        EVP_PKEY_free(pkey);
     }
+    free(text);
     if (why) {
         fprintf(stderr, "runcast: --jwt-public-key %s: %s\n", path, why);
-        free(text);
+        EVP_PKEY_free(pkey);
         return -EINVAL;
     }
-    text[n] = '\0';
-    auth.key = text;
-    auth.key_len = n;
+    auth.public_key = pkey;
     return 0;
 }
 
@@ -160,11 +171,63 @@ static void parse_origins(const char *list)
     }
 }
 
+static void add_host(const char *name, size_t len)
+{
+    auth.hosts = xrealloc(auth.hosts, (auth.host_count + 1) * sizeof(char *));
+    if (len > 0 && name[0] != '[' && memchr(name, ':', len)) { /* a bare IPv6 address */
+        char *bracketed = xmalloc(len + 3);
+        snprintf(bracketed, len + 3, "[%.*s]", (int)len, name);
+        auth.hosts[auth.host_count++] = bracketed;
+    } else {
+        auth.hosts[auth.host_count++] = xstrndup(name, len);
+    }
+}
+
+/* The --allow-host list (see auth_config.allow_hosts) into auth.hosts:
+ * each entry without its port ("[::1]:8000" -> "[::1]", "a.example:80"
+ * -> "a.example", "::1" -> "[::1]"). */
+static void parse_hosts(const struct auth_config *cfg)
+{
+    const char *list = cfg->allow_hosts;
+    if (list == NULL)
+        return;
+    auth.check_hosts = 1;
+    if (*list == '\0') {
+        if (cfg->listen_host && *cfg->listen_host)
+            add_host(cfg->listen_host, strlen(cfg->listen_host));
+        if (cfg->admin_listen_host && *cfg->admin_listen_host)
+            add_host(cfg->admin_listen_host, strlen(cfg->admin_listen_host));
+        add_host("localhost", strlen("localhost"));
+        auth.host_addresses = 1;
+        return;
+    }
+    if (strcmp(list, "*") == 0) {
+        auth.any_host = 1;
+        return;
+    }
+    for (const char *p = list;;) {
+        size_t len = strcspn(p, ",");
+        size_t name_len = len;
+        if (len > 0 && p[0] == '[') {
+            const char *close = memchr(p, ']', len);
+            name_len = close ? (size_t)(close - p) + 1 : len;
+        } else if (memchr(p, ':', len) == memrchr(p, ':', len)) { /* not a bare IPv6 */
+            name_len = strcspn(p, ":,");
+        }
+        if (name_len > 0)
+            add_host(p, name_len);
+        if (p[len] == '\0')
+            break;
+        p += len + 1;
+    }
+}
+
 int auth_init(const struct auth_config *cfg)
 {
     auth_shutdown();
     auth.jwt = cfg->jwt;
     parse_origins(cfg->allow_origins);
+    parse_hosts(cfg);
     if (!cfg->jwt)
         return 0;
     if (cfg->public_key_path && *cfg->public_key_path) {
@@ -204,6 +267,7 @@ void auth_shutdown(void)
     if (auth.key) /* a secret: wipe it before giving the memory back */
         memset(auth.key, 0, auth.key_len);
     free(auth.key);
+    EVP_PKEY_free(auth.public_key);
     free(auth.cache);
     free(auth.user_claim);
     free(auth.audience);
@@ -214,6 +278,9 @@ void auth_shutdown(void)
     for (size_t i = 0; i < auth.origin_count; i++)
         free(auth.origins[i]);
     free(auth.origins);
+    for (size_t i = 0; i < auth.host_count; i++)
+        free(auth.hosts[i]);
+    free(auth.hosts);
     memset(&auth, 0, sizeof(auth));
 }
 
@@ -383,9 +450,84 @@ static struct cache_entry *cache_slot(const char *token, size_t len, unsigned ch
 
 static int verify_uncached(const char *token, size_t len, double now, struct auth_claims *out);
 
+/* An HS signature, by libjwt with the secret. 0, AUTH_ERR_SIGNATURE, or
+ * AUTH_ERR_ALG when libjwt read another algorithm than alg. */
+static int verify_secret_signature(jwt_alg_t alg, const char *token, size_t len)
+{
+    char copy[AUTH_MAX_TOKEN + 1];
+    memcpy(copy, token, len);
+    copy[len] = '\0';
+    jwt_t *jwt = NULL;
+    int err = jwt_decode(&jwt, copy, auth.key, (int)auth.key_len);
+    if (err == 0 && jwt_get_alg(jwt) != alg)
+        err = AUTH_ERR_ALG; /* cannot happen unless libjwt read another header */
+    else if (err != 0)
+        err = AUTH_ERR_SIGNATURE;
+    jwt_free(jwt);
+    return err;
+}
+
+/* JWS's ES signature (R and S, each the curve's size, big-endian) as the
+ * DER ECDSA-Sig-Value OpenSSL verifies, into der (room for der_size).
+ * Returns its length, or -EINVAL when sig is not two halves of the size
+ * the key's curve gives. */
+static int es_signature_to_der(const unsigned char *sig, size_t sig_len, unsigned char *der,
+                               size_t der_size)
+{
+    size_t half = ((size_t)EVP_PKEY_get_bits(auth.public_key) + 7) / 8;
+    if (sig_len != 2 * half)
+        return -EINVAL;
+    ECDSA_SIG *ecdsa = ECDSA_SIG_new();
+    BIGNUM *r = BN_bin2bn(sig, (int)half, NULL), *s = BN_bin2bn(sig + half, (int)half, NULL);
+    int n = -EINVAL;
+    if (ecdsa && r && s && ECDSA_SIG_set0(ecdsa, r, s) == 1) {
+        r = s = NULL; /* ecdsa owns them now */
+        if (i2d_ECDSA_SIG(ecdsa, NULL) <= (int)der_size)
+            n = i2d_ECDSA_SIG(ecdsa, &der);
+    }
+    BN_free(r);
+    BN_free(s);
+    ECDSA_SIG_free(ecdsa);
+    return n > 0 ? n : -EINVAL;
+}
+
+/* An RS (PKCS #1 v1.5) or ES signature over input[0..input_len) (the
+ * token's "header.payload"), given as base64url sig_b64, checked with the
+ * key parsed at start-up. 0 or AUTH_ERR_SIGNATURE. Never parses a key. */
+static int verify_public_key_signature(jwt_alg_t alg, const char *input, size_t input_len,
+                                       const char *sig_b64, size_t sig_b64_len)
+{
+    unsigned char sig[AUTH_MAX_TOKEN], der[256];
+    ssize_t sig_len = b64url_decode(sig_b64, sig_b64_len, sig);
+    if (sig_len <= 0)
+        return AUTH_ERR_SIGNATURE;
+    const EVP_MD *md = EVP_sha512();
+    if (alg == JWT_ALG_RS256 || alg == JWT_ALG_ES256)
+        md = EVP_sha256();
+    else if (alg == JWT_ALG_RS384 || alg == JWT_ALG_ES384)
+        md = EVP_sha384();
+    const unsigned char *checked = sig;
+    size_t checked_len = (size_t)sig_len;
+    if (alg == JWT_ALG_ES256 || alg == JWT_ALG_ES384 || alg == JWT_ALG_ES512) {
+        int n = es_signature_to_der(sig, (size_t)sig_len, der, sizeof(der));
+        if (n < 0)
+            return AUTH_ERR_SIGNATURE;
+        checked = der;
+        checked_len = (size_t)n;
+    }
+    EVP_MD_CTX *ctx = EVP_MD_CTX_new();
+    int ok = ctx && EVP_DigestVerifyInit(ctx, NULL, md, NULL, auth.public_key) == 1 &&
+             EVP_DigestVerify(ctx, checked, checked_len, (const unsigned char *)input,
+                              input_len) == 1;
+    EVP_MD_CTX_free(ctx);
+    if (!ok)
+        ERR_clear_error(); /* a refused signature leaves OpenSSL errors queued */
+    return ok ? 0 : AUTH_ERR_SIGNATURE;
+}
+
 int auth_verify_token(const char *token, size_t len, double now, struct auth_claims *out)
 {
-    if (!auth.jwt || auth.key == NULL)
+    if (!auth.jwt || (auth.key == NULL && auth.public_key == NULL))
         return AUTH_ERR_ALG;
     if (len == 0 || len > AUTH_MAX_TOKEN)
         return AUTH_ERR_MALFORMED;
@@ -437,17 +579,10 @@ static int verify_uncached(const char *token, size_t len, double now, struct aut
         return AUTH_ERR_SIGNATURE;
     }
 
-    /* The signature, by libjwt, now that the algorithm is known to fit. */
-    char copy[AUTH_MAX_TOKEN + 1];
-    memcpy(copy, token, len);
-    copy[len] = '\0';
-    jwt_t *jwt = NULL;
-    int err = jwt_decode(&jwt, copy, auth.key, (int)auth.key_len);
-    if (err == 0 && jwt_get_alg(jwt) != (jwt_alg_t)alg)
-        err = AUTH_ERR_ALG; /* cannot happen unless libjwt read another header */
-    else if (err != 0)
-        err = AUTH_ERR_SIGNATURE;
-    jwt_free(jwt);
+    /* The signature, now that the algorithm is known to fit the key. */
+    int err = auth.public_key ? verify_public_key_signature((jwt_alg_t)alg, token, dots[1],
+                                                            token + dots[1] + 1, len - dots[1] - 1)
+                              : verify_secret_signature((jwt_alg_t)alg, token, len);
     if (err == 0)
         err = check_claims(claims, now, out);
     json_decref(claims);
@@ -554,6 +689,84 @@ static enum origin_verdict origin_check(const struct http_request *req, const ch
     return ORIGIN_REFUSED;
 }
 
+/* The host part of a Host header value (the name, the IPv4 address or the
+ * [IPv6] address with its brackets) and its length, or 0 when value is not
+ * host[:port] at all. */
+static size_t host_name_length(const char *value, size_t len)
+{
+    size_t name_len;
+    if (len > 0 && value[0] == '[') {
+        const char *close = memchr(value, ']', len);
+        if (close == NULL)
+            return 0;
+        name_len = (size_t)(close - value) + 1;
+    } else {
+        name_len = 0;
+        while (name_len < len && value[name_len] != ':')
+            name_len++;
+    }
+    if (name_len == len)
+        return name_len;
+    if (value[name_len] != ':' || len - name_len - 1 > 5)
+        return 0;
+    for (size_t i = name_len + 1; i < len; i++) {
+        if (value[i] < '0' || value[i] > '9')
+            return 0;
+    }
+    return name_len;
+}
+
+/* 1 when name[0..len) is an IPv4 address or a bracketed IPv6 address. */
+static int host_is_address(const char *name, size_t len)
+{
+    char text[INET6_ADDRSTRLEN + 1];
+    unsigned char addr[sizeof(struct in6_addr)];
+    if (name[0] == '[') {
+        if (len < 3 || len - 2 >= sizeof(text))
+            return 0;
+        memcpy(text, name + 1, len - 2);
+        text[len - 2] = '\0';
+        return inet_pton(AF_INET6, text, addr) == 1;
+    }
+    if (len >= sizeof(text))
+        return 0;
+    memcpy(text, name, len);
+    text[len] = '\0';
+    return inet_pton(AF_INET, text, addr) == 1;
+}
+
+/* 1 when the request's Host is one --allow-host lets in. A DNS rebinding
+ * page reaches runcast under the attacker's name, which its browser sends
+ * as Host; a request without Host comes from no browser. */
+static int host_allowed(const struct http_request *req)
+{
+    if (!auth.check_hosts || auth.any_host)
+        return 1;
+    const struct http_header *h = http_find_header(req, "Host");
+    if (h == NULL)
+        return 1;
+    size_t name_len = host_name_length(h->value, h->value_len);
+    if (name_len == 0)
+        return 0;
+    for (size_t i = 0; i < auth.host_count; i++) {
+        if (str_ieq(h->value, name_len, auth.hosts[i]))
+            return 1;
+    }
+    return auth.host_addresses && host_is_address(h->value, name_len);
+}
+
+static void refuse_host(struct conn *c, const struct http_request *req)
+{
+    const struct http_header *h = http_find_header(req, "Host");
+    char host[256] = "";
+    if (h)
+        snprintf(host, sizeof(host), "%.*s", (int)(h->value_len < 255 ? h->value_len : 255),
+                 h->value);
+    log_event(LOG_INFO, "http.host_refused", "host", host, "peer", conn_peer(c), NULL);
+    conn_respond_error(c, 421, "host_not_allowed",
+                       "this Host is not served here (--allow-host)", NULL);
+}
+
 static int method_changes_state(enum http_method m)
 {
     return m != HTTP_GET && m != HTTP_HEAD && m != HTTP_OPTIONS;
@@ -636,6 +849,11 @@ int auth_check_request(struct conn *c, const struct http_request *req, int route
     size_t origin_len = 0;
     out->expires_at = 0;
 
+    if (route != ROUTE_HEALTHZ && route != ROUTE_READYZ && !host_allowed(req)) {
+        refuse_host(c, req);
+        return 0;
+    }
+
     enum origin_verdict verdict = origin_check(req, &origin, &origin_len);
     if (verdict == ORIGIN_ALLOWED || (!auth.any_origin && auth.origin_count > 0)) {
         struct buf b = {0};
@@ -707,5 +925,10 @@ uint64_t auth_grant_deadline_ms(const struct auth_grant *grant)
      * let in (and cut at once) instead of getting its 401. */
     double left_ms = (grant->expires_at - time_wall_seconds()) * 1000.0;
     uint64_t now = time_mono_ms();
+    /* A far-future exp (1e17, 1e300) would overflow the conversion; past a
+     * century it is the same as none. */
+    const double max_left_ms = 100.0 * 365 * 24 * 3600 * 1000;
+    if (!(left_ms < max_left_ms))
+        left_ms = max_left_ms;
     return left_ms < 1 ? now + 1 : now + (uint64_t)ceil(left_ms) + 1;
 }

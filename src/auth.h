@@ -27,6 +27,14 @@ struct auth_config {
     uint64_t leeway_ms;          /* allowed clock skew on exp and nbf */
     const char *admin_claim;     /* "NAME=VALUE", "NAME" (claim is true), NULL / "": none */
     const char *allow_origins;   /* comma-separated origins, "*", or NULL / "" */
+    /* Host headers served (DNS rebinding): comma-separated names or
+     * addresses, a port ignored; "*": any; "": the default list, which is
+     * listen_host, admin_listen_host, localhost and every IP address (a
+     * rebound page always sends a name). NULL: Host is not checked (unit
+     * tests, fuzzers). */
+    const char *allow_hosts;
+    const char *listen_host;       /* --listen's host, for the default list */
+    const char *admin_listen_host; /* --admin-listen's host, for the default list */
 };
 
 /* Copies cfg (and the key file's contents). Returns 0, or a negative errno
@@ -72,7 +80,7 @@ const char *auth_strerror(int err);
 
 /* The request callback's data for the admin listener (--admin-listen): it
  * serves only /task-status, /metrics, /healthz and /readyz, without tokens.
- * The main listener passes NULL. */
+ * The main listener passes NULL. Both check the Host header alike. */
 struct auth_listener {
     int admin;
 };
@@ -84,7 +92,11 @@ struct auth_grant {
 };
 
 /* The gate in front of every handler. route is router_match()'s result
- * (negative and ROUTE_NONE pass through, to get their 400/404). An allowed
+ * (negative and ROUTE_NONE pass through, to get their 400/404). First of
+ * all, a request whose Host is not allowed (--allow-host) gets 421
+ * host_not_allowed, whatever its route, except /healthz and /readyz (load
+ * balancers probe with any Host); a request without Host (HTTP/1.0) is no
+ * browser's and is not refused for it. An allowed
  * cross-origin request gets its CORS headers on whatever answers it
  * (conn_set_answer_headers()). Answers the request itself and returns 0
  * for: a state-changing request (not GET, HEAD or OPTIONS) from an origin

@@ -19,9 +19,10 @@
  * Access control (--auth and the --jwt-* flags) is checked as a whole by
  * config_load(): a key given with --auth none is an error rather than an open
  * server, and the value of --jwt-secret is never printed, not even when it is
- * refused. --allow-origin may be repeated and takes comma-separated lists
- * (its environment twin can only hold a list); a flag replaces what the
- * environment gave.
+ * refused. --allow-origin and --allow-host may be repeated and take
+ * comma-separated lists (their environment twins can only hold a list); a
+ * flag replaces what the environment gave. An empty --allow-host means the
+ * default list (auth.c builds it from --listen).
  */
 #include "config.h"
 
@@ -50,10 +51,12 @@ enum option_kind {
     OPTION_SECRET,    /* char[]: like OPTION_STRING, never echoed in an error */
     OPTION_LISTEN_OPTIONAL, /* like OPTION_LISTEN, or "" for none (host "", port 0) */
     OPTION_ORIGINS,   /* char[]: comma-separated origins; each use appends */
+    OPTION_HOSTS,     /* char[]: comma-separated Host names; each use appends */
 };
 
-/* At most this many --allow-origin values. */
+/* At most this many --allow-origin values, and --allow-host values. */
 #define CONFIG_MAX_ORIGINS 16
+#define CONFIG_MAX_HOSTS 16
 
 struct option {
     const char *name;         /* the flag without "--" */
@@ -153,10 +156,14 @@ static const struct option option_table[] = {
       "second listener serving /task-status, /metrics, /healthz, /readyz" },
     { "allow-origin", OPTION_ORIGINS, FIELD(allow_origin), 0, "", NULL, NULL, NULL,
       "CORS origin allowed (repeatable, or comma-separated; * alone)" },
+    { "allow-host", OPTION_HOSTS, FIELD(allow_host), 0, "", NULL, NULL, NULL,
+      "Host served (comma-separated, *: any); \"\": localhost, IPs, --listen host" },
     { "max-runs-per-user", OPTION_INT, FIELD(max_runs_per_user), 0, "0", "0", NULL, NULL,
       "active runs per user; more fail with rate_limited (0: no cap)" },
     { "max-subscribers-per-user", OPTION_INT, FIELD(max_subscribers_per_user), 0, "0", "0", NULL,
       NULL, "event streams per user; more are refused with 429 (0: no cap)" },
+    { "max-sessions-per-user", OPTION_INT, FIELD(max_sessions_per_user), 0, "0", "0", NULL, NULL,
+      "sessions per user; more are refused with 429 (0: no cap)" },
 };
 
 /* A parsed value before it is stored; which member is set depends on the kind. */
@@ -375,15 +382,56 @@ static int origin_valid(const char *s, size_t len)
     return port <= 65535;
 }
 
-/* A comma-separated list of 1..CONFIG_MAX_ORIGINS valid origins, "*" only
+/* 1 when s[0..len) is "*" or a Host value as --allow-host takes it: a host
+ * name ([A-Za-z0-9.-_]), an IPv4 address, [IPv6] or a bare IPv6 address,
+ * then an optional :PORT (ignored when requests are checked). */
+static int host_valid(const char *s, size_t len)
+{
+    char ipv6[INET6_ADDRSTRLEN + 1];
+    unsigned char addr[sizeof(struct in6_addr)];
+    size_t name_len;
+
+    if (len == 1 && s[0] == '*')
+        return 1;
+    if (len > 0 && s[0] == '[') {
+        const char *close = memchr(s, ']', len);
+        if (close == NULL)
+            return 0;
+        name_len = (size_t)(close - s) + 1;
+        if (name_len - 2 == 0 || name_len - 2 >= sizeof(ipv6))
+            return 0;
+        memcpy(ipv6, s + 1, name_len - 2);
+        ipv6[name_len - 2] = '\0';
+        if (inet_pton(AF_INET6, ipv6, addr) != 1)
+            return 0;
+    } else if (memchr(s, ':', len) != memrchr(s, ':', len)) { /* a bare IPv6 address */
+        if (len >= sizeof(ipv6))
+            return 0;
+        memcpy(ipv6, s, len);
+        ipv6[len] = '\0';
+        return inet_pton(AF_INET6, ipv6, addr) == 1;
+    } else {
+        const char *colon = memchr(s, ':', len);
+        name_len = colon ? (size_t)(colon - s) : len;
+        if (!listen_host_valid(s, name_len))
+            return 0;
+    }
+    if (name_len == len)
+        return 1;
+    uint64_t port;
+    return s[name_len] == ':' && len - name_len - 1 <= 5 &&
+           parse_digits(s + name_len + 1, len - name_len - 1, &port) == 0 && port <= 65535;
+}
+
+/* A comma-separated list of 1..max items that valid() accepts, "*" only
  * alone. Returns how many, or -EINVAL. */
-static int origins_parse(const char *s)
+static int list_parse(const char *s, int (*valid)(const char *, size_t), int max)
 {
     int n = 0, star = 0;
 
     for (;;) {
         size_t len = strcspn(s, ",");
-        if (!origin_valid(s, len) || ++n > CONFIG_MAX_ORIGINS)
+        if (!valid(s, len) || ++n > max)
             return -EINVAL;
         star |= len == 1 && s[0] == '*';
         if (s[len] == '\0')
@@ -391,6 +439,20 @@ static int origins_parse(const char *s)
         s += len + 1;
     }
     return star && n > 1 ? -EINVAL : n;
+}
+
+/* How many items the list s of a list kind (OPTION_ORIGINS, OPTION_HOSTS)
+ * holds, or -EINVAL when it is not a valid list of that kind. */
+static int option_list_parse(const struct option *opt, const char *s)
+{
+    if (opt->kind == OPTION_HOSTS)
+        return list_parse(s, host_valid, CONFIG_MAX_HOSTS);
+    return list_parse(s, origin_valid, CONFIG_MAX_ORIGINS);
+}
+
+static int option_is_list(const struct option *opt)
+{
+    return opt->kind == OPTION_ORIGINS || opt->kind == OPTION_HOSTS;
 }
 
 /* Copies the spelling in opt->values that matches s case-insensitively into
@@ -476,8 +538,10 @@ static int option_parse_syntax(const struct option *opt, const char *s, struct o
         return config_parse_listen(s, out->listen.host, sizeof(out->listen.host),
                                    &out->listen.port);
     case OPTION_ORIGINS:
+    case OPTION_HOSTS:
         out->text = s;
-        return *s == '\0' || (strlen(s) < opt->size && origins_parse(s) > 0) ? 0 : -EINVAL;
+        return *s == '\0' || (strlen(s) < opt->size && option_list_parse(opt, s) > 0) ? 0
+                                                                                      : -EINVAL;
     }
     return -EINVAL;
 }
@@ -541,6 +605,7 @@ static void option_store(const struct option *opt, const struct option_value *v,
         memcpy((char *)cfg + opt->port_offset, &v->listen.port, sizeof(v->listen.port));
         break;
     case OPTION_ORIGINS: /* appends; option_apply() checked that it fits */
+    case OPTION_HOSTS:
         if (*field != '\0' && *v->text != '\0')
             strcat(field, ",");
         strcat(field, v->text);
@@ -563,6 +628,7 @@ static const char *option_metavar(const struct option *opt)
     case OPTION_SECRET: return "SECRET";
     case OPTION_LISTEN_OPTIONAL: return "HOST:PORT";
     case OPTION_ORIGINS: return "ORIGIN";
+    case OPTION_HOSTS: return "HOST";
     }
     return "VALUE";
 }
@@ -626,6 +692,10 @@ static void option_report_invalid(const struct option *opt, const char *value,
         buf_printf(&b, "up to %d comma-separated origins like https://app.example:8443, "
                    "or * alone", CONFIG_MAX_ORIGINS);
         break;
+    case OPTION_HOSTS:
+        buf_printf(&b, "up to %d comma-separated host names or addresses like app.example, "
+                   "127.0.0.1:8000, [::1], or * alone", CONFIG_MAX_HOSTS);
+        break;
     }
     if (opt->min_text && opt->max_text)
         buf_printf(&b, ", from %s to %s", opt->min_text, opt->max_text);
@@ -649,17 +719,18 @@ static int option_apply(const struct option *opt, const char *value, const char 
         option_report_invalid(opt, value, where);
         return -EINVAL;
     }
-    if (opt->kind == OPTION_ORIGINS) {
+    if (option_is_list(opt)) {
         const char *field = (const char *)cfg + opt->offset;
+        const char *what = opt->kind == OPTION_HOSTS ? "host" : "origin";
+        int max = opt->kind == OPTION_HOSTS ? CONFIG_MAX_HOSTS : CONFIG_MAX_ORIGINS;
         size_t len = strlen(field);
         if ((len ? len + 1 : 0) + strlen(value) >= opt->size ||
-            (len && *value && origins_parse(field) + origins_parse(value) > CONFIG_MAX_ORIGINS)) {
-            fprintf(stderr, "runcast: too many origins for %s (at most %d)\n", where,
-                    CONFIG_MAX_ORIGINS);
+            (len && *value && option_list_parse(opt, field) + option_list_parse(opt, value) > max)) {
+            fprintf(stderr, "runcast: too many %ss for %s (at most %d)\n", what, where, max);
             return -EINVAL;
         }
         if (len && *value && (strcmp(field, "*") == 0 || strcmp(value, "*") == 0)) {
-            fprintf(stderr, "runcast: %s: * must be the only origin\n", where);
+            fprintf(stderr, "runcast: %s: * must be the only %s\n", where, what);
             return -EINVAL;
         }
     }
@@ -800,7 +871,7 @@ static int config_apply_argv(struct config *cfg, int argc, char **argv)
         }
         snprintf(where, sizeof(where), "--%s", opt->name);
         /* A repeatable flag replaces the environment's list, then appends. */
-        if (opt->kind == OPTION_ORIGINS && !seen[opt - option_table])
+        if (option_is_list(opt) && !seen[opt - option_table])
             ((char *)cfg + opt->offset)[0] = '\0';
         seen[opt - option_table] = 1;
         if (option_apply(opt, value, where, cfg) < 0)

@@ -52,8 +52,10 @@ struct config {
     char admin_listen_host[256]; /* "": no admin listener */
     int admin_listen_port;
     char allow_origin[4096];   /* comma-separated origins, "*", or "" */
+    char allow_host[4096];     /* comma-separated Host names, "*", or "": the default list */
     int max_runs_per_user;     /* 0: unlimited */
     int max_subscribers_per_user; /* 0: unlimited */
+    int max_sessions_per_user; /* 0: unlimited */
 };
 
 /* Fills cfg with the defaults of DESIGN.md. */

@@ -119,8 +119,11 @@ static int start_auth(void)
         .leeway_ms = cfg.jwt_leeway_ms,
         .admin_claim = cfg.admin_claim,
         .allow_origins = cfg.allow_origin,
+        .allow_hosts = cfg.allow_host,
+        .listen_host = cfg.listen_host,
+        .admin_listen_host = cfg.admin_listen_host,
     };
-    quota_init(cfg.max_runs_per_user, cfg.max_subscribers_per_user);
+    quota_init(cfg.max_runs_per_user, cfg.max_subscribers_per_user, cfg.max_sessions_per_user);
     int err = auth_init(&ac);
     /* The key is in auth.c now; this copy is not needed any more. */
     memset(cfg.jwt_secret, 0, sizeof(cfg.jwt_secret));

@@ -8,13 +8,15 @@
 static struct {
     int max_runs;
     int max_subscribers;
+    int max_sessions;
 } limits;
 
-/* One user with something counted; freed when both counts are back to 0. */
+/* One user with something counted; freed when every count is back to 0. */
 struct user_entry {
     struct user_entry *next;
     int runs;
     int subscribers;
+    int sessions;
     char name[];
 };
 
@@ -77,7 +79,7 @@ static struct user_entry *user_lookup(const char *name, int create)
 
 static void user_release_if_idle(struct user_entry *e)
 {
-    if (e->runs > 0 || e->subscribers > 0)
+    if (e->runs > 0 || e->subscribers > 0 || e->sessions > 0)
         return;
     struct user_entry **slot = &user_buckets[user_hash(e->name) & (user_bucket_count - 1)];
     while (*slot != e)
@@ -99,14 +101,15 @@ void quota_shutdown(void)
     free(user_buckets);
     user_buckets = NULL;
     user_bucket_count = user_count = 0;
-    limits.max_runs = limits.max_subscribers = 0;
+    limits.max_runs = limits.max_subscribers = limits.max_sessions = 0;
 }
 
-void quota_init(int max_runs_per_user, int max_subscribers_per_user)
+void quota_init(int max_runs_per_user, int max_subscribers_per_user, int max_sessions_per_user)
 {
     quota_shutdown();
     limits.max_runs = max_runs_per_user;
     limits.max_subscribers = max_subscribers_per_user;
+    limits.max_sessions = max_sessions_per_user;
 }
 
 size_t quota_user_count(void)
@@ -155,5 +158,29 @@ void quota_subscriber_end(void *handle)
     if (e == NULL)
         return;
     e->subscribers--;
+    user_release_if_idle(e);
+}
+
+int quota_session_begin(const char *user)
+{
+    if (limits.max_sessions <= 0)
+        return 0;
+    struct user_entry *e = user_lookup(user, 1);
+    if (e->sessions >= limits.max_sessions) {
+        user_release_if_idle(e);
+        return -EDQUOT;
+    }
+    e->sessions++;
+    return 0;
+}
+
+void quota_session_end(const char *user)
+{
+    if (limits.max_sessions <= 0)
+        return;
+    struct user_entry *e = user_lookup(user, 0);
+    if (e == NULL || e->sessions == 0)
+        return;
+    e->sessions--;
     user_release_if_idle(e);
 }

@@ -1,6 +1,7 @@
 /* quota.h: per-user caps on what one user may hold at once: active runs
- * (--max-runs-per-user) and event streams (--max-subscribers-per-user), so
- * that one user cannot take every limiter slot or every stream.
+ * (--max-runs-per-user), event streams (--max-subscribers-per-user) and
+ * sessions (--max-sessions-per-user), so that one user cannot take every
+ * limiter slot, every stream or every session.
  *
  * The user is the {user} of the session's path (with --auth jwt the gate has
  * bound it to the token's user claim). With a cap of 0 nothing is counted.
@@ -13,7 +14,7 @@
 
 /* Sets the caps (0: none) and forgets every count. Before it, nothing is
  * capped. */
-void quota_init(int max_runs_per_user, int max_subscribers_per_user);
+void quota_init(int max_runs_per_user, int max_subscribers_per_user, int max_sessions_per_user);
 /* Frees the table; call once every run and stream has ended. */
 void quota_shutdown(void);
 
@@ -29,6 +30,13 @@ int quota_subscriber_begin(const char *user, void **handle);
 /* Forgets one stream counted by quota_subscriber_begin(); handle may be NULL
  * (nothing was counted). Fits hub_subscribe_options.on_leave. */
 void quota_subscriber_end(void *handle);
+
+/* Counts a new session of user (session.c, when it creates one). Returns
+ * 0, or -EDQUOT at --max-sessions-per-user (nothing counted). */
+int quota_session_begin(const char *user);
+/* Forgets one session counted by quota_session_begin() (when it is freed,
+ * whatever the reason). */
+void quota_session_end(const char *user);
 
 /* Users with something counted (for tests). */
 size_t quota_user_count(void);

@@ -1,12 +1,15 @@
 /* session.c: the session table (see session.h). A chained hash table that
  * doubles as it fills, plus the activity list that expiry walks from its
- * oldest end. */
+ * oldest end; and beside it the tombstones of deleted sessions, a second
+ * chained hash table with a list in order of deletion, which the same
+ * expiry timer trims from its oldest end. */
 #include "session.h"
 
 #include <stdlib.h>
 
 #include "hub.h"
 #include "log.h"
+#include "quota.h"
 #include "run.h"
 
 static struct session_config config;
@@ -16,8 +19,27 @@ static size_t count;
 static struct list by_activity;
 static uv_timer_t expiry_timer;
 
+/* What DELETE leaves of a session: its key and the incarnation its event
+ * ids carried. Owned by the tombstone table; freed once older than the TTL,
+ * when the table is full and it is the oldest, or at shutdown. */
+struct tombstone {
+    struct tombstone *hash_next;
+    struct list age_link;      /* oldest deletion first */
+    uint64_t hash;
+    uint64_t deleted_ms;       /* time_mono_ms() of the DELETE */
+    uint32_t incarnation;      /* hub_incarnation() of the deleted hub */
+    const char *app, *user, *id; /* point into key[] */
+    char key[];
+};
+
+static struct tombstone **tomb_buckets;
+static size_t tomb_bucket_count;
+static size_t tomb_count;
+static struct list tombs_by_age;
+
 static void expiry_cb(uv_timer_t *t);
 static void session_remove(struct session *s, const char *reason, int publish_closed);
+static void tombstones_free_all(void);
 
 /* FNV-1a over the three parts with a separator no part can contain. */
 static uint64_t key_hash(const char *app, const char *user, const char *id)
@@ -41,6 +63,9 @@ void session_table_init(uv_loop_t *loop, const struct session_config *cfg)
     bucket_count = 64;
     buckets = xcalloc(bucket_count, sizeof(*buckets));
     list_init(&by_activity);
+    tomb_bucket_count = 64;
+    tomb_buckets = xcalloc(tomb_bucket_count, sizeof(*tomb_buckets));
+    list_init(&tombs_by_age);
     uv_timer_init(loop, &expiry_timer);
     uv_unref((uv_handle_t *)&expiry_timer);
     if (config.ttl_ms > 0) {
@@ -61,6 +86,7 @@ void session_table_shutdown(const char *reason)
     free(buckets);
     buckets = NULL;
     bucket_count = 0;
+    tombstones_free_all();
 }
 
 static int session_matches(const struct session *s, uint64_t hash, const char *app,
@@ -98,6 +124,26 @@ static void table_grow(void)
     bucket_count = n;
 }
 
+/* Bytes key_store() needs for the three parts. */
+static size_t key_size(const char *app, const char *user, const char *id)
+{
+    return strlen(app) + 1 + strlen(user) + 1 + strlen(id) + 1;
+}
+
+/* Copies the three parts into key (key_size() bytes) and points parts[] at
+ * the copies. */
+static void key_store(char *key, const char *app, const char *user, const char *id,
+                      const char *parts[3])
+{
+    const char *in[3] = {app, user, id};
+    for (int i = 0; i < 3; i++) {
+        size_t n = strlen(in[i]) + 1;
+        memcpy(key, in[i], n);
+        parts[i] = key;
+        key += n;
+    }
+}
+
 int session_get_or_create(const char *app, const char *user, const char *id,
                           struct session **out)
 {
@@ -109,14 +155,14 @@ int session_get_or_create(const char *app, const char *user, const char *id,
     }
     if (count >= (size_t)config.max_sessions)
         return -ENOSPC;
-    size_t la = strlen(app) + 1, lu = strlen(user) + 1, li = strlen(id) + 1;
-    s = xcalloc(1, sizeof(*s) + la + lu + li);
-    memcpy(s->key, app, la);
-    memcpy(s->key + la, user, lu);
-    memcpy(s->key + la + lu, id, li);
-    s->app = s->key;
-    s->user = s->key + la;
-    s->id = s->key + la + lu;
+    if (quota_session_begin(user) < 0)
+        return -EDQUOT;
+    s = xcalloc(1, sizeof(*s) + key_size(app, user, id));
+    const char *parts[3];
+    key_store(s->key, app, user, id, parts);
+    s->app = parts[0];
+    s->user = parts[1];
+    s->id = parts[2];
     s->hash = key_hash(app, user, id);
     s->hub = hub_create();
     s->created_at = time_wall_seconds();
@@ -165,11 +211,116 @@ static void session_remove(struct session *s, const char *reason, int publish_cl
         run_free(s->run);
     log_event(LOG_INFO, "session.closed", "app", s->app, "user", s->user, "session", s->id,
               "reason", reason, NULL);
+    quota_session_end(s->user);
     free(s);
+}
+
+/* ---- tombstones ----------------------------------------------------------- */
+
+static struct tombstone *tombstone_find(uint64_t hash, const char *app, const char *user,
+                                        const char *id)
+{
+    for (struct tombstone *t = tomb_buckets[hash % tomb_bucket_count]; t; t = t->hash_next) {
+        if (t->hash == hash && strcmp(t->id, id) == 0 && strcmp(t->user, user) == 0 &&
+            strcmp(t->app, app) == 0)
+            return t;
+    }
+    return NULL;
+}
+
+static void tombstone_free(struct tombstone *t)
+{
+    struct tombstone **pp = &tomb_buckets[t->hash % tomb_bucket_count];
+    while (*pp != t)
+        pp = &(*pp)->hash_next;
+    *pp = t->hash_next;
+    list_remove(&t->age_link);
+    tomb_count--;
+    free(t);
+}
+
+static void tombs_grow(void)
+{
+    size_t n = tomb_bucket_count * 2;
+    struct tombstone **b = xcalloc(n, sizeof(*b));
+    for (size_t i = 0; i < tomb_bucket_count; i++) {
+        struct tombstone *t = tomb_buckets[i];
+        while (t) {
+            struct tombstone *next = t->hash_next;
+            t->hash_next = b[t->hash % n];
+            b[t->hash % n] = t;
+            t = next;
+        }
+    }
+    free(tomb_buckets);
+    tomb_buckets = b;
+    tomb_bucket_count = n;
+}
+
+/* Remembers that s, about to be freed, was deleted: a new tombstone, or
+ * the key's existing one (an earlier incarnation's) now naming s's
+ * incarnation. At --max-sessions tombstones the oldest makes room. */
+static void tombstone_bury(const struct session *s)
+{
+    struct tombstone *t = tombstone_find(s->hash, s->app, s->user, s->id);
+    if (t == NULL) {
+        if (tomb_count >= (size_t)config.max_sessions)
+            tombstone_free(container_of(tombs_by_age.next, struct tombstone, age_link));
+        t = xcalloc(1, sizeof(*t) + key_size(s->app, s->user, s->id));
+        const char *parts[3];
+        key_store(t->key, s->app, s->user, s->id, parts);
+        t->app = parts[0];
+        t->user = parts[1];
+        t->id = parts[2];
+        t->hash = s->hash;
+        if (tomb_count + 1 > tomb_bucket_count)
+            tombs_grow();
+        t->hash_next = tomb_buckets[t->hash % tomb_bucket_count];
+        tomb_buckets[t->hash % tomb_bucket_count] = t;
+        tomb_count++;
+    } else {
+        list_remove(&t->age_link);
+    }
+    t->incarnation = hub_incarnation(s->hub);
+    t->deleted_ms = time_mono_ms();
+    list_insert_tail(&tombs_by_age, &t->age_link);
+}
+
+/* Frees the tombstones at least --session-ttl old: oldest first, stopping
+ * at the first younger one. */
+static void tombstones_expire(uint64_t now)
+{
+    while (!list_empty(&tombs_by_age)) {
+        struct tombstone *t = container_of(tombs_by_age.next, struct tombstone, age_link);
+        if (now - t->deleted_ms < config.ttl_ms)
+            break;
+        tombstone_free(t);
+    }
+}
+
+static void tombstones_free_all(void)
+{
+    while (!list_empty(&tombs_by_age))
+        tombstone_free(container_of(tombs_by_age.next, struct tombstone, age_link));
+    free(tomb_buckets);
+    tomb_buckets = NULL;
+    tomb_bucket_count = 0;
+}
+
+int session_was_deleted(const char *app, const char *user, const char *id,
+                        const char *last_event_id)
+{
+    uint32_t incarnation;
+    if (last_event_id == NULL || session_find(app, user, id) != NULL ||
+        hub_event_id_incarnation(last_event_id, &incarnation) < 0)
+        return 0;
+    struct tombstone *t = tombstone_find(key_hash(app, user, id), app, user, id);
+    return t != NULL && t->incarnation == incarnation;
 }
 
 void session_delete(struct session *s, const char *reason)
 {
+    tombstone_bury(s);
     session_remove(s, reason, 1);
 }
 
@@ -193,11 +344,13 @@ struct session *session_next(const struct session *s)
 
 /* Removes sessions idle for the TTL, oldest first; a session with a
  * subscriber is only touched (its stream keeps it alive). Stops at the first
- * session that is not due, so each tick costs O(expired + touched). */
+ * session that is not due, so each tick costs O(expired + touched). Frees
+ * the tombstones as old as the TTL the same way. */
 static void expiry_cb(uv_timer_t *t)
 {
     uint64_t now = time_mono_ms();
     size_t budget = count;
+    tombstones_expire(now);
     while (!list_empty(&by_activity) && budget-- > 0) {
         struct session *s = container_of(by_activity.next, struct session, activity_link);
         if (now - s->last_activity_ms < config.ttl_ms)
@@ -207,6 +360,6 @@ static void expiry_cb(uv_timer_t *t)
             continue;
         }
         log_event(LOG_INFO, "session.expired", "session", s->id, NULL);
-        session_delete(s, "session_expired");
+        session_remove(s, "session_expired", 1); /* expired, not deleted: no tombstone */
     }
 }

@@ -5,6 +5,12 @@
  * expiry (no subscriber and no activity for --session-ttl) or at shutdown.
  * Sessions sit in a list ordered by last activity, so expiry looks only at
  * the oldest ones: each session is touched in O(1).
+ *
+ * A session removed by DELETE leaves a tombstone: its key and the
+ * incarnation of its event ids, kept for --session-ttl, so that a browser
+ * reconnecting with an id of it gets 204 instead of re-creating the session
+ * (DESIGN.md). At most --max-sessions tombstones are kept; past that the
+ * oldest is forgotten early.
  */
 #ifndef RUNCAST_SESSION_H
 #define RUNCAST_SESSION_H
@@ -42,14 +48,21 @@ void session_table_shutdown(const char *reason);
 
 /* The session, or NULL. Parameters must already be valid path parameters. */
 struct session *session_find(const char *app, const char *user, const char *id);
-/* Finds or creates. Returns 0 and *out, or -ENOSPC at --max-sessions. */
+/* Finds or creates. Returns 0 and *out; -ENOSPC at --max-sessions, or
+ * -EDQUOT when user already has --max-sessions-per-user (quota.h). */
 int session_get_or_create(const char *app, const char *user, const char *id,
                           struct session **out);
 /* Marks activity now (requests, run events, subscribers). O(1). */
 void session_touch(struct session *s);
 /* Cancels the active run (run.cancelled with reason), publishes
- * session.closed, ends every stream and frees the session. */
+ * session.closed, ends every stream, frees the session and leaves its
+ * tombstone (for DELETE; expiry removes sessions without one). */
 void session_delete(struct session *s, const char *reason);
+/* 1 when no session (app, user, id) exists and last_event_id is an event id
+ * of its incarnation deleted less than --session-ttl ago (its tombstone),
+ * else 0. The stream request is then answered 204 and creates nothing. */
+int session_was_deleted(const char *app, const char *user, const char *id,
+                        const char *last_event_id);
 
 size_t session_count(void);
 /* Iteration in activity order; the session returned may not be deleted

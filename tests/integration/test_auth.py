@@ -520,3 +520,213 @@ def test_open_public_listener_warns_and_secrets_stay_out_of_errors(t):
                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
     eq(r.returncode, 2, "exit status with a private key as --jwt-public-key")
     expect("not a PEM public key" in r.stderr.decode(), "stderr: %r" % r.stderr)
+
+
+# ---------------------------------------------------------------- Host allow-list (DNS rebinding)
+
+def check_421(resp, what):
+    """A Host refused by --allow-host: 421 with the contract's error shape."""
+    err = check_error(resp, 421, what, "host_not_allowed")
+    expect("--allow-host" in err.get("message", ""), "%s: message %r" % (what, err))
+    return err
+
+
+def host_get(d, path, host):
+    return request(d.port, "GET", path, headers={"Host": host})
+
+
+def host_post(d, path, host, origin=None):
+    h = {"Host": host}
+    if origin:
+        h["Origin"] = origin
+    return post(d, path, "hello", headers=h)
+
+
+@test(timeout=30)
+def test_rebound_host_name_gets_421_and_creates_nothing(t):
+    d = t.daemon()
+    evil = "evil.example:%d" % d.port
+    origin = "http://" + evil  # the page's own origin: the same-origin check alone let it in
+    check_421(host_post(d, spath("rb") + "/run", evil, origin), "POST run from a rebound name")
+    check_421(host_post(d, spath("rb") + "/run", "evil.example"), "POST run, Host without port")
+    check_421(host_get(d, spath("rb") + "/run", evil), "GET stream from a rebound name")
+    check_421(host_get(d, spath("rb") + "/task-status", evil), "GET session status")
+    check_421(host_get(d, "/", evil), "GET / (the console)")
+    check_421(host_get(d, "/task-status?all=1", evil), "GET /task-status")
+    check_421(host_get(d, "/metrics", evil), "GET /metrics")
+    check_421(request(d.port, "DELETE", spath("rb"), headers={"Host": evil}), "DELETE session")
+    check_421(request(d.port, "OPTIONS", spath("rb") + "/run",
+                      headers={"Host": evil, "Origin": origin,
+                               "Access-Control-Request-Method": "POST"}), "preflight")
+    check_421(host_get(d, "/no/such/route", evil), "an unknown route")
+    # names that only look local are names, not addresses
+    for host in ("localhost.evil.example", "127.0.0.1.nip.io:%d" % d.port, "evil.example:80",
+                 "localhost.", "127.1"):
+        check_421(host_get(d, "/task-status", host), "Host %r" % host)
+    # not even a host name: refused (400 by the parser or 421 here), never served
+    for host in ("localhost:%d@evil.example" % d.port, "[::1]x", "localhost:port", "[::1"):
+        r = host_get(d, "/task-status", host)
+        expect(r.status in (400, 421), "Host %r: status %d" % (host, r.status))
+    # nothing was created by any of them
+    task_status_404 = request(d.port, "GET", spath("rb") + "/task-status")
+    check_error(task_status_404, 404, "the session after refused requests", "session_not_found")
+    eq(d.get("/task-status?all=1").json()["sessions_total"], 0, "sessions after refused requests")
+    # health checks come from load balancers with any Host
+    for path in ("/healthz", "/readyz"):
+        eq(host_get(d, path, evil).status, 200, "%s with a foreign Host" % path)
+    refused = [r for r in d.logs() if r.get("event") == "http.host_refused"]
+    expect(len(refused) >= 1 and refused[0].get("host") == evil,
+           "http.host_refused log lines: %r" % refused[:2])
+
+
+@test(timeout=30)
+def test_default_allowed_hosts_are_loopback_names_and_addresses(t):
+    d = t.daemon()
+    port = d.port
+    for host in ("localhost:%d" % port, "LocalHost:%d" % port, "localhost", "127.0.0.1:%d" % port,
+                 "127.0.0.1", "[::1]:%d" % port, "[::1]", "192.168.1.20:%d" % port,
+                 "[fe80::1]:8000"):
+        r = host_post(d, spath("ok") + "/run", host, "http://" + host)
+        eq(r.status, 202, "POST run with Host %r" % host)
+        eq(host_get(d, spath("ok") + "/task-status", host).status, 200,
+           "task-status with Host %r" % host)
+        r = host_get(d, "/", host)
+        eq(r.status, 200, "GET / with Host %r" % host)
+    # HTTP/1.0 without a Host is no browser (and so no rebinding): served
+    from harness import raw_exchange
+    r = raw_exchange(port, b"GET /task-status HTTP/1.0\r\n\r\n")
+    eq(r.status, 200, "HTTP/1.0 without Host")
+
+
+@test(timeout=40)
+def test_allow_host_replaces_the_default_list_and_star_allows_any(t):
+    d = t.daemon("--allow-host", "app.example.com,[2001:db8::1]:8443")
+    for host in ("app.example.com", "APP.example.com:8443", "[2001:db8::1]"):
+        eq(host_post(d, spath("c") + "/run", host).status, 202, "POST with Host %r" % host)
+    for host in ("localhost:%d" % d.port, "127.0.0.1:%d" % d.port, "127.0.0.1", "[::1]:%d" % d.port,
+                 "evil.example", "sub.app.example.com", "10.0.0.1"):
+        check_421(host_post(d, spath("c") + "/run", host), "POST with Host %r" % host)
+    eq(host_get(d, "/healthz", "localhost").status, 200, "/healthz is exempt")
+    # the environment twin
+    e = t.daemon(env={"RUNCAST_ALLOW_HOST": "one.example,two.example:9000"})
+    eq(host_get(e, "/task-status", "two.example").status, 200, "env: two.example")
+    check_421(host_get(e, "/task-status", "localhost"), "env list: localhost refused")
+    # * allows any Host
+    s = t.daemon("--allow-host", "*")
+    eq(host_post(s, spath("c") + "/run", "evil.example:%d" % s.port).status, 202, "* : evil.example")
+    # bad values exit 2 naming the flag
+    for bad in ("http://app.example.com", "a b", "*,app.example.com", "app.example.com/x",
+                "app.example.com:99999", "[::1", ","):
+        r = subprocess.run([RUNCAST_BIN, "--listen", "127.0.0.1:0", "--allow-host", bad],
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=10)
+        eq(r.returncode, 2, "exit status for --allow-host %r" % bad)
+        expect("--allow-host" in r.stderr.decode(), "stderr names the flag: %r" % r.stderr)
+
+
+@test(timeout=30)
+def test_host_check_comes_before_tokens_and_covers_the_admin_listener(t):
+    admin_port = free_port()
+    d = jwt_daemon(t, "--admin-listen", "127.0.0.1:%d" % admin_port)
+    alice = mint(claims_for("alice"))
+    evil = "evil.example:%d" % d.port
+    h = {"Host": evil}
+    h.update(bearer(alice))
+    check_421(request(d.port, "GET", spath("s", user="alice") + "/task-status", headers=h),
+              "a valid token from a rebound name")
+    check_421(request(d.port, "GET", spath("s", user="alice") + "/task-status",
+                      headers={"Host": evil}), "no token from a rebound name")
+    r = request(d.port, "POST", spath("s", user="alice") + "/run", body=b'{"message":"x"}',
+                headers=dict(JSON_HEADERS, Host="localhost:%d" % d.port, **bearer(alice)))
+    eq(r.status, 202, "the same token from localhost")
+    # the admin listener serves without tokens: a rebound name must not read it
+    check_421(request(admin_port, "GET", "/task-status?all=1",
+                      headers={"Host": "evil.example:%d" % admin_port}), "admin /task-status")
+    check_421(request(admin_port, "GET", "/metrics", headers={"Host": "evil.example"}),
+              "admin /metrics")
+    eq(request(admin_port, "GET", "/metrics", headers={"Host": "localhost:%d" % admin_port}).status,
+       200, "admin /metrics from localhost")
+    eq(request(admin_port, "GET", "/healthz", headers={"Host": "evil.example"}).status, 200,
+       "admin /healthz is exempt")
+
+
+# ---------------------------------------------------------------- per-user session cap
+
+@test(timeout=40)
+def test_per_user_session_cap_answers_429_and_frees_on_delete_and_expiry(t):
+    d = t.daemon("--max-sessions-per-user", "2")
+
+    def status_of(sid, user="alice"):
+        return d.get(spath(sid, user=user) + "/task-status").status
+
+    eq(post(d, spath("s1", user="alice") + "/run", "hello").status, 202, "alice's 1st session (POST)")
+    t.sse(d, spath("s2", user="alice") + "/run")  # a stream creates a session too
+    r = post(d, spath("s3", user="alice") + "/run", "hello")
+    check_error(r, 429, "alice's 3rd session by POST", "too_many_user_sessions")
+    eq(r.header("Retry-After"), "1", "Retry-After of the POST")
+    r = d.get(spath("s3", user="alice") + "/run")
+    check_error(r, 429, "alice's 3rd session by GET stream", "too_many_user_sessions")
+    eq(r.header("Retry-After"), "1", "Retry-After of the GET")
+    eq(status_of("s3"), 404, "the refused session was not created")
+    # her own sessions still take runs and streams; bob has his own allowance
+    eq(post(d, spath("s1", user="alice") + "/run", "again").status, 202, "a run in her 1st session")
+    t.sse(d, spath("s1", user="alice") + "/run")
+    eq(post(d, spath("s1", user="bob") + "/run", "hello").status, 202, "bob's 1st session")
+    eq(post(d, spath("s2", user="bob") + "/run", "hello").status, 202, "bob's 2nd session")
+    eq(d.get("/task-status?all=1").json()["sessions_total"], 4, "sessions")
+    # deleting one frees its slot at once
+    eq(d.delete(spath("s1", user="alice")).status, 200, "DELETE alice's s1")
+    eq(post(d, spath("s3", user="alice") + "/run", "hello").status, 202, "alice's s3 after a delete")
+    check_error(post(d, spath("s4", user="alice") + "/run", "hello"), 429, "alice full again",
+                "too_many_user_sessions")
+
+    # expiry frees a slot too
+    e = t.daemon("--max-sessions-per-user", "1", "--session-ttl", "0.3s")
+    eq(post(e, spath("a", user="carol") + "/run", "hi").status, 202, "carol's session")
+    check_error(post(e, spath("b", user="carol") + "/run", "hi"), 429, "carol's 2nd session",
+                "too_many_user_sessions")
+    # (not polled through its task-status: that is activity, which keeps it)
+    e.wait_log(lambda r: r.get("event") == "session.expired" and r.get("session") == "a",
+               DEFAULT_TIMEOUT, "carol's idle session expired")
+    eq(post(e, spath("b", user="carol") + "/run", "hi").status, 202, "carol's session after expiry")
+
+
+@test(timeout=30)
+def test_per_user_session_cap_is_the_token_users_under_jwt(t):
+    d = jwt_daemon(t, "--max-sessions-per-user", "1")
+    alice = bearer(mint(claims_for("alice")))
+    eq(post(d, spath("s1", user="alice") + "/run", "hi", headers=alice).status, 202, "alice's session")
+    check_error(post(d, spath("s2", user="alice") + "/run", "hi", headers=alice), 429,
+                "alice's 2nd session", "too_many_user_sessions")
+    bob = bearer(mint(claims_for("bob")))
+    eq(post(d, spath("s2", user="bob") + "/run", "hi", headers=bob).status, 202, "bob's session")
+
+
+# ---------------------------------------------------------------- far-future and fractional exp
+
+@test(timeout=40, valgrind=False)
+def test_far_future_and_fractional_exp_keep_the_stream_open_until_exp(t):
+    d = jwt_daemon(t, "--jwt-leeway", "0")
+    run_path = spath("far", user="alice") + "/run"
+    far = []
+    for exp in (1e17, 1e300, int(time.time()) + 3600.5):
+        s = t.sse(d, run_path, headers=bearer(mint({"sub": "alice", "exp": exp})))
+        s.wait_retry()
+        far.append((exp, s))
+    r = post(d, run_path, "still here? !word-delay=0", bearer(mint(claims_for("alice"))))
+    eq(r.status, 202, "POST")
+    run_id = r.json()["run_id"]
+    for exp, s in far:
+        s.wait_event("run.completed", 10, run_id=run_id)  # fails if the stream ended at once
+    # a fractional exp a moment away: the stream ends at it, not before
+    exp = int(time.time()) + 2.5
+    soon = t.sse(d, run_path, headers=bearer(mint({"sub": "alice", "exp": exp})))
+    soon.wait_retry()
+    closed = soon.wait_event("stream.closed", timeout=exp - time.time() + 5)
+    ended = time.time()
+    eq(closed.json(), {"reason": "token_expired"}, "stream.closed data")
+    expect(exp - 0.02 <= ended <= exp + 1.5, "cut %.3fs after exp" % (ended - exp))
+    soon.wait_eof(5)
+    for exp, s in far:
+        expect(not s.eof, "the stream with exp %r ended" % exp)
+        eq([e.type for e in s.snapshot() if e.type == "stream.closed"], [],
+           "stream.closed with exp %r" % exp)

@@ -151,10 +151,10 @@ def test_limiter_queues_extra_runs_and_starts_them_when_a_slot_frees(t):
     jc, _, _ = post_run(d, "qc", "!hang")
     jd, _, _ = post_run(d, "qd", "!hang")
     eq((jc["status"], jd["status"]), ("queued", "queued"), "POST status of the next two runs")
-    ev = subs["qc"].wait_event("run.queued", 3, run_id=jc["run_id"])
-    eq(ev.json(), {"run_id": jc["run_id"], "position": 1}, "run.queued of the third run")
-    ev = subs["qd"].wait_event("run.queued", 3, run_id=jd["run_id"])
-    eq(ev.json(), {"run_id": jd["run_id"], "position": 2}, "run.queued of the fourth run")
+    for sid, j, position in (("qc", jc, 1), ("qd", jd, 2)):
+        data = subs[sid].wait_event("run.queued", 3, run_id=j["run_id"]).json()
+        expect(isinstance(data.pop("created_at", None), float), "run.queued created_at: %r" % data)
+        eq(data, {"run_id": j["run_id"], "position": position}, "run.queued of %s" % sid)
     st = all_status(d)
     eq((st["total_tasks"], st["running_tasks"], st["queued_tasks"]), (4, 2, 2), "/task-status counts")
     eq((task_status(d, "qc")["status"], task_status(d, "qc")["has_task"]), ("queued", True),
@@ -999,3 +999,125 @@ def test_shutdown_cancels_queued_runs_without_starting_them(t):
         eq(terminal(s, rid, "run.cancelled", 1)["reason"], "shutdown", "run.cancelled reason")
     eq([e.type for e in run_events(s2.snapshot(), j2["run_id"])], ["run.queued", "run.cancelled"],
        "events of the run still queued at shutdown (it must not start)")
+
+
+# ---------------------------------------------------------------- deleted sessions stay deleted
+
+def _delete_with_stream(t, d, sid):
+    """A completed run on a subscribed session, then DELETE: returns the ids
+    the stream got (session.closed last) and the monotonic time just before
+    the DELETE was sent."""
+    from harness import DEFAULT_TIMEOUT
+    s = t.sse(d, spath(sid) + "/run")
+    s.wait_retry()
+    j, _, _ = post_run(d, sid, "hello there")
+    s.wait_event("run.completed", run_id=j["run_id"])
+    before = time.monotonic()
+    r = d.delete(spath(sid))
+    eq(r.status, 200, "DELETE session %s" % sid)
+    closed = s.wait_event("session.closed")
+    s.wait_eof(DEFAULT_TIMEOUT)
+    ids = [e.id for e in s.snapshot() if e.has_id]
+    eq(ids[-1], closed.id, "the last id the tab has is session.closed's")
+    return ids, before
+
+
+def _reconnect(t, d, sid, last_id, header=True):
+    """GET the session's stream with last_id as the Last-Event-ID header or
+    ?last_event_id=, as EventSource or the console reconnect. Returns the
+    status and the connection, its head read (a 200 stream stays open)."""
+    import urllib.parse
+    path = spath(sid) + "/run"
+    c = t.conn(d)
+    if header:
+        c.send(build_request("GET", path, None, {"Last-Event-ID": last_id}))
+    else:
+        c.send(build_request("GET", path + "?last_event_id=" + urllib.parse.quote(last_id)))
+    version, status, reason, hdrs = c.read_head()
+    if status == 204:
+        expect(not any(k.lower() in ("content-length", "transfer-encoding") and v != "0"
+                       for k, v in hdrs), "a 204 with a body: %r" % hdrs)
+    return status, c
+
+
+def _reconnect_status(t, d, sid, last_id, header=True):
+    status, c = _reconnect(t, d, sid, last_id, header)
+    c.close()
+    return status
+
+
+@test(timeout=40, valgrind=False)
+def test_a_deleted_session_stays_deleted_for_its_reconnecting_streams(t):
+    ttl = 3.0 * TIME_SCALE
+    d = t.daemon("--session-ttl", "%gs" % ttl)
+    ids, deleted_before = _delete_with_stream(t, d, "gone")
+    # EventSource reconnects with its last id (header) or a page with ?last_event_id=
+    for last_id in (ids[-1], ids[0], ids[len(ids) // 2]):
+        for header in (True, False):
+            eq(_reconnect_status(t, d, "gone", last_id, header), 204,
+               "stream of the deleted session, id %s header=%s" % (last_id, header))
+    task_status(d, "gone", expect_status=404)
+    eq(all_status(d, "?all=1")["sessions_total"], 0, "sessions after the 204s")
+    # still so later in the TTL
+    wait_until(lambda: time.monotonic() - deleted_before >= ttl * 0.6, ttl, "60% of the TTL")
+    status = _reconnect_status(t, d, "gone", ids[-1])
+    expect(time.monotonic() - deleted_before < ttl, "checked within the TTL (machine too slow)")
+    eq(status, 204, "stream of the deleted session at 60% of the TTL")
+    task_status(d, "gone", expect_status=404)
+    # after the TTL the tombstone is gone: the id is one runcast cannot place,
+    # the stream re-creates the session and says so with stream.reset
+    first = {}
+
+    def reconnect():
+        status, c = _reconnect(t, d, "gone", ids[-1])
+        if status == 200:
+            first["at"] = time.monotonic()
+            first["head"] = c.read_until(b"stream.reset", time.monotonic() + 5)
+            return True
+        eq(status, 204, "reconnect status while the tombstone lives")
+        c.close()
+        return False
+    wait_until(reconnect, ttl + 5.0, "the tombstone expired", interval=0.1)
+    expect(first["at"] - deleted_before >= ttl,
+           "the tombstone lived %.2fs, less than the TTL %.2fs" % (first["at"] - deleted_before, ttl))
+    eq(task_status(d, "gone")["status"], None, "the re-created session has no run")
+
+
+@test(timeout=30)
+def test_a_post_after_delete_starts_a_new_incarnation_and_old_ids_get_stream_reset(t):
+    d = t.daemon()
+    ids, _ = _delete_with_stream(t, d, "again")
+    eq(_reconnect_status(t, d, "again", ids[-1]), 204, "old id before the new incarnation")
+    j, _, _ = post_run(d, "again", "hello once more")
+    eq(task_status(d, "again")["run_id"], j["run_id"], "the re-created session's run")
+    for header in (True, False):
+        status, c = _reconnect(t, d, "again", ids[-1], header)
+        eq(status, 200, "old id after the new incarnation (header=%s)" % header)
+        c.read_until(b"event: stream.reset\ndata: {\"reason\":\"unknown_event_id\"}\n\n",
+                     time.monotonic() + 5)
+        head = c.read_until(b"event: run.", time.monotonic() + 5)
+        expect(b"id: " in head and ids[-1].split("-")[0].encode() not in head,
+               "the new incarnation's ids follow: %r" % head)
+        c.close()
+    # a GET without an id on a deleted session is a new tab: it creates the session
+    ids2, _ = _delete_with_stream(t, d, "again")
+    s = t.sse(d, spath("again") + "/run")
+    s.wait_retry()
+    eq(task_status(d, "again")["status"], None, "a fresh stream re-created the session")
+    expect(ids2[-1].split("-")[0] != ids[-1].split("-")[0], "incarnations differ")
+
+
+@test(timeout=30)
+def test_tombstones_are_bounded_by_max_sessions_oldest_forgotten_first(t):
+    d = t.daemon("--max-sessions", "2")
+    last = {}
+    for sid in ("t1", "t2", "t3"):
+        ids, _ = _delete_with_stream(t, d, sid)
+        last[sid] = ids[-1]
+    # two tombstones kept (the newest), t1's was forgotten to make room
+    eq(_reconnect_status(t, d, "t3", last["t3"]), 204, "t3's id")
+    eq(_reconnect_status(t, d, "t2", last["t2"]), 204, "t2's id")
+    status, c = _reconnect(t, d, "t1", last["t1"])
+    eq(status, 200, "t1's id once its tombstone made room: a new incarnation")
+    c.read_until(b"event: stream.reset\ndata: {\"reason\":\"unknown_event_id\"}\n\n",
+                 time.monotonic() + 5)

@@ -5,6 +5,7 @@
  * records the status, headers and body it was given. */
 #include "../../src/auth.c"
 
+#include <dlfcn.h>
 #include <openssl/ec.h>
 #include <openssl/rsa.h>
 #include <stdlib.h>
@@ -47,6 +48,21 @@ void conn_respond_error(struct conn *c, int status, const char *code, const char
 const char *conn_peer(const struct conn *c)
 {
     return "127.0.0.1:1";
+}
+
+/* ---- counting PEM key parses ------------------------------------------------ */
+
+/* Every PEM public key parse in this process, runcast's and libjwt's alike
+ * (libjwt's call resolves to this definition, which calls OpenSSL's). */
+static int pem_key_parses;
+
+EVP_PKEY *PEM_read_bio_PUBKEY(BIO *bio, EVP_PKEY **x, pem_password_cb *cb, void *u)
+{
+    static EVP_PKEY *(*real)(BIO *, EVP_PKEY **, pem_password_cb *, void *);
+    if (real == NULL)
+        *(void **)&real = dlsym(RTLD_NEXT, "PEM_read_bio_PUBKEY");
+    pem_key_parses++;
+    return real(bio, x, cb, u);
 }
 
 /* ---- keys and tokens ------------------------------------------------------- */
@@ -285,6 +301,47 @@ static void alg_none_and_foreign_algorithms_are_refused(void)
     CHECK_EQ(verify(t, NOW, NULL), AUTH_ERR_ALG);
     free(t);
     auth_shutdown();
+}
+
+/* The PEM key is parsed once, by auth_init(); no check parses it again,
+ * whether it accepts or refuses the token. */
+static void public_keys_are_parsed_once_at_start(void)
+{
+    static const char *const paths[2] = {rsa_pub_path, ec_pub_path};
+    const char *privs[2] = {rsa_priv_pem, ec_priv_pem};
+    static const jwt_alg_t algs[2] = {JWT_ALG_RS256, JWT_ALG_ES256};
+    for (int k = 0; k < 2; k++) {
+        pem_key_parses = 0;
+        init_public_key(paths[k]);
+        CHECK_EQ(pem_key_parses, 1);
+        char *good = mint(algs[k], privs[k], "{\"sub\":\"a\",\"exp\":1800000100}", NULL);
+        char *bad = xstrdup(good);
+        size_t len = strlen(bad);
+        bad[len - 3] = bad[len - 3] == 'A' ? 'B' : 'A';
+        for (int i = 0; i < 10; i++)
+            CHECK_EQ(verify(bad, NOW, NULL), AUTH_ERR_SIGNATURE); /* refused: never cached */
+        char claims[96];
+        for (int i = 0; i < 10; i++) { /* accepted, each a cache miss */
+            snprintf(claims, sizeof(claims), "{\"sub\":\"a\",\"exp\":1800000100,\"n\":%d}", i);
+            char *t = mint(algs[k], privs[k], claims, NULL);
+            CHECK_EQ(verify(t, NOW, NULL), 0);
+            free(t);
+        }
+        CHECK_EQ(verify(good, NOW, NULL), 0);
+        /* the signature of one token on another's claims; a cut signature */
+        char *other = mint(algs[k], privs[k], "{\"sub\":\"b\",\"exp\":1800000100}", NULL);
+        char swapped[4096];
+        snprintf(swapped, sizeof(swapped), "%.*s%s", (int)(strrchr(other, '.') - other), other,
+                 strrchr(good, '.'));
+        CHECK_EQ(verify(swapped, NOW, NULL), AUTH_ERR_SIGNATURE);
+        snprintf(swapped, sizeof(swapped), "%.*s", (int)strlen(good) - 4, good);
+        CHECK_EQ(verify(swapped, NOW, NULL), AUTH_ERR_SIGNATURE);
+        CHECK_EQ(pem_key_parses, 1);
+        free(other);
+        free(good);
+        free(bad);
+        auth_shutdown();
+    }
 }
 
 static void tampered_and_malformed_tokens_are_refused(void)
@@ -630,11 +687,81 @@ static void admin_listener_serves_only_admin_routes_without_tokens(void)
     auth_shutdown();
 }
 
+/* The gate's verdict on GET path with this Host (NULL: no Host line, as
+ * HTTP/1.0 may send): 1 let through, else the status it answered. */
+static int host_verdict(const char *host, const char *path)
+{
+    char raw[512];
+    struct conn c;
+    struct auth_grant grant;
+    if (host)
+        snprintf(raw, sizeof(raw), "GET %s HTTP/1.1\r\nHost: %s\r\n\r\n", path, host);
+    else
+        snprintf(raw, sizeof(raw), "GET %s HTTP/1.0\r\n\r\n", path);
+    int rc = gate(raw, NULL, &c, &grant);
+    if (rc == 0 && c.status == 421)
+        CHECK_STREQ(c.code, "host_not_allowed");
+    return rc == 1 ? 1 : c.status;
+}
+
+static void gate_serves_only_allowed_hosts(void)
+{
+    static const char *const path = "/apps/a/users/u/sessions/s/run";
+    /* the default list: --listen's host, localhost, any IP address */
+    struct auth_config cfg = {.allow_hosts = "", .listen_host = "gw.internal"};
+    CHECK_EQ(auth_init(&cfg), 0);
+    static const char *const allowed[] = {
+        "localhost", "localhost:8000", "LOCALHOST:1", "127.0.0.1", "127.0.0.1:8000",
+        "[::1]", "[::1]:8000", "10.1.2.3:80", "[2001:db8::7]", "gw.internal:8000", "gw.internal",
+    };
+    for (size_t i = 0; i < RC_ARRAY_SIZE(allowed); i++) {
+        if (host_verdict(allowed[i], path) != 1)
+            fprintf(stderr, "  refused Host %s\n", allowed[i]);
+        CHECK_EQ(host_verdict(allowed[i], path), 1);
+    }
+    static const char *const refused[] = {
+        "evil.example", "evil.example:8000", "localhost.evil.example", "127.0.0.1.nip.io",
+        "127.1", "localhost.", "[::1", "[::1]x", "localhost:80x", "localhost:123456", "",
+        "[evil.example]", "gw.internal.evil.example",
+    };
+    for (size_t i = 0; i < RC_ARRAY_SIZE(refused); i++) {
+        if (host_verdict(refused[i], path) != 421)
+            fprintf(stderr, "  let in Host %s\n", refused[i]);
+        CHECK_EQ(host_verdict(refused[i], path), 421);
+    }
+    CHECK_EQ(host_verdict(NULL, path), 1);                /* no Host: no browser */
+    CHECK_EQ(host_verdict("evil.example", "/healthz"), 1); /* probes use any Host */
+    CHECK_EQ(host_verdict("evil.example", "/readyz"), 1);
+    CHECK_EQ(host_verdict("evil.example", "/"), 421);
+    CHECK_EQ(host_verdict("evil.example", "/metrics"), 421);
+    CHECK_EQ(host_verdict("evil.example", "/nothing/here"), 421);
+    auth_shutdown();
+
+    /* a list replaces the default; ports are ignored; a bare IPv6 works */
+    cfg.allow_hosts = "App.Example.com:8443,::1,[2001:db8::1]:9";
+    CHECK_EQ(auth_init(&cfg), 0);
+    CHECK_EQ(host_verdict("app.example.com", path), 1);
+    CHECK_EQ(host_verdict("app.example.com:1", path), 1);
+    CHECK_EQ(host_verdict("[::1]:8000", path), 1);
+    CHECK_EQ(host_verdict("[2001:db8::1]", path), 1);
+    CHECK_EQ(host_verdict("localhost", path), 421);
+    CHECK_EQ(host_verdict("127.0.0.1", path), 421);
+    CHECK_EQ(host_verdict("gw.internal", path), 421);
+    auth_shutdown();
+
+    cfg.allow_hosts = "*";
+    CHECK_EQ(auth_init(&cfg), 0);
+    CHECK_EQ(host_verdict("evil.example:8000", path), 1);
+    auth_shutdown();
+    /* not configured (NULL), as before auth_init(): not checked */
+    CHECK_EQ(host_verdict("evil.example", path), 1);
+}
+
 /* ---- per-user caps ---------------------------------------------------------- */
 
 static void quota_counts_runs_and_streams_per_user(void)
 {
-    quota_init(2, 1);
+    quota_init(2, 1, 0);
     CHECK_EQ(quota_run_begin("alice"), 0);
     CHECK_EQ(quota_run_begin("alice"), 0);
     CHECK_EQ(quota_run_begin("alice"), -EDQUOT); /* counted all the same */
@@ -672,11 +799,44 @@ static void quota_counts_runs_and_streams_per_user(void)
     CHECK_EQ(quota_user_count(), 0);
     quota_shutdown();
     /* no cap: nothing counted */
-    quota_init(0, 0);
+    quota_init(0, 0, 0);
     CHECK_EQ(quota_run_begin("x"), 0);
     CHECK_EQ(quota_subscriber_begin("x", &h1), 0);
     CHECK(h1 == NULL);
     CHECK_EQ(quota_user_count(), 0);
+    quota_shutdown();
+}
+
+static void quota_caps_sessions_per_user(void)
+{
+    quota_init(0, 0, 2);
+    CHECK_EQ(quota_session_begin("alice"), 0);
+    CHECK_EQ(quota_session_begin("alice"), 0);
+    CHECK_EQ(quota_session_begin("alice"), -EDQUOT); /* not counted */
+    CHECK_EQ(quota_session_begin("bob"), 0);
+    CHECK_EQ(quota_user_count(), 2);
+    quota_session_end("alice");
+    CHECK_EQ(quota_session_begin("alice"), 0);
+    CHECK_EQ(quota_session_begin("alice"), -EDQUOT);
+    quota_session_end("alice");
+    quota_session_end("alice");
+    quota_session_end("alice"); /* one too many: ignored */
+    quota_session_end("bob");
+    CHECK_EQ(quota_user_count(), 0);
+    /* refused at the cap, a user with nothing else counted leaves no entry */
+    quota_init(0, 0, 1);
+    CHECK_EQ(quota_session_begin("carol"), 0);
+    CHECK_EQ(quota_session_begin("carol"), -EDQUOT);
+    CHECK_EQ(quota_user_count(), 1);
+    quota_session_end("carol");
+    CHECK_EQ(quota_user_count(), 0);
+    quota_shutdown();
+    /* no cap: nothing counted */
+    quota_init(0, 0, 0);
+    for (int i = 0; i < 5; i++)
+        CHECK_EQ(quota_session_begin("x"), 0);
+    CHECK_EQ(quota_user_count(), 0);
+    quota_session_end("x");
     quota_shutdown();
 }
 
@@ -688,13 +848,16 @@ int main(void)
     RUN_TEST(audience_issuer_and_user_claim);
     RUN_TEST(alg_none_and_foreign_algorithms_are_refused);
     RUN_TEST(tampered_and_malformed_tokens_are_refused);
+    RUN_TEST(public_keys_are_parsed_once_at_start);
     RUN_TEST(accepted_tokens_are_remembered_until_exp);
     RUN_TEST(bad_key_files_are_refused_at_start);
     RUN_TEST(gate_binds_the_token_to_the_path_user);
     RUN_TEST(gate_reads_query_and_cookie_tokens);
     RUN_TEST(cors_preflight_and_disallowed_origins);
     RUN_TEST(admin_listener_serves_only_admin_routes_without_tokens);
+    RUN_TEST(gate_serves_only_allowed_hosts);
     RUN_TEST(quota_counts_runs_and_streams_per_user);
+    RUN_TEST(quota_caps_sessions_per_user);
     remove_keys();
     return test_report("test_auth");
 }

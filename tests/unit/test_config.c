@@ -86,6 +86,8 @@ static void defaults_match_contract(void)
     CHECK_EQ(cfg.demo_word_delay_ms, 50);
     CHECK_STREQ(cfg.log_format, "text");
     CHECK_STREQ(cfg.log_level, "info");
+    CHECK_STREQ(cfg.allow_host, ""); /* the default list, built by auth.c */
+    CHECK_EQ(cfg.max_sessions_per_user, 0);
 }
 
 static void load_without_env_or_flags_keeps_defaults(void)
@@ -99,11 +101,11 @@ static void load_without_env_or_flags_keeps_defaults(void)
 }
 
 /* Every row's field size matches the C type its kind writes, its default
- * and bounds parse, and the struct is covered: 42 options for 44 fields
+ * and bounds parse, and the struct is covered: 44 options for 46 fields
  * (--listen and --admin-listen fill two each). */
 static void option_table_is_consistent(void)
 {
-    CHECK_EQ(RC_ARRAY_SIZE(option_table), 42);
+    CHECK_EQ(RC_ARRAY_SIZE(option_table), 44);
     for (size_t i = 0; i < RC_ARRAY_SIZE(option_table); i++) {
         const struct option *opt = &option_table[i];
         struct option_value v;
@@ -614,6 +616,43 @@ static void allow_origin_repeats_and_replaces_the_environment(void)
     }
 }
 
+static void allow_host_takes_names_addresses_and_ports(void)
+{
+    struct config cfg;
+    char err[1024];
+    clear_env();
+    setenv("RUNCAST_ALLOW_HOST", "env.example", 1);
+    char *none[] = { "runcast", NULL };
+    CHECK_EQ(load(&cfg, none), 0);
+    CHECK_STREQ(cfg.allow_host, "env.example");
+    char *two[] = { "runcast", "--allow-host", "app.example.com:8443,10.0.0.7",
+                    "--allow-host=[::1]:8000,::1,my_host", NULL };
+    CHECK_EQ(load(&cfg, two), 0);
+    CHECK_STREQ(cfg.allow_host, "app.example.com:8443,10.0.0.7,[::1]:8000,::1,my_host");
+    clear_env();
+    char *star[] = { "runcast", "--allow-host", "*", NULL };
+    CHECK_EQ(load(&cfg, star), 0);
+    CHECK_STREQ(cfg.allow_host, "*");
+    char *star_and_more[] = { "runcast", "--allow-host", "*", "--allow-host", "a.example", NULL };
+    CHECK_EQ(load_capturing(&cfg, star_and_more, 2, err, sizeof(err)), -EINVAL);
+    CHECK(strstr(err, "* must be the only host") != NULL);
+    static const char *const bad[] = { "http://a.example", "a.example/", "a b", "a.example:",
+                                       "a.example:99999", "a.example:8x", "[::1", "[zz::1]",
+                                       "[::1]8000", ":8000", ",", "a.example,", "*,a.example" };
+    for (size_t i = 0; i < RC_ARRAY_SIZE(bad); i++) {
+        char *argv[] = { "runcast", "--allow-host", (char *)bad[i], NULL };
+        CHECK_EQ(load_capturing(&cfg, argv, 2, err, sizeof(err)), -EINVAL);
+        CHECK(strstr(err, "--allow-host") != NULL);
+    }
+    char *caps[] = { "runcast", "--max-sessions-per-user", "3", NULL };
+    CHECK_EQ(load(&cfg, caps), 0);
+    CHECK_EQ(cfg.max_sessions_per_user, 3);
+    setenv("RUNCAST_MAX_SESSIONS_PER_USER", "5", 1);
+    CHECK_EQ(load(&cfg, none), 0);
+    CHECK_EQ(cfg.max_sessions_per_user, 5);
+    clear_env();
+}
+
 int main(void)
 {
     RUN_TEST(defaults_match_contract);
@@ -645,5 +684,6 @@ int main(void)
     RUN_TEST(control_characters_in_a_bad_value_keep_the_error_on_one_line);
     RUN_TEST(auth_options_are_checked_together);
     RUN_TEST(allow_origin_repeats_and_replaces_the_environment);
+    RUN_TEST(allow_host_takes_names_addresses_and_ports);
     return test_report("test_config");
 }
