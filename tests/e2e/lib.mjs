@@ -46,8 +46,11 @@ function waitOn(emitter, events, fn, deadline, what) {
 
 /* True when this runcast has the access-control flags of issue 6. */
 /* Starts runcast with the demo agent on 127.0.0.1:<free port> (port 0, read
- * back from its `listening` log line). Returns {url, port, logs(), stop()};
- * stop() sends SIGTERM and asserts a clean exit 0. */
+ * back from its `listening` log line). Returns {url, port, logs(), stop(),
+ * kill()}; stop() sends SIGTERM and asserts a clean exit 0;
+ * kill(signal = 'SIGKILL') kills it on purpose (a server dying mid-stream),
+ * waits for it to exit and returns {code, signal}; stop() after kill() only
+ * checks the log for sanitizer reports. */
 export async function startRuncast(args = []) {
   const proc = spawn(RUNCAST_BIN, ['--listen', '127.0.0.1:0', '--upstream', 'demo',
     '--shutdown-grace', '1s', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
@@ -62,11 +65,24 @@ export async function startRuncast(args = []) {
   }, T_START, 'runcast to log "listening"').catch((err) => { proc.kill('SIGKILL'); throw err; });
   const port = Number(m[1]);
   const url = 'http://127.0.0.1:' + port;
+  let killed = false;
   return {
     port,
     url,
     logs: () => stderr,
+    async kill(signal = 'SIGKILL') {
+      killed = true;
+      if (!exit) {
+        proc.kill(signal);
+        await waitOn(proc, ['exit'], () => exit, T_START, 'runcast to exit on ' + signal);
+      }
+      return exit;
+    },
     async stop() {
+      if (killed) {
+        assert.doesNotMatch(stderr, /ERROR: (Address|Leak|Undefined)Sanitizer|runtime error:/, 'sanitizer report');
+        return;
+      }
       if (!exit) {
         proc.kill('SIGTERM');
         await waitOn(proc, ['exit'], () => exit, T_START, 'runcast to exit on SIGTERM')
@@ -119,10 +135,13 @@ export async function launchBrowser() {
 /* A fresh context (own storage) and page at rc.url + '/' + hash. Every
  * request the context makes is recorded (requests[]), and so are page errors
  * and console messages (errors[], consoleLines[]). waitLive: wait for the
- * stream to go live (false where it cannot, e.g. before a token is given). */
-export async function openConsole(browser, rc, { hash = '', viewport = { width: 1280, height: 800 }, mobile = false, waitLive = true } = {}) {
+ * stream to go live (false where it cannot, e.g. before a token is given).
+ * rc only needs .url (e.g. a reverse proxy's origin); contextOptions are
+ * added to playwright's newContext options (e.g. ignoreHTTPSErrors). */
+export async function openConsole(browser, rc, { hash = '', viewport = { width: 1280, height: 800 }, mobile = false, waitLive = true, contextOptions = {} } = {}) {
   const context = await browser.newContext({
     viewport, isMobile: mobile, hasTouch: mobile, deviceScaleFactor: mobile ? 2 : 1, colorScheme: 'light',
+    ...contextOptions,
   });
   const requests = [];
   const errors = [];
@@ -139,7 +158,8 @@ export async function openConsole(browser, rc, { hash = '', viewport = { width: 
 }
 
 /* Asserts what must hold for every page: no script error, no CSP report,
- * and no request left runcast's origin. Then closes the context. */
+ * and no request left runcast's origin (rc.url: pass the proxy's origin
+ * when the page was opened through one). Then closes the context. */
 export async function closeConsole(rc, ui) {
   try {
     assert.deepEqual(ui.errors, [], 'page errors');
