@@ -840,6 +840,9 @@ static void stream_ended(struct upstream_call *call)
     finish(call, UPSTREAM_AGENT_ERROR, NULL, "agent error: %s", text);
 }
 
+/* Acts on the verdict of a finished transfer: the next step, a retry, or the
+ * call's outcome. Outside libcurl (from on_transfer_done), so it may release
+ * the transfer and start the next one itself. */
 static void transfer_done(struct upstream_call *call, CURLcode res)
 {
     if (call->state != CALL_ACTIVE)
