@@ -148,7 +148,7 @@ struct upstream_call {
     struct upstream_result result; /* result.detail owned until teardown */
 };
 
-/* The module: one multi handle on one loop. */
+/* The module: one curl_uv (one multi handle) on one loop. */
 static struct upstream_module {
     int initialized;
     uv_loop_t *loop;
