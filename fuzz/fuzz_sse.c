@@ -16,7 +16,7 @@
  * LF, interpret each; -E2BIG when a line or an event's data (with an LF per
  * data line) passes max_event_bytes.
  *
- * Property 4 (fast frame check): whenever upstream_frame_is_plain_object()
+ * Property 4 (fast frame check): whenever frame_scan_is_plain_object()
  * is sure about an event's data, jansson agrees: it parses the data as a
  * non-empty object with no top-level "error", "errorCode" or "errorMessage"
  * member, so runcast relays exactly the frames the slow path would relay
@@ -31,8 +31,8 @@
 #include <stdint.h>
 #include <stdlib.h>
 
+#include "frame_scan.h"
 #include "sse.h"
-#include "upstream.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -41,7 +41,7 @@ static const size_t max_event_choices[4] = {1 << 20, 256, 32, 8};
 /* Property 4 on one event's data. */
 static void check_fast_frame(const char *data, size_t len)
 {
-    if (!upstream_frame_is_plain_object(data, len))
+    if (!frame_scan_is_plain_object(data, len))
         return;
     json_error_t error;
     json_t *frame = json_loadb(data, len, JSON_DECODE_ANY, &error);

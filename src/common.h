@@ -87,5 +87,14 @@ int str_ieq(const char *s, size_t len, const char *cstr);
 /* 1 when s[0..len) is 1..128 chars of [A-Za-z0-9_.-], and not "." or "..":
  * a path parameter. */
 int str_is_path_param(const char *s, size_t len);
+/* Iterates a comma-separated header list (RFC 9110 5.6.1, "#rule"): each
+ * call finds the next element of list[0..len) from *pos (start at 0), sets
+ * *item and *item_len to it without the spaces and tabs around it, moves
+ * *pos past it and returns 1; returns 0 when no element is left. Empty
+ * elements ("a,,b", leading or trailing commas) are skipped. A comma inside a
+ * quoted string ("a,b", with backslash escapes) does not end an element, so
+ * entity tags may hold commas. Never allocates; *item points into list. */
+int str_list_next(const char *list, size_t len, size_t *pos, const char **item,
+                  size_t *item_len);
 
 #endif

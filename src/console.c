@@ -20,7 +20,8 @@
                 "Referrer-Policy: no-referrer\r\n"                        \
                 "Cross-Origin-Resource-Policy: same-origin\r\n"
 
-const struct console_asset *console_find(const char *path, size_t path_len)
+/* The asset served at path[0..path_len) (no query string), or NULL. */
+static const struct console_asset *console_find(const char *path, size_t path_len)
 {
     for (const struct console_asset *a = console_assets; a->path != NULL; a++) {
         if (strlen(a->path) == path_len && memcmp(a->path, path, path_len) == 0)
@@ -34,22 +35,16 @@ const struct console_asset *console_find(const char *path, size_t path_len)
  * W/ prefix is ignored. */
 static int etag_listed(const char *list, size_t len, const char *etag)
 {
-    size_t i = 0;
-    while (i < len) {
-        while (i < len && (list[i] == ' ' || list[i] == '\t' || list[i] == ','))
-            i++;
-        size_t start = i;
-        while (i < len && list[i] != ',')
-            i++;
-        size_t end = i;
-        while (end > start && (list[end - 1] == ' ' || list[end - 1] == '\t'))
-            end--;
-        if (end - start >= 2 && list[start] == 'W' && list[start + 1] == '/')
-            start += 2;
-        size_t n = end - start;
-        if (n == 1 && list[start] == '*')
+    const char *item;
+    size_t n, pos = 0;
+    while (str_list_next(list, len, &pos, &item, &n)) {
+        if (n >= 2 && item[0] == 'W' && item[1] == '/') {
+            item += 2;
+            n -= 2;
+        }
+        if (n == 1 && item[0] == '*')
             return 1;
-        if (n > 0 && n == strlen(etag) && memcmp(list + start, etag, n) == 0)
+        if (n > 0 && n == strlen(etag) && memcmp(item, etag, n) == 0)
             return 1;
     }
     return 0;

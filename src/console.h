@@ -24,9 +24,6 @@ struct console_asset {
  * NULL. */
 extern const struct console_asset console_assets[];
 
-/* The asset served at path[0..path_len) (no query string), or NULL. */
-const struct console_asset *console_find(const char *path, size_t path_len);
-
 /* Answers a GET or HEAD of "/" or "/console/NAME": 200 with the file, 304
  * when If-None-Match names its ETag, 404 for an unknown name. Every answer
  * carries the console's Content-Security-Policy. Call from the request

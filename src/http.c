@@ -245,17 +245,10 @@ static int parse_content_length(const char *s, size_t len, size_t *out)
 /* 1 when the comma-separated list s[0..len) holds `token` (case-insensitive). */
 static int list_has_token(const char *s, size_t len, const char *token)
 {
-    size_t i = 0;
-    while (i < len) {
-        while (i < len && (s[i] == ' ' || s[i] == '\t' || s[i] == ','))
-            i++;
-        size_t start = i;
-        while (i < len && s[i] != ',')
-            i++;
-        size_t end = i;
-        while (end > start && (s[end - 1] == ' ' || s[end - 1] == '\t'))
-            end--;
-        if (end > start && str_ieq(s + start, end - start, token))
+    const char *item;
+    size_t item_len, pos = 0;
+    while (str_list_next(s, len, &pos, &item, &item_len)) {
+        if (str_ieq(item, item_len, token))
             return 1;
     }
     return 0;

@@ -1,9 +1,12 @@
-/* quota.c: per-user caps (see quota.h). One hash table of users that have
- * something counted, keyed by name; an entry lives while its user has an
- * active run or an open stream. */
+/* quota.c: per-user caps (see quota.h). One table of the users that have
+ * something counted (table.h), keyed by name; an entry lives while its user
+ * has an active run, an open stream or a session, and is freed as soon as
+ * every count is back to 0. */
 #include "quota.h"
 
 #include <stdlib.h>
+
+#include "table.h"
 
 static struct {
     int max_runs;
@@ -11,69 +14,31 @@ static struct {
     int max_sessions;
 } limits;
 
-/* One user with something counted; freed when every count is back to 0. */
+/* One user with something counted. Owned by the users table; freed by
+ * user_release_if_idle() when every count is back to 0, or by
+ * quota_shutdown(). */
 struct user_entry {
-    struct user_entry *next;
+    struct table_entry entry; /* key: name */
     int runs;
     int subscribers;
     int sessions;
     char name[];
 };
 
-static struct user_entry **user_buckets;
-static size_t user_bucket_count, user_count;
-
-static uint64_t user_hash(const char *s)
-{
-    uint64_t h = 1469598103934665603ull; /* FNV-1a */
-    for (; *s; s++)
-        h = (h ^ (unsigned char)*s) * 1099511628211ull;
-    return h;
-}
-
-static void users_grow(void)
-{
-    size_t count = user_bucket_count ? user_bucket_count * 2 : 64;
-    struct user_entry **buckets = xcalloc(count, sizeof(*buckets));
-    for (size_t i = 0; i < user_bucket_count; i++) {
-        struct user_entry *e = user_buckets[i], *next;
-        for (; e; e = next) {
-            next = e->next;
-            size_t b = user_hash(e->name) & (count - 1);
-            e->next = buckets[b];
-            buckets[b] = e;
-        }
-    }
-    free(user_buckets);
-    user_buckets = buckets;
-    user_bucket_count = count;
-}
+static struct table users;
 
 /* The user's entry; created when create is set (never fails), else NULL. */
 static struct user_entry *user_lookup(const char *name, int create)
 {
-    if (user_bucket_count == 0) {
-        if (!create)
-            return NULL;
-        users_grow();
-    }
-    struct user_entry **slot = &user_buckets[user_hash(name) & (user_bucket_count - 1)];
-    for (struct user_entry *e = *slot; e; e = e->next) {
-        if (strcmp(e->name, name) == 0)
-            return e;
-    }
+    size_t len = strlen(name);
+    struct table_entry *found = table_find(&users, name, len);
+    if (found != NULL)
+        return container_of(found, struct user_entry, entry);
     if (!create)
         return NULL;
-    if (user_count + 1 > user_bucket_count * 2) {
-        users_grow();
-        slot = &user_buckets[user_hash(name) & (user_bucket_count - 1)];
-    }
-    size_t len = strlen(name);
     struct user_entry *e = xcalloc(1, sizeof(*e) + len + 1);
     memcpy(e->name, name, len + 1);
-    e->next = *slot;
-    *slot = e;
-    user_count++;
+    table_insert(&users, &e->entry, e->name, len);
     return e;
 }
 
@@ -81,26 +46,22 @@ static void user_release_if_idle(struct user_entry *e)
 {
     if (e->runs > 0 || e->subscribers > 0 || e->sessions > 0)
         return;
-    struct user_entry **slot = &user_buckets[user_hash(e->name) & (user_bucket_count - 1)];
-    while (*slot != e)
-        slot = &(*slot)->next;
-    *slot = e->next;
-    user_count--;
+    table_remove(&users, &e->entry);
     free(e);
 }
 
 void quota_shutdown(void)
 {
-    for (size_t i = 0; i < user_bucket_count; i++) {
-        struct user_entry *e = user_buckets[i], *next;
-        for (; e; e = next) {
-            next = e->next;
-            free(e);
-        }
-    }
-    free(user_buckets);
-    user_buckets = NULL;
-    user_bucket_count = user_count = 0;
+    /* table_for_each cannot remove: collect the entries, then free them. */
+    struct user_entry **all = xcalloc(users.count + 1, sizeof(*all));
+    size_t n = 0;
+    table_for_each(&users, te)
+        all[n++] = container_of(te, struct user_entry, entry);
+    table_free(&users);
+    for (size_t i = 0; i < n; i++)
+        free(all[i]);
+    free(all);
+    table_init(&users);
     limits.max_runs = limits.max_subscribers = limits.max_sessions = 0;
 }
 
@@ -114,7 +75,7 @@ void quota_init(int max_runs_per_user, int max_subscribers_per_user, int max_ses
 
 size_t quota_user_count(void)
 {
-    return user_count;
+    return users.count;
 }
 
 int quota_run_begin(const char *user)

@@ -1,29 +1,25 @@
-/* upstream.c: calls to the agent service (ADK api_server) over libcurl's
- * multi interface, driven by the libuv loop (see upstream.h).
+/* upstream.c: calls to the agent service (ADK api_server): the call state
+ * machine, session creation, /run_sse, retries, timeouts and error mapping
+ * (see upstream.h). Transfers run on a curl_uv (curl_uv.c: libcurl's multi
+ * interface on the libuv loop); frames are checked by frame_scan.c.
  *
- * How libcurl and libuv meet. libcurl tells us which sockets to watch
- * (CURLMOPT_SOCKETFUNCTION: one uv_poll_t per socket, in a context stored with
- * curl_multi_assign) and when to wake it up (CURLMOPT_TIMERFUNCTION: one
- * uv_timer_t). When either fires we call curl_multi_socket_action() and then
- * drain curl_multi_info_read() for finished transfers.
- *
- * Safe points. libcurl forbids removing an easy handle (or calling most of
- * its API) from inside its own callbacks, and a caller's callback must be
- * able to do anything, including cancelling its call or starting another.
- * So nothing is torn down where it is decided: a call whose outcome is known
- * (or that was cancelled) is marked and queued on the service queue, which a
- * uv_idle_t drains outside any libcurl callback: it removes and cleans up the
- * easy handle, runs on_end (ended calls only), then closes the call's timer
- * and frees the call in the close callback. Bytes that arrive for a marked
- * call are swallowed (the write callback always returns the full length; it
- * never aborts the transfer itself). The same queue also runs work that must
- * not happen inside libcurl: a transfer started while libcurl is on the stack
- * (say, upstream_call_start() from an on_event callback) and the
- * on_request_sent notification.
+ * Safe points. curl_uv's rule is that nothing is torn down inside a libcurl
+ * callback, and a caller's callback must be able to do anything, including
+ * cancelling its call or starting another. So nothing is torn down where it
+ * is decided: a call whose outcome is known (or that was cancelled) is marked
+ * and its service task is deferred (curl_uv_defer); the task runs outside any
+ * libcurl callback: it removes the easy handle, runs on_end (ended calls
+ * only), then closes the call's timer and frees the call in the close
+ * callback. Bytes that arrive for a marked call are swallowed (the write
+ * callback always returns the full length; it never aborts the transfer
+ * itself). The same task also runs work that must not happen inside libcurl:
+ * a transfer started while libcurl is on the stack (say,
+ * upstream_call_start() from an on_event callback) and the on_request_sent
+ * notification.
  *
  * When is a request "sent"? When its easy handle is handed to libcurl
- * (curl_multi_add_handle of the first /run_sse attempt). The notification
- * itself runs from the service queue (or, at the latest, just before the
+ * (curl_uv_add of the first /run_sse attempt). The notification
+ * itself runs from the service task (or, at the latest, just before the
  * first response byte is reported), so no callback ever runs before
  * upstream_call_start() has returned: run.c always holds the call pointer
  * when it hears from it. Only the first /run_sse attempt is reported;
@@ -52,6 +48,8 @@
 #include <strings.h>
 #include <time.h>
 
+#include "curl_uv.h"
+#include "frame_scan.h"
 #include "log.h"
 #include "sse.h"
 
@@ -60,17 +58,6 @@
 #define NO_DEADLINE UINT64_MAX
 #define RETRY_AFTER_CAP_MS (24ull * 3600 * 1000)
 #define CREATE_ANSWER_MAX (64 * 1024) /* a create-session answer kept to read its id */
-
-/* One watched socket. Owned by the module; a fresh one is made whenever
- * libcurl starts watching a socket that has none, and freed in the poll
- * handle's close callback, so a socket number reused while the previous
- * handle is still closing never meets the old context. */
-struct sock_ctx {
-    uv_poll_t poll;
-    curl_socket_t fd;
-    int events;       /* UV_READABLE/UV_WRITABLE that libcurl asked for */
-    struct list node; /* in upstream_module.sockets until closed */
-};
 
 enum call_state {
     CALL_ACTIVE = 0, /* running: transfers, backoff waits */
@@ -119,7 +106,7 @@ enum verdict {
 };
 
 struct upstream_call {
-    struct list service_node; /* in upstream_module.service_queue while work is queued */
+    struct curl_uv_task service; /* deferred teardown and starts (service_call) */
     enum call_state state;
     struct upstream_callbacks cb;
     void *arg;
@@ -133,7 +120,7 @@ struct upstream_call {
     int rate_retries;    /* 429/503 retries done */
     int sent_reported;   /* on_request_sent was scheduled (first /run_sse only) */
     int sent_pending;    /* ... and has not run yet */
-    int start_deferred;  /* the next transfer waits for the service queue */
+    int start_deferred;  /* the next transfer waits for the service task */
     int got_first_event;
     json_t *error_event; /* {"errorCode","errorMessage"} of the first event with one */
 
@@ -161,32 +148,21 @@ struct upstream_call {
     struct upstream_result result; /* result.detail owned until teardown */
 };
 
-/* The module: one multi handle on one loop. */
+/* The module: one curl_uv (one multi handle) on one loop. */
 static struct upstream_module {
     int initialized;
     uv_loop_t *loop;
     struct upstream_config cfg;
     char *base_url;
-    CURLM *multi;
-    uv_timer_t multi_timer;
-    uv_idle_t service;
-    struct list service_queue;
-    struct list sockets;
+    struct curl_uv *curl; /* NULL once shutdown has closed it */
     size_t calls;         /* allocated calls, closing ones included */
-    size_t live;          /* easy handles not yet cleaned up */
-    int in_curl;          /* depth of curl_multi_socket_action on the stack */
     int shutting_down;
-    int closing_handles;  /* the multi is gone; handles are closing */
-    int handles_to_close;
     void (*done)(void *arg);
     void *done_arg;
     uint64_t rng;
 } up;
 
-static int curl_globally_initialized;
-
 static void call_timer_cb(uv_timer_t *timer);
-static void service_schedule(struct upstream_call *call);
 static void attempt_begin(struct upstream_call *call);
 static void maybe_finish_shutdown(void);
 
@@ -269,7 +245,7 @@ static void finish(struct upstream_call *call, enum upstream_outcome outcome,
     vsnprintf(call->result.message, sizeof(call->result.message), fmt, ap);
     va_end(ap);
     uv_timer_stop(&call->timer);
-    service_schedule(call);
+    curl_uv_defer(up.curl, &call->service);
 }
 
 /* Ends with the current error answer: UPSTREAM_HTTP or UPSTREAM_RATE_LIMITED,
@@ -293,10 +269,8 @@ static void finish_with_excerpt(struct upstream_call *call)
 static void transfer_release(struct upstream_call *call)
 {
     if (call->easy != NULL) {
-        curl_multi_remove_handle(up.multi, call->easy);
-        curl_easy_cleanup(call->easy);
+        curl_uv_remove(up.curl, call->easy);
         call->easy = NULL;
-        up.live--;
     }
     if (call->parser_live) {
         sse_parser_free(&call->parser);
@@ -307,25 +281,35 @@ static void transfer_release(struct upstream_call *call)
 
 /* ---- timers ---- */
 
-/* The nearest deadline of the call and what it is (a phase, or "backoff"). */
-static uint64_t nearest_deadline(const struct upstream_call *call, const char **what)
+/* The deadlines a call can wait for; the timed-out ones name the phase
+ * reported in upstream_result.phase. */
+enum deadline_kind {
+    DEADLINE_NONE = 0,
+    DEADLINE_TOTAL,       /* run_timeout_ms since upstream_call_start */
+    DEADLINE_FIRST_EVENT, /* first_event_timeout_ms since /run_sse was sent */
+    DEADLINE_IDLE,        /* idle_timeout_ms since the last byte */
+    DEADLINE_BACKOFF,     /* the wait before a 429/503 retry is over */
+};
+
+/* The nearest deadline of the call (NO_DEADLINE if none) and its kind. */
+static uint64_t nearest_deadline(const struct upstream_call *call, enum deadline_kind *kind)
 {
     uint64_t best = NO_DEADLINE;
-    *what = NULL;
-#define CONSIDER(deadline, name) do { \
+    *kind = DEADLINE_NONE;
+#define CONSIDER(deadline, k) do { \
         uint64_t d_ = (deadline); \
-        if (d_ < best) { best = d_; *what = (name); } \
+        if (d_ < best) { best = d_; *kind = (k); } \
     } while (0)
     if (up.cfg.run_timeout_ms)
-        CONSIDER(call->start_ms + up.cfg.run_timeout_ms, "total");
+        CONSIDER(call->start_ms + up.cfg.run_timeout_ms, DEADLINE_TOTAL);
     if (call->easy != NULL) {
         if (call->step == STEP_RUN && !call->got_first_event && up.cfg.first_event_timeout_ms)
-            CONSIDER(call->sent_ms + up.cfg.first_event_timeout_ms, "first_event");
+            CONSIDER(call->sent_ms + up.cfg.first_event_timeout_ms, DEADLINE_FIRST_EVENT);
         if (up.cfg.idle_timeout_ms && (call->step != STEP_RUN || call->response_started))
-            CONSIDER(call->last_rx_ms + up.cfg.idle_timeout_ms, "idle");
+            CONSIDER(call->last_rx_ms + up.cfg.idle_timeout_ms, DEADLINE_IDLE);
     }
     if (call->backoff_until_ms != NO_DEADLINE)
-        CONSIDER(call->backoff_until_ms, "backoff");
+        CONSIDER(call->backoff_until_ms, DEADLINE_BACKOFF);
 #undef CONSIDER
     return best;
 }
@@ -334,8 +318,8 @@ static uint64_t nearest_deadline(const struct upstream_call *call, const char **
  * appears or moves earlier; a deadline moving later needs nothing. */
 static void timer_rearm(struct upstream_call *call)
 {
-    const char *what;
-    uint64_t deadline = nearest_deadline(call, &what);
+    enum deadline_kind kind;
+    uint64_t deadline = nearest_deadline(call, &kind);
     if (deadline == NO_DEADLINE) {
         uv_timer_stop(&call->timer);
         return;
@@ -344,33 +328,40 @@ static void timer_rearm(struct upstream_call *call)
     uv_timer_start(&call->timer, call_timer_cb, deadline > now ? deadline - now : 0, 0);
 }
 
+/* The call's timer: retries after a backoff, or ends the call with the
+ * deadline that passed; re-arms when the nearest deadline moved later. */
 static void call_timer_cb(uv_timer_t *timer)
 {
     struct upstream_call *call = container_of(timer, struct upstream_call, timer);
     if (call->state != CALL_ACTIVE)
         return;
-    const char *what;
-    uint64_t deadline = nearest_deadline(call, &what);
+    enum deadline_kind kind;
+    uint64_t deadline = nearest_deadline(call, &kind);
     if (deadline == NO_DEADLINE)
         return;
     if (deadline > now_ms()) {
         timer_rearm(call);
         return;
     }
-    if (strcmp(what, "backoff") == 0) {
+    switch (kind) {
+    case DEADLINE_BACKOFF:
         call->backoff_until_ms = NO_DEADLINE;
         attempt_begin(call);
         return;
-    }
-    if (strcmp(what, "total") == 0)
+    case DEADLINE_TOTAL:
         finish(call, UPSTREAM_TIMED_OUT, "total", "the run took longer than %llu ms",
                (unsigned long long)up.cfg.run_timeout_ms);
-    else if (strcmp(what, "first_event") == 0)
+        return;
+    case DEADLINE_FIRST_EVENT:
         finish(call, UPSTREAM_TIMED_OUT, "first_event", "no event from the upstream within %llu ms",
                (unsigned long long)up.cfg.first_event_timeout_ms);
-    else
+        return;
+    case DEADLINE_IDLE:
+    case DEADLINE_NONE:
         finish(call, UPSTREAM_TIMED_OUT, "idle", "the upstream sent nothing for %llu ms",
                (unsigned long long)up.cfg.idle_timeout_ms);
+        return;
+    }
 }
 
 /* ---- callbacks to the caller ---- */
@@ -545,272 +536,6 @@ static int starts_with_error_key(const char *data, size_t len)
     return len - i >= sizeof(prefix) - 1 && memcmp(data + i, prefix, sizeof(prefix) - 1) == 0;
 }
 
-/* ---- the fast frame check ---- */
-
-/* A scanner over one frame that never allocates. It only ever answers "yes,
- * certainly" or "not sure": whatever it does not fully understand (escapes
- * that decode to NUL or surrogates, huge numbers, deep nesting, a top-level
- * key spelled with escapes, any error) is left to jansson, so the verdicts
- * are jansson's, only faster for ordinary frames. */
-struct scan {
-    const unsigned char *p, *end;
-};
-
-#define SCAN_MAX_DEPTH 64
-
-static void scan_ws(struct scan *s)
-{
-    while (s->p < s->end && (*s->p == ' ' || *s->p == '\t' || *s->p == '\n' || *s->p == '\r'))
-        s->p++;
-}
-
-static int scan_hex4(struct scan *s, unsigned *out)
-{
-    if (s->end - s->p < 4)
-        return 0;
-    unsigned v = 0;
-    for (int i = 0; i < 4; i++) {
-        unsigned char c = *s->p++;
-        v <<= 4;
-        if (c >= '0' && c <= '9')
-            v |= c - '0';
-        else if (c >= 'a' && c <= 'f')
-            v |= c - 'a' + 10;
-        else if (c >= 'A' && c <= 'F')
-            v |= c - 'A' + 10;
-        else
-            return 0;
-    }
-    *out = v;
-    return 1;
-}
-
-/* One UTF-8 sequence starting at a byte >= 0x80, as strictly as jansson
- * (no overlongs, no surrogates, nothing past U+10FFFF). */
-static int scan_utf8(struct scan *s)
-{
-    unsigned char c = *s->p++;
-    int more;
-    unsigned char lo = 0x80, hi = 0xBF;
-    if (c >= 0xC2 && c <= 0xDF)
-        more = 1;
-    else if (c >= 0xE0 && c <= 0xEF) {
-        more = 2;
-        if (c == 0xE0)
-            lo = 0xA0;
-        else if (c == 0xED)
-            hi = 0x9F;
-    } else if (c >= 0xF0 && c <= 0xF4) {
-        more = 3;
-        if (c == 0xF0)
-            lo = 0x90;
-        else if (c == 0xF4)
-            hi = 0x8F;
-    } else {
-        return 0;
-    }
-    if (s->end - s->p < more)
-        return 0;
-    for (int i = 0; i < more; i++, lo = 0x80, hi = 0xBF) {
-        unsigned char b = *s->p++;
-        if (b < lo || b > hi)
-            return 0;
-    }
-    return 1;
-}
-
-/* A string; s->p is at its opening quote. *plain is set when it had no
- * escape (its raw bytes are its value). */
-static int scan_string(struct scan *s, int *plain)
-{
-    s->p++;
-    *plain = 1;
-    while (s->p < s->end) {
-        unsigned char c = *s->p;
-        if (c == '"') {
-            s->p++;
-            return 1;
-        }
-        if (c < 0x20)
-            return 0;
-        if (c >= 0x80) {
-            if (!scan_utf8(s))
-                return 0;
-            continue;
-        }
-        s->p++;
-        if (c != '\\')
-            continue;
-        *plain = 0;
-        if (s->p >= s->end)
-            return 0;
-        c = *s->p++;
-        if (c == 'u') {
-            unsigned v;
-            if (!scan_hex4(s, &v) || v == 0 || (v >= 0xD800 && v <= 0xDFFF))
-                return 0; /* NUL and surrogate pairs: jansson decides */
-        } else if (!strchr("\"\\/bfnrt", c) || c == '\0') {
-            return 0;
-        }
-    }
-    return 0;
-}
-
-static int scan_digits(struct scan *s)
-{
-    int n = 0;
-    while (s->p < s->end && *s->p >= '0' && *s->p <= '9') {
-        s->p++;
-        n++;
-    }
-    return n;
-}
-
-/* A number whose value jansson certainly accepts: integers of at most 18
- * digits (no int64 overflow), reals with an exponent of at most 2 digits
- * (no double overflow). */
-static int scan_number(struct scan *s)
-{
-    if (*s->p == '-')
-        s->p++;
-    if (s->p >= s->end)
-        return 0;
-    int digits;
-    if (*s->p == '0') {
-        s->p++;
-        digits = 1;
-    } else {
-        digits = scan_digits(s);
-        if (digits == 0)
-            return 0;
-    }
-    int real = 0;
-    if (s->p < s->end && *s->p == '.') {
-        s->p++;
-        if (scan_digits(s) == 0)
-            return 0;
-        real = 1;
-    }
-    if (s->p < s->end && (*s->p == 'e' || *s->p == 'E')) {
-        s->p++;
-        if (s->p < s->end && (*s->p == '+' || *s->p == '-'))
-            s->p++;
-        int e = scan_digits(s);
-        if (e == 0 || e > 2)
-            return 0;
-        real = 1;
-    }
-    return real ? digits <= 300 : digits <= 18;
-}
-
-static int scan_literal(struct scan *s, const char *word, size_t n)
-{
-    if ((size_t)(s->end - s->p) < n || memcmp(s->p, word, n) != 0)
-        return 0;
-    s->p += n;
-    return 1;
-}
-
-static int scan_value(struct scan *s, int depth);
-
-/* 1 when a top-level member name says the frame may be an error: "error"
- * (an error frame), "errorCode" or "errorMessage" (an event with an error). */
-static int is_error_name(const unsigned char *name, size_t len)
-{
-    return (len == 5 && memcmp(name, "error", 5) == 0) ||
-           (len == 9 && memcmp(name, "errorCode", 9) == 0) ||
-           (len == 12 && memcmp(name, "errorMessage", 12) == 0);
-}
-
-/* An object; s->p is at '{'. At depth 0 an empty object, a member whose name
- * may be an error's (is_error_name) or a name with escapes (which might
- * decode to one) makes the answer "not sure". */
-static int scan_object(struct scan *s, int depth)
-{
-    s->p++;
-    scan_ws(s);
-    if (s->p < s->end && *s->p == '}') {
-        s->p++;
-        return depth > 0;
-    }
-    for (;;) {
-        if (s->p >= s->end || *s->p != '"')
-            return 0;
-        const unsigned char *name = s->p + 1;
-        int plain;
-        if (!scan_string(s, &plain))
-            return 0;
-        if (depth == 0 && (!plain || is_error_name(name, (size_t)(s->p - 1 - name))))
-            return 0;
-        scan_ws(s);
-        if (s->p >= s->end || *s->p++ != ':')
-            return 0;
-        scan_ws(s);
-        if (!scan_value(s, depth + 1))
-            return 0;
-        scan_ws(s);
-        if (s->p >= s->end)
-            return 0;
-        if (*s->p == '}') {
-            s->p++;
-            return 1;
-        }
-        if (*s->p++ != ',')
-            return 0;
-        scan_ws(s);
-    }
-}
-
-static int scan_array(struct scan *s, int depth)
-{
-    s->p++;
-    scan_ws(s);
-    if (s->p < s->end && *s->p == ']') {
-        s->p++;
-        return 1;
-    }
-    for (;;) {
-        if (!scan_value(s, depth + 1))
-            return 0;
-        scan_ws(s);
-        if (s->p >= s->end)
-            return 0;
-        if (*s->p == ']') {
-            s->p++;
-            return 1;
-        }
-        if (*s->p++ != ',')
-            return 0;
-        scan_ws(s);
-    }
-}
-
-static int scan_value(struct scan *s, int depth)
-{
-    if (s->p >= s->end || depth > SCAN_MAX_DEPTH)
-        return 0;
-    int plain;
-    switch (*s->p) {
-    case '{': return scan_object(s, depth);
-    case '[': return scan_array(s, depth);
-    case '"': return scan_string(s, &plain);
-    case 't': return scan_literal(s, "true", 4);
-    case 'f': return scan_literal(s, "false", 5);
-    case 'n': return scan_literal(s, "null", 4);
-    default: return scan_number(s);
-    }
-}
-
-int upstream_frame_is_plain_object(const char *data, size_t len)
-{
-    struct scan s = {(const unsigned char *)data, (const unsigned char *)data + len};
-    scan_ws(&s);
-    if (s.p >= s.end || *s.p != '{' || !scan_object(&s, 0))
-        return 0;
-    scan_ws(&s);
-    return s.p == s.end;
-}
-
 /* An ordinary event that carries an ADK error (a model error: ADK JS and
  * Python ADK both send it as an event with errorCode/errorMessage, then end
  * the stream normally). The event is relayed like any other; the first such
@@ -842,7 +567,7 @@ static int on_sse_event(void *arg, const struct sse_event *ev)
     call->got_first_event = 1;
     /* Most frames are plain objects: relay them without building a tree
      * (jansson's allocations were a tenth of runcast's CPU in fan-out). */
-    if (upstream_frame_is_plain_object(ev->data, ev->data_len))
+    if (frame_scan_is_plain_object(ev->data, ev->data_len))
         goto relay;
     json_error_t error;
     json_t *frame = json_loadb(ev->data, ev->data_len, JSON_DECODE_ANY, &error);
@@ -888,7 +613,7 @@ relay:
 }
 
 /* CURLOPT_WRITEFUNCTION: body bytes. Always takes everything: a call that is
- * no longer active swallows the rest until the service queue removes it. */
+ * no longer active swallows the rest until the service task removes it. */
 static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
 {
     struct upstream_call *call = userp;
@@ -976,13 +701,12 @@ static void attempt_start(struct upstream_call *call)
         finish(call, UPSTREAM_UNREACHABLE, NULL, "cannot create a libcurl transfer");
         return;
     }
-    if (curl_multi_add_handle(up.multi, easy) != CURLM_OK) {
+    if (curl_uv_add(up.curl, easy) < 0) {
         curl_easy_cleanup(easy);
         finish(call, UPSTREAM_UNREACHABLE, NULL, "libcurl refused the transfer");
         return;
     }
     call->easy = easy;
-    up.live++;
     uint64_t now = now_ms();
     call->last_rx_ms = now;
     if (call->step == STEP_RUN) {
@@ -990,19 +714,19 @@ static void attempt_start(struct upstream_call *call)
         if (!call->sent_reported) {
             call->sent_reported = 1;
             call->sent_pending = 1;
-            service_schedule(call);
+            curl_uv_defer(up.curl, &call->service);
         }
     }
     timer_rearm(call);
 }
 
-/* Starts the next transfer now, or from the service queue when libcurl is on
- * the stack (curl_multi_add_handle is not allowed there). */
+/* Starts the next transfer now, or from the service task when libcurl is on
+ * the stack (curl_uv_add is not allowed there). */
 static void attempt_begin(struct upstream_call *call)
 {
-    if (up.in_curl) {
+    if (curl_uv_in_callback(up.curl)) {
         call->start_deferred = 1;
-        service_schedule(call);
+        curl_uv_defer(up.curl, &call->service);
         return;
     }
     attempt_start(call);
@@ -1116,10 +840,13 @@ static void stream_ended(struct upstream_call *call)
     finish(call, UPSTREAM_AGENT_ERROR, NULL, "agent error: %s", text);
 }
 
+/* Acts on the verdict of a finished transfer: the next step, a retry, or the
+ * call's outcome. Outside libcurl (from on_transfer_done), so it may release
+ * the transfer and start the next one itself. */
 static void transfer_done(struct upstream_call *call, CURLcode res)
 {
     if (call->state != CALL_ACTIVE)
-        return; /* the service queue removes it */
+        return; /* the service task removes it */
     if (!call->headers_done) {
         transfer_failed(call, res == CURLE_OK ? CURLE_GOT_NOTHING : res);
         return;
@@ -1167,30 +894,17 @@ static void transfer_done(struct upstream_call *call, CURLcode res)
     transfer_failed(call, res);
 }
 
-static void drain_finished(void)
+/* curl_uv_done_cb: a transfer finished. Ignores a handle that is no longer
+ * its call's current one. */
+static void on_transfer_done(CURL *easy, CURLcode res, void *arg)
 {
-    CURLMsg *msg;
-    int left;
-    while (up.multi != NULL && (msg = curl_multi_info_read(up.multi, &left)) != NULL) {
-        if (msg->msg != CURLMSG_DONE)
-            continue;
-        struct upstream_call *call = NULL;
-        curl_easy_getinfo(msg->easy_handle, CURLINFO_PRIVATE, (char **)&call);
-        if (call != NULL && call->easy == msg->easy_handle)
-            transfer_done(call, msg->data.result);
-    }
+    struct upstream_call *call = NULL;
+    curl_easy_getinfo(easy, CURLINFO_PRIVATE, (char **)&call);
+    if (call != NULL && call->easy == easy)
+        transfer_done(call, res);
 }
 
-static void socket_action(curl_socket_t fd, int flags)
-{
-    int running;
-    up.in_curl++;
-    curl_multi_socket_action(up.multi, fd, flags, &running);
-    up.in_curl--;
-    drain_finished();
-}
-
-/* ---- the service queue: teardown and deferred work at a safe point ---- */
+/* ---- the service task: teardown and deferred work at a safe point ---- */
 
 static void call_closed_cb(uv_handle_t *handle)
 {
@@ -1223,8 +937,10 @@ static void teardown(struct upstream_call *call)
     uv_close((uv_handle_t *)&call->timer, call_closed_cb);
 }
 
-static void service_call(struct upstream_call *call)
+/* curl_uv_task: runs at a safe point what was deferred for the call. */
+static void service_call(struct curl_uv_task *task)
 {
+    struct upstream_call *call = container_of(task, struct upstream_call, service);
     if (call->state == CALL_CLOSING)
         return;
     if (call->start_deferred && call->state == CALL_ACTIVE) {
@@ -1238,169 +954,45 @@ static void service_call(struct upstream_call *call)
         teardown(call);
 }
 
-static void service_cb(uv_idle_t *idle)
-{
-    while (!list_empty(&up.service_queue)) {
-        struct list *node = up.service_queue.next;
-        list_remove(node);
-        service_call(container_of(node, struct upstream_call, service_node));
-    }
-    uv_idle_stop(idle);
-}
-
-static void service_schedule(struct upstream_call *call)
-{
-    if (!list_linked(&call->service_node))
-        list_insert_tail(&up.service_queue, &call->service_node);
-    uv_idle_start(&up.service, service_cb);
-}
-
-/* ---- libcurl <-> libuv glue ---- */
-
-static void sock_closed_cb(uv_handle_t *handle)
-{
-    free(container_of((uv_poll_t *)handle, struct sock_ctx, poll));
-}
-
-static void sock_close(struct sock_ctx *ctx)
-{
-    list_remove(&ctx->node);
-    uv_close((uv_handle_t *)&ctx->poll, sock_closed_cb);
-}
-
-/* A socket error (libuv reports POLLERR as a negative status and stops the
- * handle) is passed to libcurl as readiness in the directions it waits for,
- * not as CURL_CSELECT_ERR: libcurl then meets the real error in its own read
- * or write, and can retry a request that hit a kept-alive connection the
- * upstream had just closed (CURL_CSELECT_ERR fails the transfer outright).
- * If libcurl still wants the socket afterwards, polling resumes. */
-static void poll_cb(uv_poll_t *poll, int status, int events)
-{
-    struct sock_ctx *ctx = container_of(poll, struct sock_ctx, poll);
-    if (status < 0)
-        events = ctx->events;
-    int flags = 0;
-    if (events & UV_READABLE)
-        flags |= CURL_CSELECT_IN;
-    if (events & UV_WRITABLE)
-        flags |= CURL_CSELECT_OUT;
-    socket_action(ctx->fd, flags);
-    uv_handle_t *h = (uv_handle_t *)&ctx->poll;
-    if (status < 0 && !uv_is_closing(h) && !uv_is_active(h))
-        uv_poll_start(&ctx->poll, ctx->events, poll_cb);
-}
-
-/* CURLMOPT_SOCKETFUNCTION. */
-static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
-{
-    struct sock_ctx *ctx = socketp;
-    if (what == CURL_POLL_REMOVE) {
-        if (ctx != NULL) {
-            sock_close(ctx);
-            curl_multi_assign(up.multi, fd, NULL);
-        }
-        return 0;
-    }
-    if (up.closing_handles)
-        return 0;
-    if (ctx == NULL) {
-        ctx = xcalloc(1, sizeof(*ctx));
-        ctx->fd = fd;
-        if (uv_poll_init_socket(up.loop, &ctx->poll, fd) != 0) {
-            free(ctx);
-            return -1;
-        }
-        list_insert_tail(&up.sockets, &ctx->node);
-        curl_multi_assign(up.multi, fd, ctx);
-    }
-    int events = 0;
-    if (what & CURL_POLL_IN)
-        events |= UV_READABLE;
-    if (what & CURL_POLL_OUT)
-        events |= UV_WRITABLE;
-    ctx->events = events;
-    uv_poll_start(&ctx->poll, events, poll_cb);
-    return 0;
-}
-
-static void multi_timer_cb(uv_timer_t *timer)
-{
-    socket_action(CURL_SOCKET_TIMEOUT, 0);
-}
-
-/* CURLMOPT_TIMERFUNCTION: one timer for the whole multi handle. */
-static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
-{
-    if (up.closing_handles)
-        return 0;
-    if (timeout_ms < 0)
-        uv_timer_stop(&up.multi_timer);
-    else
-        uv_timer_start(&up.multi_timer, multi_timer_cb, (uint64_t)timeout_ms, 0);
-    return 0;
-}
-
 /* ---- module life ---- */
 
 int upstream_init(uv_loop_t *loop, const struct upstream_config *cfg)
 {
     if (up.initialized || loop == NULL || cfg == NULL || cfg->base_url == NULL)
         return -EINVAL;
-    if (!curl_globally_initialized) {
-        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK)
-            return -EIO;
-        curl_globally_initialized = 1;
-    }
     memset(&up, 0, sizeof(up));
-    up.multi = curl_multi_init();
-    if (up.multi == NULL)
-        return -ENOMEM;
+    int err;
+    up.curl = curl_uv_new(loop, on_transfer_done, NULL, &err);
+    if (up.curl == NULL)
+        return err;
     up.loop = loop;
     up.cfg = *cfg;
     up.base_url = xstrdup(cfg->base_url);
     up.cfg.base_url = up.base_url;
     up.rng = uv_hrtime() | 1;
-    list_init(&up.service_queue);
-    list_init(&up.sockets);
-    uv_timer_init(loop, &up.multi_timer);
-    uv_idle_init(loop, &up.service);
-    curl_multi_setopt(up.multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
-    curl_multi_setopt(up.multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
     up.initialized = 1;
     return 0;
 }
 
-static void module_handle_closed_cb(uv_handle_t *handle)
+static void curl_closed_cb(void *arg)
 {
-    if (--up.handles_to_close > 0)
-        return;
     void (*done)(void *) = up.done;
-    void *arg = up.done_arg;
+    void *done_arg = up.done_arg;
     free(up.base_url);
     memset(&up, 0, sizeof(up));
     if (done)
-        done(arg);
+        done(done_arg);
 }
 
-/* Runs once no call is left: stops watching sockets while libcurl still owns
- * them (so no poll handle outlives its descriptor), frees the multi handle,
- * then closes the module's handles; done() runs from the last close. */
+/* Runs once no call is left: closes the curl_uv; done() runs once its
+ * handles have closed. */
 static void maybe_finish_shutdown(void)
 {
-    if (!up.shutting_down || up.calls > 0 || up.closing_handles)
+    if (!up.shutting_down || up.calls > 0 || up.curl == NULL)
         return;
-    up.closing_handles = 1;
-    struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &up.sockets) {
-        struct sock_ctx *ctx = container_of(pos, struct sock_ctx, node);
-        curl_multi_assign(up.multi, ctx->fd, NULL);
-        sock_close(ctx);
-    }
-    curl_multi_cleanup(up.multi);
-    up.multi = NULL;
-    up.handles_to_close = 2;
-    uv_close((uv_handle_t *)&up.multi_timer, module_handle_closed_cb);
-    uv_close((uv_handle_t *)&up.service, module_handle_closed_cb);
+    struct curl_uv *curl = up.curl;
+    up.curl = NULL;
+    curl_uv_close(curl, curl_closed_cb, NULL);
 }
 
 void upstream_shutdown(void (*done)(void *arg), void *arg)
@@ -1415,7 +1007,7 @@ void upstream_shutdown(void (*done)(void *arg), void *arg)
 
 size_t upstream_live_transfers(void)
 {
-    return up.live;
+    return up.curl != NULL ? curl_uv_transfers(up.curl) : 0;
 }
 
 /* ---- calls ---- */
@@ -1523,7 +1115,8 @@ struct upstream_call *upstream_call_start(const struct upstream_request *req,
     }
 
     struct upstream_call *call = xcalloc(1, sizeof(*call));
-    list_init(&call->service_node);
+    list_init(&call->service.node);
+    call->service.run = service_call;
     call->cb = *cb;
     call->arg = arg;
     call->session = xstrdup(req->session);
@@ -1557,5 +1150,5 @@ void upstream_call_cancel(struct upstream_call *call)
     call->state = CALL_CANCELLED;
     call->sent_pending = 0;
     uv_timer_stop(&call->timer);
-    service_schedule(call);
+    curl_uv_defer(up.curl, &call->service);
 }

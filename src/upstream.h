@@ -94,11 +94,4 @@ void upstream_call_cancel(struct upstream_call *call);
 /* Transfers not yet torn down (cancelled ones included), for tests and the soak. */
 size_t upstream_live_transfers(void);
 
-/* 1 when data is certainly one non-empty JSON object that jansson accepts
- * and that has no top-level "error", "errorCode" or "errorMessage" member (a
- * frame to relay as it is, with no error to note); 0 when unsure (jansson
- * then judges the frame). Never allocates. Exposed for tests and the fuzz
- * harness. */
-int upstream_frame_is_plain_object(const char *data, size_t len);
-
 #endif

@@ -160,3 +160,42 @@ int str_is_path_param(const char *s, size_t len)
     }
     return 1;
 }
+
+static int is_list_blank(char c)
+{
+    return c == ' ' || c == '\t';
+}
+
+int str_list_next(const char *list, size_t len, size_t *pos, const char **item,
+                  size_t *item_len)
+{
+    size_t i = *pos;
+    while (i < len && (is_list_blank(list[i]) || list[i] == ','))
+        i++;
+    if (i >= len) {
+        *pos = len;
+        return 0;
+    }
+    size_t start = i;
+    int quoted = 0;
+    for (; i < len; i++) {
+        char c = list[i];
+        if (quoted) {
+            if (c == '\\' && i + 1 < len)
+                i++;
+            else if (c == '"')
+                quoted = 0;
+        } else if (c == '"') {
+            quoted = 1;
+        } else if (c == ',') {
+            break;
+        }
+    }
+    size_t end = i;
+    while (end > start && is_list_blank(list[end - 1]))
+        end--;
+    *item = list + start;
+    *item_len = end - start;
+    *pos = i;
+    return 1;
+}

@@ -21,6 +21,7 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "../../src/frame_scan.h"
 #include "../../src/upstream.h"
 #include "test.h"
 
@@ -1370,7 +1371,7 @@ static void fast_frame_check_is_exact_where_sure(void)
     };
     for (size_t i = 0; i < RC_ARRAY_SIZE(cases); i++) {
         size_t len = strlen(cases[i].text);
-        int fast = upstream_frame_is_plain_object(cases[i].text, len);
+        int fast = frame_scan_is_plain_object(cases[i].text, len);
         if (fast != cases[i].sure)
             fprintf(stderr, "  case %zu: %s\n", i, cases[i].text);
         CHECK_EQ(fast, cases[i].sure);
@@ -1385,7 +1386,7 @@ static void fast_frame_check_is_exact_where_sure(void)
     for (int i = 0; i < 80; i++)
         deep[n++] = ']';
     deep[n++] = '}';
-    CHECK_EQ(upstream_frame_is_plain_object(deep, n), 0);
+    CHECK_EQ(frame_scan_is_plain_object(deep, n), 0);
     CHECK_EQ(jansson_relays(deep, n), 1);
 }
 
@@ -1423,7 +1424,7 @@ static void fast_frame_check_never_contradicts_jansson(void)
                 }
             }
         }
-        if (upstream_frame_is_plain_object(buf, len)) {
+        if (frame_scan_is_plain_object(buf, len)) {
             sure++;
             if (!jansson_relays(buf, len)) {
                 fprintf(stderr, "  contradiction: %.*s\n", (int)len, buf);

@@ -1,0 +1,286 @@
+/* curl_uv.c: libcurl's multi interface on a libuv loop (see curl_uv.h).
+ *
+ * How libcurl and libuv meet. libcurl tells us which sockets to watch
+ * (CURLMOPT_SOCKETFUNCTION: one uv_poll_t per socket, in a context stored with
+ * curl_multi_assign) and when to wake it up (CURLMOPT_TIMERFUNCTION: one
+ * uv_timer_t). When either fires we call curl_multi_socket_action() and then
+ * drain curl_multi_info_read() for finished transfers, handing each to
+ * on_done once libcurl is off the stack.
+ *
+ * Safe points. in_curl counts curl_multi_socket_action() frames on the stack:
+ * everything libcurl's callbacks (the user's write and header functions) run
+ * sees it nonzero, so it defers instead of removing or adding handles there.
+ * Deferred work waits on the task queue, which a uv_idle_t drains on the next
+ * loop iteration; the idle handle is stopped whenever the queue is empty, so
+ * an idle curl_uv costs the loop nothing.
+ *
+ * Ownership: the curl_uv is owned by its creator until curl_uv_close(), then
+ * by itself until its last handle has closed. Socket contexts are owned by
+ * the curl_uv. Easy handles are the user's until curl_uv_add(), ours from
+ * then on (curl_uv_remove frees them). Tasks belong to the user; the queue
+ * only links them.
+ */
+#include "curl_uv.h"
+
+#include <assert.h>
+#include <stdlib.h>
+
+struct curl_uv {
+    uv_loop_t *loop;
+    CURLM *multi;             /* NULL once closing */
+    uv_timer_t multi_timer;   /* libcurl's timeout */
+    uv_idle_t safe_point;     /* runs the task queue; active only while it is not empty */
+    struct list tasks;        /* struct curl_uv_task, in the order queued */
+    struct list sockets;      /* struct sock_ctx being watched */
+    curl_uv_done_cb on_done;
+    void *arg;
+    size_t transfers;         /* easy handles added, not yet removed */
+    int in_curl;              /* depth of curl_multi_socket_action on the stack */
+    int closing;              /* curl_uv_close ran: libcurl's callbacks start nothing */
+    int handles_to_close;
+    void (*closed)(void *arg);
+    void *closed_arg;
+};
+
+/* One watched socket. Owned by the curl_uv; a fresh one is made whenever
+ * libcurl starts watching a socket that has none, and freed in the poll
+ * handle's close callback, so a socket number reused while the previous
+ * handle is still closing never meets the old context. */
+struct sock_ctx {
+    uv_poll_t poll;
+    struct curl_uv *cu;
+    curl_socket_t fd;
+    int events;       /* UV_READABLE/UV_WRITABLE that libcurl asked for */
+    struct list node; /* in curl_uv.sockets until closed */
+};
+
+static int curl_globally_initialized;
+
+/* ---- driving libcurl ---- */
+
+/* Hands every finished transfer to on_done, outside libcurl. on_done may
+ * remove handles, which is why the loop asks libcurl again each time. */
+static void drain_finished(struct curl_uv *cu)
+{
+    CURLMsg *msg;
+    int left;
+    while (cu->multi != NULL && (msg = curl_multi_info_read(cu->multi, &left)) != NULL) {
+        if (msg->msg == CURLMSG_DONE)
+            cu->on_done(msg->easy_handle, msg->data.result, cu->arg);
+    }
+}
+
+static void socket_action(struct curl_uv *cu, curl_socket_t fd, int flags)
+{
+    int running;
+    cu->in_curl++;
+    curl_multi_socket_action(cu->multi, fd, flags, &running);
+    cu->in_curl--;
+    drain_finished(cu);
+}
+
+static void sock_closed_cb(uv_handle_t *handle)
+{
+    free(container_of((uv_poll_t *)handle, struct sock_ctx, poll));
+}
+
+static void sock_close(struct sock_ctx *ctx)
+{
+    list_remove(&ctx->node);
+    uv_close((uv_handle_t *)&ctx->poll, sock_closed_cb);
+}
+
+/* A socket error (libuv reports POLLERR as a negative status and stops the
+ * handle) is passed to libcurl as readiness in the directions it waits for,
+ * not as CURL_CSELECT_ERR: libcurl then meets the real error in its own read
+ * or write, and can retry a request that hit a kept-alive connection the
+ * upstream had just closed (CURL_CSELECT_ERR fails the transfer outright).
+ * If libcurl still wants the socket afterwards, polling resumes. */
+static void poll_cb(uv_poll_t *poll, int status, int events)
+{
+    struct sock_ctx *ctx = container_of(poll, struct sock_ctx, poll);
+    if (status < 0)
+        events = ctx->events;
+    int flags = 0;
+    if (events & UV_READABLE)
+        flags |= CURL_CSELECT_IN;
+    if (events & UV_WRITABLE)
+        flags |= CURL_CSELECT_OUT;
+    socket_action(ctx->cu, ctx->fd, flags);
+    uv_handle_t *h = (uv_handle_t *)&ctx->poll;
+    if (status < 0 && !uv_is_closing(h) && !uv_is_active(h))
+        uv_poll_start(&ctx->poll, ctx->events, poll_cb);
+}
+
+/* CURLMOPT_SOCKETFUNCTION: start, change or stop watching fd. */
+static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *socketp)
+{
+    struct curl_uv *cu = userp;
+    struct sock_ctx *ctx = socketp;
+    if (what == CURL_POLL_REMOVE) {
+        if (ctx != NULL) {
+            sock_close(ctx);
+            curl_multi_assign(cu->multi, fd, NULL);
+        }
+        return 0;
+    }
+    if (cu->closing)
+        return 0;
+    if (ctx == NULL) {
+        ctx = xcalloc(1, sizeof(*ctx));
+        ctx->cu = cu;
+        ctx->fd = fd;
+        if (uv_poll_init_socket(cu->loop, &ctx->poll, fd) != 0) {
+            free(ctx);
+            return -1;
+        }
+        list_insert_tail(&cu->sockets, &ctx->node);
+        curl_multi_assign(cu->multi, fd, ctx);
+    }
+    int events = 0;
+    if (what & CURL_POLL_IN)
+        events |= UV_READABLE;
+    if (what & CURL_POLL_OUT)
+        events |= UV_WRITABLE;
+    ctx->events = events;
+    uv_poll_start(&ctx->poll, events, poll_cb);
+    return 0;
+}
+
+static void multi_timer_cb(uv_timer_t *timer)
+{
+    struct curl_uv *cu = container_of(timer, struct curl_uv, multi_timer);
+    socket_action(cu, CURL_SOCKET_TIMEOUT, 0);
+}
+
+/* CURLMOPT_TIMERFUNCTION: one timer for the whole multi handle. */
+static int curl_timer_cb(CURLM *multi, long timeout_ms, void *userp)
+{
+    struct curl_uv *cu = userp;
+    if (cu->closing)
+        return 0;
+    if (timeout_ms < 0)
+        uv_timer_stop(&cu->multi_timer);
+    else
+        uv_timer_start(&cu->multi_timer, multi_timer_cb, (uint64_t)timeout_ms, 0);
+    return 0;
+}
+
+/* ---- the task queue: work at a safe point ---- */
+
+static void safe_point_cb(uv_idle_t *idle)
+{
+    struct curl_uv *cu = container_of(idle, struct curl_uv, safe_point);
+    while (!list_empty(&cu->tasks)) {
+        struct list *node = cu->tasks.next;
+        list_remove(node);
+        struct curl_uv_task *task = container_of(node, struct curl_uv_task, node);
+        task->run(task);
+    }
+    uv_idle_stop(idle);
+}
+
+void curl_uv_defer(struct curl_uv *cu, struct curl_uv_task *task)
+{
+    if (!list_linked(&task->node))
+        list_insert_tail(&cu->tasks, &task->node);
+    uv_idle_start(&cu->safe_point, safe_point_cb);
+}
+
+/* ---- transfers ---- */
+
+int curl_uv_add(struct curl_uv *cu, CURL *easy)
+{
+    assert(cu->in_curl == 0);
+    if (cu->closing || curl_multi_add_handle(cu->multi, easy) != CURLM_OK)
+        return -EIO;
+    cu->transfers++;
+    return 0;
+}
+
+void curl_uv_remove(struct curl_uv *cu, CURL *easy)
+{
+    assert(cu->in_curl == 0); /* the one rule: see curl_uv.h */
+    curl_multi_remove_handle(cu->multi, easy);
+    curl_easy_cleanup(easy);
+    cu->transfers--;
+}
+
+int curl_uv_in_callback(const struct curl_uv *cu)
+{
+    return cu->in_curl > 0;
+}
+
+size_t curl_uv_transfers(const struct curl_uv *cu)
+{
+    return cu->transfers;
+}
+
+/* ---- life ---- */
+
+struct curl_uv *curl_uv_new(uv_loop_t *loop, curl_uv_done_cb on_done, void *arg, int *err)
+{
+    if (!curl_globally_initialized) {
+        if (curl_global_init(CURL_GLOBAL_DEFAULT) != CURLE_OK) {
+            *err = -EIO;
+            return NULL;
+        }
+        curl_globally_initialized = 1;
+    }
+    CURLM *multi = curl_multi_init();
+    if (multi == NULL) {
+        *err = -ENOMEM;
+        return NULL;
+    }
+    struct curl_uv *cu = xcalloc(1, sizeof(*cu));
+    cu->loop = loop;
+    cu->multi = multi;
+    cu->on_done = on_done;
+    cu->arg = arg;
+    list_init(&cu->tasks);
+    list_init(&cu->sockets);
+    uv_timer_init(loop, &cu->multi_timer);
+    uv_idle_init(loop, &cu->safe_point);
+    curl_multi_setopt(multi, CURLMOPT_SOCKETFUNCTION, curl_socket_cb);
+    curl_multi_setopt(multi, CURLMOPT_SOCKETDATA, cu);
+    curl_multi_setopt(multi, CURLMOPT_TIMERFUNCTION, curl_timer_cb);
+    curl_multi_setopt(multi, CURLMOPT_TIMERDATA, cu);
+    *err = 0;
+    return cu;
+}
+
+static void handle_closed_cb(uv_handle_t *handle)
+{
+    struct curl_uv *cu = handle->data;
+    if (--cu->handles_to_close > 0)
+        return;
+    void (*closed)(void *) = cu->closed;
+    void *arg = cu->closed_arg;
+    free(cu);
+    if (closed)
+        closed(arg);
+}
+
+/* Stops watching sockets while libcurl still owns them (so no poll handle
+ * outlives its descriptor), then frees the multi handle. */
+void curl_uv_close(struct curl_uv *cu, void (*closed)(void *arg), void *arg)
+{
+    if (cu->closing)
+        return;
+    cu->closing = 1;
+    cu->closed = closed;
+    cu->closed_arg = arg;
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &cu->sockets) {
+        struct sock_ctx *ctx = container_of(pos, struct sock_ctx, node);
+        curl_multi_assign(cu->multi, ctx->fd, NULL);
+        sock_close(ctx);
+    }
+    curl_multi_cleanup(cu->multi);
+    cu->multi = NULL;
+    cu->handles_to_close = 2;
+    cu->multi_timer.data = cu;
+    cu->safe_point.data = cu;
+    uv_close((uv_handle_t *)&cu->multi_timer, handle_closed_cb);
+    uv_close((uv_handle_t *)&cu->safe_point, handle_closed_cb);
+}
