@@ -223,10 +223,11 @@ static const char *demo_flag_value(int argc, char **argv, int *i, const char *na
     return argv[++*i];
 }
 
-int demo_main(int argc, char **argv)
+/* Reads `runcast demo-agent`'s flags into cfg. Returns -1 to go on, or the
+ * exit status to end with: 0 after --help, 2 after a bad flag (one line on
+ * stderr says which). */
+static int demo_parse_args(int argc, char **argv, struct demo_config *cfg)
 {
-    struct demo_config cfg = {.host = "127.0.0.1", .port = 8001,
-                              .word_delay_ms = DEMO_DEFAULT_WORD_DELAY_MS};
     int i = 1;
     if (i < argc && strcmp(argv[i], "demo-agent") == 0)
         i++; /* called with the whole command line */
@@ -237,13 +238,16 @@ int demo_main(int argc, char **argv)
             demo_usage(stdout);
             return 0;
         } else if ((v = demo_flag_value(argc, argv, &i, "--listen", &missing)) != NULL) {
-            if (config_parse_listen(v, cfg.host, sizeof(cfg.host), &cfg.port) != 0) {
-                fprintf(stderr, "runcast demo-agent: bad --listen value '%s' (want HOST:PORT)\n", v);
+            if (config_parse_listen(v, cfg->host, sizeof(cfg->host), &cfg->port) != 0) {
+                fprintf(stderr,
+                        "runcast demo-agent: bad --listen value '%s' (want HOST:PORT)\n", v);
                 return 2;
             }
         } else if ((v = demo_flag_value(argc, argv, &i, "--word-delay", &missing)) != NULL) {
-            if (config_parse_duration_ms(v, &cfg.word_delay_ms) != 0) {
-                fprintf(stderr, "runcast demo-agent: bad --word-delay value '%s' (e.g. 50ms, 0.2, 1s)\n", v);
+            if (config_parse_duration_ms(v, &cfg->word_delay_ms) != 0) {
+                fprintf(stderr,
+                        "runcast demo-agent: bad --word-delay value '%s' (e.g. 50ms, 0.2, 1s)\n",
+                        v);
                 return 2;
             }
         } else if (missing) {
@@ -254,6 +258,16 @@ int demo_main(int argc, char **argv)
             return 2;
         }
     }
+    return -1;
+}
+
+int demo_main(int argc, char **argv)
+{
+    struct demo_config cfg = {.host = "127.0.0.1", .port = 8001,
+                              .word_delay_ms = DEMO_DEFAULT_WORD_DELAY_MS};
+    int status = demo_parse_args(argc, argv, &cfg);
+    if (status >= 0)
+        return status;
 
     signal(SIGPIPE, SIG_IGN);
     uv_loop_t *loop = uv_default_loop();

@@ -54,8 +54,9 @@ static int demo_body_id(json_t *body, const char *camel, const char *snake, char
         return -ENOENT;
     if (!json_is_string(v) || json_string_length(v) == 0 ||
         json_string_length(v) > DEMO_ID_MAX) {
-        json_array_append_new(errors, demo_validation_error("string_type", camel,
-                                                       "Input should be a string of 1 to 256 bytes"));
+        json_array_append_new(errors,
+                              demo_validation_error("string_type", camel,
+                                                    "Input should be a string of 1 to 256 bytes"));
         return -EINVAL;
     }
     *out = xstrdup(json_string_value(v));
@@ -91,8 +92,9 @@ static json_t *demo_body_object(struct conn *c, const struct http_request *req)
 /* POST /apps/{app}/users/{user}/sessions (the id from the body's sessionId,
  * or made up) and POST …/sessions/{path_id} (the id from the path; the body
  * may hold a state, which the demo ignores), as Python ADK answers both. */
-static void demo_handle_session_create(struct demo *d, struct conn *c, const struct http_request *req,
-                                const char *app, const char *user, const char *path_id)
+static void demo_handle_session_create(struct demo *d, struct conn *c,
+                                       const struct http_request *req, const char *app,
+                                       const char *user, const char *path_id)
 {
     char *id = NULL;
     if (path_id != NULL) {
@@ -133,8 +135,9 @@ static void demo_handle_session_create(struct demo *d, struct conn *c, const str
 }
 
 /* GET|DELETE /apps/{app}/users/{user}/sessions/{sid} */
-static void demo_handle_session_one(struct demo *d, struct conn *c, const struct http_request *req,
-                             const char *app, const char *user, const char *id)
+static void demo_handle_session_one(struct demo *d, struct conn *c,
+                                    const struct http_request *req, const char *app,
+                                    const char *user, const char *id)
 {
     struct demo_session *s = demo_session_find(&d->sessions, app, user, id);
     if (s == NULL) {
@@ -172,8 +175,88 @@ static int demo_message_text(json_t *msg, struct buf *text)
     return 0;
 }
 
+/* A RunAgentRequest's fields. Owns its strings (demo_run_request_free). */
+struct demo_run_request {
+    char *app, *user, *sid; /* NULL when missing or invalid */
+    struct buf text;        /* newMessage.parts[].text, concatenated */
+    int streaming;          /* default false */
+};
+
+/* Reads body's fields (camelCase or snake_case) into r, adding one FastAPI
+ * validation error to errors for each missing or invalid field. */
+static void demo_run_request_parse(json_t *body, json_t *errors, struct demo_run_request *r)
+{
+    if (demo_body_id(body, "appName", "app_name", &r->app, errors) == -ENOENT)
+        json_array_append_new(errors,
+                              demo_validation_error("missing", "appName", "Field required"));
+    if (demo_body_id(body, "userId", "user_id", &r->user, errors) == -ENOENT)
+        json_array_append_new(errors, demo_validation_error("missing", "userId", "Field required"));
+    if (demo_body_id(body, "sessionId", "session_id", &r->sid, errors) == -ENOENT)
+        json_array_append_new(errors,
+                              demo_validation_error("missing", "sessionId", "Field required"));
+    json_t *msg = json_object_get(body, "newMessage");
+    if (msg == NULL)
+        msg = json_object_get(body, "new_message");
+    if (msg == NULL)
+        json_array_append_new(errors,
+                              demo_validation_error("missing", "newMessage", "Field required"));
+    else if (demo_message_text(msg, &r->text) != 0)
+        json_array_append_new(errors, demo_validation_error("model_type", "newMessage",
+                                                            "Input should be a valid Content"));
+    json_t *streaming = json_object_get(body, "streaming");
+    if (streaming != NULL && !json_is_boolean(streaming))
+        json_array_append_new(errors, demo_validation_error("bool_type", "streaming",
+                                                            "Input should be a valid boolean"));
+    r->streaming = json_is_true(streaming);
+}
+
+static void demo_run_request_free(struct demo_run_request *r)
+{
+    free(r->app);
+    free(r->user);
+    free(r->sid);
+    buf_free(&r->text);
+}
+
+/* The message text as a C string ("" when there was none). Borrowed. */
+static const char *demo_run_request_text(const struct demo_run_request *r)
+{
+    return r->text.data ? r->text.data : "";
+}
+
+/* Keeps the call's session id and text for /debug/calls, cut to their caps. */
+static void demo_call_record(struct demo_call *call, const struct demo_run_request *r)
+{
+    if (r->sid) {
+        free(call->session);
+        call->session = xstrndup(r->sid, demo_utf8_cut(r->sid, strlen(r->sid), DEMO_ID_MAX));
+    }
+    const char *text = demo_run_request_text(r);
+    free(call->text);
+    call->text = xstrndup(text, demo_utf8_cut(text, r->text.len, DEMO_CALL_TEXT_MAX));
+}
+
+/* A valid call for an existing session: parses its directives, counts the
+ * !status=CODExN row, applies !forget and hands the call to stream.c. */
+static void demo_run_accept(struct demo *d, struct conn *c, struct demo_call *call,
+                            struct demo_session *s, const struct demo_run_request *r)
+{
+    const char *text = demo_run_request_text(r);
+    struct demo_directives dir;
+    demo_directives_init(&dir);
+    struct buf words = {0};
+    uint64_t prompt_words = demo_directives_parse(text, &dir, &words);
+    int refused = demo_session_status_turn(s, text, dir.status ? dir.status_calls : 0);
+    int status = dir.status && (dir.status_calls == 0 || refused) ? dir.status : 0;
+    if (dir.forget)
+        demo_session_remove(&d->sessions, s);
+    demo_run_start(d, c, call, &dir, &words, prompt_words, r->streaming, status);
+    buf_free(&words);
+    demo_directives_free(&dir);
+}
+
 /* POST /run_sse: validates the RunAgentRequest, records the call, then
- * answers 404 / !status / a stream. */
+ * answers 422 / 404 / (stream.c) !status or a stream. */
 static void demo_handle_run_sse(struct demo *d, struct conn *c, const struct http_request *req)
 {
     struct demo_call *call = demo_call_new(&d->calls);
@@ -183,74 +266,31 @@ static void demo_handle_run_sse(struct demo *d, struct conn *c, const struct htt
         return;
     }
     json_t *errors = json_array();
-    char *app = NULL, *user = NULL, *sid = NULL;
-    struct buf text = {0};
-    if (demo_body_id(body, "appName", "app_name", &app, errors) == -ENOENT) {
-        json_array_append_new(errors, demo_validation_error("missing", "appName", "Field required"));
-    }
-    if (demo_body_id(body, "userId", "user_id", &user, errors) == -ENOENT) {
-        json_array_append_new(errors, demo_validation_error("missing", "userId", "Field required"));
-    }
-    if (demo_body_id(body, "sessionId", "session_id", &sid, errors) == -ENOENT) {
-        json_array_append_new(errors, demo_validation_error("missing", "sessionId", "Field required"));
-    }
-    json_t *msg = json_object_get(body, "newMessage");
-    if (msg == NULL)
-        msg = json_object_get(body, "new_message");
-    if (msg == NULL) {
-        json_array_append_new(errors, demo_validation_error("missing", "newMessage", "Field required"));
-    } else if (demo_message_text(msg, &text) != 0) {
-        json_array_append_new(errors, demo_validation_error("model_type", "newMessage",
-                                                       "Input should be a valid Content"));
-    }
-    json_t *streaming_json = json_object_get(body, "streaming");
-    if (streaming_json != NULL && !json_is_boolean(streaming_json))
-        json_array_append_new(errors, demo_validation_error("bool_type", "streaming",
-                                                       "Input should be a valid boolean"));
-    int streaming = json_is_true(streaming_json);
-
-    if (sid) {
-        free(call->session);
-        call->session = xstrndup(sid, demo_utf8_cut(sid, strlen(sid), DEMO_ID_MAX));
-    }
-    free(call->text);
-    call->text = xstrndup(text.data ? text.data : "",
-                          demo_utf8_cut(text.data ? text.data : "", text.len, DEMO_CALL_TEXT_MAX));
+    struct demo_run_request r = {0};
+    demo_run_request_parse(body, errors, &r);
+    json_decref(body);
+    demo_call_record(call, &r);
 
     struct demo_session *s = NULL;
     if (json_array_size(errors) > 0) {
-        demo_respond_422(c, errors);
-        errors = NULL;
+        demo_respond_422(c, errors); /* steals errors */
         demo_call_answered(call, 422);
-    } else if ((s = demo_session_find(&d->sessions, app, user, sid)) == NULL) {
+    } else if ((s = demo_session_find(&d->sessions, r.app, r.user, r.sid)) == NULL) {
+        json_decref(errors);
         char detail[DEMO_ID_MAX + 64];
-        snprintf(detail, sizeof(detail), "Session not found: %s", sid);
+        snprintf(detail, sizeof(detail), "Session not found: %s", r.sid);
         demo_respond_detail(c, 404, detail, NULL);
         demo_call_answered(call, 404);
     } else {
-        struct demo_directives dir;
-        demo_directives_init(&dir);
-        struct buf words = {0};
-        uint64_t prompt_words = demo_directives_parse(text.data ? text.data : "", &dir, &words);
-        int refused = demo_session_status_turn(s, text.data ? text.data : "",
-                                          dir.status ? dir.status_calls : 0);
-        int status = dir.status && (dir.status_calls == 0 || refused) ? dir.status : 0;
-        if (dir.forget)
-            demo_session_remove(&d->sessions, s);
-        demo_run_start(d, c, call, &dir, &words, prompt_words, streaming, status);
-        buf_free(&words);
-        demo_directives_free(&dir);
+        json_decref(errors);
+        demo_run_accept(d, c, call, s, &r);
     }
-    json_decref(errors);
-    json_decref(body);
-    free(app);
-    free(user);
-    free(sid);
-    buf_free(&text);
+    demo_run_request_free(&r);
 }
 
 /* GET /debug/calls[?session=SID] */
-static void demo_handle_debug_calls(struct demo *d, struct conn *c, const struct http_request *req)
+static void demo_handle_debug_calls(struct demo *d, struct conn *c,
+                                    const struct http_request *req)
 {
     char filter[DEMO_ID_MAX + 1];
     int filtered = 0;
