@@ -12,7 +12,10 @@ CFLAGS     = -std=c11 -D_GNU_SOURCE -g $(OPT) $(SAN) -Wall -Wextra -Werror \
 LDFLAGS   += $(SAN)
 LDLIBS     = $(shell pkg-config --libs $(PKGS) 2>/dev/null) -lpthread -lm
 
-SRC       := $(wildcard src/*.c)
+# The demo agent lives in src/demo/ (its objects in $(BUILD)/demo/, apart
+# from core objects of the same name).
+SRC       := $(wildcard src/*.c src/demo/*.c)
+HDR       := $(wildcard src/*.h src/demo/*.h)
 LIB_OBJ   := $(patsubst src/%.c,$(BUILD)/%.o,$(filter-out src/main.c,$(SRC)))
 UNIT_SRC  := $(wildcard tests/unit/test_*.c)
 UNIT_BIN  := $(patsubst tests/unit/%.c,$(BUILD)/tests/%,$(UNIT_SRC))
@@ -35,7 +38,7 @@ $(BUILD)/.bootstrapped: scripts/bootstrap
 	@scripts/bootstrap
 	@mkdir -p $(BUILD) && touch $@
 
-$(BUILD)/%.o: src/%.c $(wildcard src/*.h) $(BUILD)/.bootstrapped
+$(BUILD)/%.o: src/%.c $(HDR) $(BUILD)/.bootstrapped
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -c -o $@ $<
 
@@ -55,7 +58,7 @@ $(BUILD)/libruncast.a: $(LIB_OBJ)
 $(BUILD)/runcast: $(BUILD)/main.o $(BUILD)/libruncast.a
 	$(CC) $(LDFLAGS) -o $@ $^ $(LDLIBS)
 
-$(BUILD)/tests/%: tests/unit/%.c tests/unit/test.h $(BUILD)/libruncast.a $(wildcard src/*.c src/*.h)
+$(BUILD)/tests/%: tests/unit/%.c tests/unit/test.h $(BUILD)/libruncast.a $(SRC) $(HDR)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -Isrc -o $@ $< $(BUILD)/libruncast.a $(LDFLAGS) $(LDLIBS)
 
@@ -113,7 +116,7 @@ FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Wall -Wex
                 -Wno-unused-parameter -fno-sanitize-recover=undefined \
                 $(shell pkg-config --cflags $(FUZZ_PKGS) 2>/dev/null)
 FUZZ_LDLIBS   = $(shell pkg-config --libs $(FUZZ_PKGS) 2>/dev/null) -lpthread -lm
-FUZZ_OBJ     := $(patsubst src/%.c,$(FUZZ_BUILD)/obj/%.o,$(filter-out src/main.c,$(wildcard src/*.c))) \
+FUZZ_OBJ     := $(patsubst src/%.c,$(FUZZ_BUILD)/obj/%.o,$(filter-out src/main.c,$(SRC))) \
                 $(FUZZ_BUILD)/obj/web_assets.o
 FUZZ_BIN     := $(addprefix $(FUZZ_BUILD)/,$(FUZZ_TARGETS))
 
@@ -124,7 +127,7 @@ $(FUZZ_BUILD)/.bootstrapped: fuzz/bootstrap scripts/bootstrap
 	@fuzz/bootstrap
 	@mkdir -p $(FUZZ_BUILD) && touch $@
 
-$(FUZZ_BUILD)/obj/%.o: src/%.c $(wildcard src/*.h) $(FUZZ_BUILD)/.bootstrapped
+$(FUZZ_BUILD)/obj/%.o: src/%.c $(HDR) $(FUZZ_BUILD)/.bootstrapped
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer-no-link,address,undefined -c -o $@ $<
 
@@ -139,7 +142,7 @@ $(FUZZ_BUILD)/libruncast-fuzz.a: $(FUZZ_OBJ)
 	rm -f $@ && ar rcs $@ $^
 
 # A harness may #include the .c it tests; the archive supplies the rest.
-$(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_BUILD)/libruncast-fuzz.a $(wildcard src/*.c src/*.h)
+$(FUZZ_BUILD)/fuzz_%: fuzz/fuzz_%.c $(FUZZ_BUILD)/libruncast-fuzz.a $(SRC) $(HDR)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -fsanitize=fuzzer,address,undefined -Isrc -o $@ $< \
 		$(FUZZ_BUILD)/libruncast-fuzz.a $(FUZZ_LDLIBS)
 

@@ -3,7 +3,8 @@
  * It serves real HTTP on a loopback port of its own, on its own loop and
  * thread, sharing no state with the gateway: the demo path is the real
  * upstream path. Message directives (words starting with '!') make it slow,
- * large, faulty or hanging; see the README. */
+ * large, faulty or hanging; see docs/DEMO.md. Its code is in src/demo/
+ * (src/demo/demo_internal.h is the table of contents). */
 #ifndef RUNCAST_DEMO_H
 #define RUNCAST_DEMO_H
 

@@ -19,11 +19,13 @@
  *
  * In READING the conn parses what it has read and hands one request at a
  * time to the request callback. The callback normally answers before it
- * returns; it may also answer later (src/demo.c does, for !delay): the conn
- * then "owes an answer", parses nothing more until it comes, and its memory
- * stays valid until the owner answers (conn_respond*() on a closed conn is a
- * no-op, conn_stream_begin() fails), calls conn_close(), or server_close()
- * runs, even if the peer left meanwhile.
+ * returns (the gateway always does); it may also answer later, a demo-only
+ * feature (src/demo/stream.c, for !delay; see server.h): the conn then "owes
+ * an answer" (conn->awaiting), parses nothing more until it comes, and its
+ * memory stays valid until the owner answers (conn_respond*() on a closed
+ * conn is a no-op, conn_stream_begin() fails), calls conn_close(), or
+ * server_close() runs, even if the peer left meanwhile. Every line that
+ * reads `awaiting` exists for the demo agent alone.
  *
  * Timers. One uv_timer_t per conn, whose meaning is conn->timer_mode: the
  * keep-alive idle timeout between requests, the head timeout from the first
@@ -132,7 +134,7 @@ struct conn {
     unsigned paused : 1;      /* we stopped reading (flow control) */
     unsigned in_dispatch : 1; /* the request callback is running */
     unsigned answered : 1;    /* the request being dispatched was answered */
-    unsigned awaiting : 1;    /* owes a deferred answer */
+    unsigned awaiting : 1;    /* owes a deferred answer (demo-only, see above) */
     unsigned close_after : 1; /* close once the current answer is sent */
     unsigned http10 : 1;
     unsigned keep_alive10 : 1;   /* HTTP/1.0 with Connection: keep-alive */
@@ -583,8 +585,8 @@ static void conn_close_handles(struct conn *c, int reset)
         uv_close(timer, conn_on_handle_closed);
 }
 
-/* The owner of a deferred answer answered or let go: a conn that closed
- * meanwhile may now go. */
+/* The owner of a deferred answer (demo-only) answered or let go: a conn
+ * that closed meanwhile may now go. */
 static void conn_settle_answer(struct conn *c)
 {
     if (!c->awaiting)
@@ -708,8 +710,9 @@ static int conn_take_answer(struct conn *c)
     return 0;
 }
 
-/* After a deferred answer, pipelined requests waiting in the buffer go next,
- * from a tick of their own (never from inside the caller's call). */
+/* After a deferred answer (demo-only), pipelined requests waiting in the
+ * buffer go next, from a tick of their own (never from inside the caller's
+ * call). */
 static void conn_after_deferred_answer(struct conn *c, int was_dispatching)
 {
     if (!was_dispatching && c->state == CONN_READING)
@@ -958,30 +961,6 @@ int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
     return rc;
 }
 
-int conn_stream_write_copy(struct conn *c, const void *data, size_t len)
-{
-    if (c->state == CONN_CLOSING)
-        return UV_ECANCELED;
-    if (c->state != CONN_STREAMING)
-        return UV_EINVAL;
-    if (len == 0)
-        return 0; /* an empty chunk would end a chunked body */
-    size_t n = 0;
-    struct conn_write *w = conn_write_new(CHUNK_HEAD_MAX + len + 2);
-    if (c->chunked)
-        n = (size_t)snprintf(w->data, CHUNK_HEAD_MAX, "%zx\r\n", len);
-    memcpy(w->data + n, data, len);
-    n += len;
-    if (c->chunked) {
-        memcpy(w->data + n, "\r\n", 2);
-        n += 2;
-    }
-    int rc = conn_submit_data(c, w, n);
-    if (rc < 0)
-        conn_begin_close(c, 1);
-    return rc;
-}
-
 size_t conn_write_queue_bytes(const struct conn *c)
 {
     return conn_queue_size(c);
@@ -1015,6 +994,38 @@ void conn_stream_end(struct conn *c)
     }
     conn_timer_set(c, TIMER_PROCESS, 0);
 }
+
+/* ---- demo-only: copied writes (see server.h) ------------------------------ */
+
+/* One allocation holds the chunk framing and the copy; conn_on_write() frees
+ * it. The demo agent writes each tick's frames with this; the gateway's
+ * fan-out uses conn_stream_send() instead (no copy, no request when the
+ * kernel takes it all). */
+int conn_stream_write_copy(struct conn *c, const void *data, size_t len)
+{
+    if (c->state == CONN_CLOSING)
+        return UV_ECANCELED;
+    if (c->state != CONN_STREAMING)
+        return UV_EINVAL;
+    if (len == 0)
+        return 0; /* an empty chunk would end a chunked body */
+    size_t n = 0;
+    struct conn_write *w = conn_write_new(CHUNK_HEAD_MAX + len + 2);
+    if (c->chunked)
+        n = (size_t)snprintf(w->data, CHUNK_HEAD_MAX, "%zx\r\n", len);
+    memcpy(w->data + n, data, len);
+    n += len;
+    if (c->chunked) {
+        memcpy(w->data + n, "\r\n", 2);
+        n += 2;
+    }
+    int rc = conn_submit_data(c, w, n);
+    if (rc < 0)
+        conn_begin_close(c, 1);
+    return rc;
+}
+
+/* ---- peers ---------------------------------------------------------------- */
 
 /* Formatted on first use (most conns are never logged) and kept until the
  * conn is freed. */

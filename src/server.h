@@ -4,10 +4,8 @@
  * the request callback one at a time, in order (pipelined requests wait in the
  * read buffer), so answers are always in request order. The callback answers
  * with one of the conn_respond*() functions or turns the connection into a
- * stream with conn_stream_begin(), either before it returns or later (the
- * demo agent's slow starts): a conn that still owes an answer stays valid,
- * even after the peer left, until it is answered, conn_close()d, or
- * server_close() takes it.
+ * stream with conn_stream_begin() before it returns; the gateway always
+ * does. Answering later is a demo-only feature (see the last section).
  *
  * A server has no global state: runcast's API and the demo agent each run one,
  * on different loops (threads).
@@ -112,8 +110,6 @@ int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
  * connection is closing (on_done is not called). */
 int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
                      conn_write_cb on_done, void *arg);
-/* Copies data and queues it (convenience for small writes). */
-int conn_stream_write_copy(struct conn *c, const void *data, size_t len);
 /* Bytes queued in libuv for this connection that the kernel has not taken. */
 size_t conn_write_queue_bytes(const struct conn *c);
 /* Ends the stream normally: a chunked one gets its last chunk and the
@@ -128,5 +124,26 @@ void conn_close(struct conn *c, int abort);
 
 /* Peer address as text ("127.0.0.1:5555"), for logs. */
 const char *conn_peer(const struct conn *c);
+
+/* ---- demo-only: what only the demo agent (src/demo/) uses ---------------
+ *
+ * The gateway never uses these; they serve the built-in demo agent, which
+ * runs its own server on its own loop. They stay in the server because each
+ * one is made of the conn's internals (its state, chunk framing, write queue
+ * and the rule that frees its memory); moving them into src/demo/ would mean
+ * exporting those internals for one client.
+ *
+ * Deferred answers. A request callback may return without answering (the
+ * demo's !delay): the conn then "owes an answer", parses nothing more until
+ * it comes, and stays valid, even after the peer left, until the owner
+ * answers (conn_respond*() on a closed conn is a no-op, conn_stream_begin()
+ * fails), calls conn_close(), or server_close() takes it. There is no
+ * function for it: not answering is the request. */
+
+/* Copies data into one queued write (a chunk on a chunked stream): the demo's
+ * paced frames, written piece by piece. len 0 writes nothing and only checks
+ * the conn. Returns 0 or a negative errno (UV_ECANCELED: the connection is
+ * closing; UV_EINVAL: not a stream). */
+int conn_stream_write_copy(struct conn *c, const void *data, size_t len);
 
 #endif
