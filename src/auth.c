@@ -286,7 +286,8 @@ void auth_shutdown(void)
 
 /* ---- tokens ------------------------------------------------------------- */
 
-const char *auth_strerror(int err)
+/* The text sent to clients for a negative enum auth_error. */
+static const char *auth_strerror(int err)
 {
     switch (err) {
     case AUTH_ERR_MALFORMED: return "the token is malformed";

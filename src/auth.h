@@ -46,7 +46,7 @@ void auth_shutdown(void);
 
 /* ---- tokens ------------------------------------------------------------- */
 
-/* Why a token was refused; auth_strerror() gives the text sent to clients. */
+/* Why a token was refused (auth.c turns each into the text sent to clients). */
 enum auth_error {
     AUTH_ERR_MALFORMED = -1,     /* not three base64url parts of JSON, too long, crit/typ */
     AUTH_ERR_ALG_NONE = -2,      /* "alg": "none" */
@@ -70,11 +70,11 @@ struct auth_claims {
 
 /* Verifies token[0..len) at wall-clock time now (seconds): the algorithm
  * against the configured key first (alg none and the other key family are
- * refused before any signature check), then the signature with libjwt, then
+ * refused before any signature check), then the signature (HS with libjwt,
+ * RS/ES with OpenSSL on the key parsed at start-up), then
  * exp, nbf, aud and iss. Returns 0 and fills out, or a negative enum
  * auth_error. Needs --auth jwt (auth_init()); otherwise AUTH_ERR_ALG. */
 int auth_verify_token(const char *token, size_t len, double now, struct auth_claims *out);
-const char *auth_strerror(int err);
 
 /* ---- requests ----------------------------------------------------------- */
 
