@@ -16,6 +16,7 @@
 #include "run.h"
 #include "server.h"
 #include "session.h"
+#include "stream.h"
 
 static int draining;
 static const char *upstream_kind = "http";
@@ -275,7 +276,7 @@ static void handle_get_stream(struct conn *c, const struct http_request *req,
         .on_leave = quota_subscriber_end,
         .leave_arg = counted,
     };
-    int err = hub_subscribe_with(s->hub, c, &opt);
+    int err = stream_open(c, s->hub, &opt);
     if (err < 0)
         quota_subscriber_end(counted);
     if (err == -ENOSPC)

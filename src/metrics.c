@@ -8,6 +8,7 @@
 #include "log.h"
 #include "run.h"
 #include "session.h"
+#include "store.h"
 #include "upstream.h"
 
 /* Upper bounds in seconds; the last bucket is +Inf. Fine at the low end,
@@ -141,7 +142,7 @@ void metrics_render(struct buf *out)
     buf_printf(out, "runcast_upstream_transfers %zu\n", upstream_live_transfers());
     render_header(out, "runcast_frames", "gauge",
                   "Encoded events alive: in replay logs or in writes in flight.");
-    buf_printf(out, "runcast_frames %zu\n", hub_total_frames());
+    buf_printf(out, "runcast_frames %zu\n", frame_count());
     render_header(out, "runcast_log_lines_dropped_total", "counter",
                   "Log lines dropped because stderr's reader fell too far behind.");
     buf_printf(out, "runcast_log_lines_dropped_total %llu\n",

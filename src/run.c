@@ -1,6 +1,7 @@
 /* run.c: the run state machine (see run.h). The data path of a run is:
  * run_start -> limiter -> run_begin_upstream -> upstream callbacks ->
- * hub_publish; every state change goes through run_transition(). */
+ * store_append (the session's log) -> hub; every state change goes through
+ * run_transition(). */
 #include "run.h"
 
 #include <assert.h>
@@ -9,11 +10,11 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "hub.h"
 #include "log.h"
 #include "metrics.h"
 #include "quota.h"
 #include "session.h"
+#include "store.h"
 #include "upstream.h"
 
 static uint64_t delay_alert_ns;
@@ -128,7 +129,12 @@ static void run_transition(struct run *r, enum run_state to, json_t *data)
 
     char *text = json_dumps(data, JSON_COMPACT);
     /* The first event of a run is where a new subscriber's replay starts. */
-    hub_publish(s->hub, state_events[to], text, strlen(text), from == RUN_REGISTERED);
+    if (from == RUN_REGISTERED)
+        store_start_run(s->log, state_events[to], text, strlen(text));
+    else if (to == RUN_RUNNING)
+        store_append(s->log, state_events[to], text, strlen(text));
+    else
+        store_end_run(s->log, state_events[to], text, strlen(text));
     free(text);
     json_decref(data);
     session_touch(s);
@@ -197,7 +203,7 @@ static void on_event(void *arg, const char *json, size_t len)
                   "after_ms", ms_text(ms, sizeof(ms), after_ns), NULL);
     }
     metrics_count_event();
-    hub_publish(r->session->hub, "agent.event", json, len, 0);
+    store_append(r->session->log, "agent.event", json, len);
     session_touch(r->session);
 }
 

@@ -11,6 +11,7 @@
 #include "log.h"
 #include "quota.h"
 #include "run.h"
+#include "store.h"
 
 static struct session_config config;
 static struct session **buckets;
@@ -27,7 +28,7 @@ struct tombstone {
     struct list age_link;      /* oldest deletion first */
     uint64_t hash;
     uint64_t deleted_ms;       /* time_mono_ms() of the DELETE */
-    uint32_t incarnation;      /* hub_incarnation() of the deleted hub */
+    uint32_t incarnation;      /* of the deleted session's log (store.h) */
     const char *app, *user, *id; /* point into key[] */
     char key[];
 };
@@ -164,7 +165,8 @@ int session_get_or_create(const char *app, const char *user, const char *id,
     s->user = parts[1];
     s->id = parts[2];
     s->hash = key_hash(app, user, id);
-    s->hub = hub_create();
+    s->log = store_open();
+    s->hub = hub_create(s->log);
     s->created_at = time_wall_seconds();
     s->last_activity_ms = time_mono_ms();
     list_insert_tail(&by_activity, &s->activity_link);
@@ -203,10 +205,11 @@ static void session_remove(struct session *s, const char *reason, int publish_cl
     if (publish_closed) {
         char data[64];
         int n = snprintf(data, sizeof(data), "{\"reason\":\"%s\"}", reason);
-        hub_publish(s->hub, "session.closed", data, (size_t)n, 0);
+        store_append(s->log, "session.closed", data, (size_t)n);
     }
     table_unlink(s);
     hub_destroy(s->hub);
+    store_close(s->log);
     if (s->run)
         run_free(s->run);
     log_event(LOG_INFO, "session.closed", "app", s->app, "user", s->user, "session", s->id,
@@ -281,7 +284,9 @@ static void tombstone_bury(const struct session *s)
     } else {
         list_remove(&t->age_link);
     }
-    t->incarnation = hub_incarnation(s->hub);
+    struct store_meta meta;
+    store_meta(s->log, &meta);
+    t->incarnation = meta.incarnation;
     t->deleted_ms = time_mono_ms();
     list_insert_tail(&tombs_by_age, &t->age_link);
 }
@@ -312,7 +317,7 @@ int session_was_deleted(const char *app, const char *user, const char *id,
 {
     uint32_t incarnation;
     if (last_event_id == NULL || session_find(app, user, id) != NULL ||
-        hub_event_id_incarnation(last_event_id, &incarnation) < 0)
+        store_event_id_incarnation(last_event_id, &incarnation) < 0)
         return 0;
     struct tombstone *t = tombstone_find(key_hash(app, user, id), app, user, id);
     return t != NULL && t->incarnation == incarnation;

@@ -1,6 +1,7 @@
 /* session.h: the table of chat sessions, keyed by (app, user, session).
  *
- * A session owns its hub (event log + subscribers) and its latest run. It is
+ * A session owns its event log (store.h), the hub that fans it out to
+ * subscribers (hub.h) and its latest run. It is
  * created by the first POST or GET of its stream, and removed by DELETE, by
  * expiry (no subscriber and no activity for --session-ttl) or at shutdown.
  * Sessions sit in a list ordered by last activity, so expiry looks only at
@@ -21,13 +22,15 @@
 
 struct hub;
 struct run;
+struct store_log;
 
 struct session {
     struct session *hash_next;
     struct list activity_link; /* oldest activity first */
     uint64_t hash;
     const char *app, *user, *id; /* point into key[] */
-    struct hub *hub;           /* owned */
+    struct store_log *log;     /* owned: its events (store.h) */
+    struct hub *hub;           /* owned: fans the log out to subscribers */
     struct run *run;           /* latest run, active or finished; owned */
     int upstream_ready;        /* the ADK session exists upstream */
     uint64_t last_activity_ms;
