@@ -5,6 +5,7 @@
  * expiry timer trims from its oldest end. */
 #include "session.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 
 #include "hub.h"
@@ -39,6 +40,7 @@ static size_t tomb_count;
 static struct list tombs_by_age;
 
 static void expiry_cb(uv_timer_t *t);
+static void session_touch_host(struct run_host *host);
 static void session_remove(struct session *s, const char *reason, int publish_closed);
 static void tombstones_free_all(void);
 
@@ -167,6 +169,8 @@ int session_get_or_create(const char *app, const char *user, const char *id,
     s->hash = key_hash(app, user, id);
     s->log = store_open();
     s->hub = hub_create(s->log);
+    s->host = (struct run_host){.app = s->app, .user = s->user, .session_id = s->id,
+                                .log = s->log, .touch = session_touch_host};
     s->created_at = time_wall_seconds();
     s->last_activity_ms = time_mono_ms();
     list_insert_tail(&by_activity, &s->activity_link);
@@ -186,6 +190,53 @@ void session_touch(struct session *s)
     list_insert_tail(&by_activity, &s->activity_link);
 }
 
+static void session_touch_host(struct run_host *host)
+{
+    session_touch(container_of(host, struct session, host));
+}
+
+/* Ends s's current run if it is still active — superseded by the run with
+ * id by when a new run replaces it, else cancelled with reason — and frees
+ * it: the one place a session lets go of a run. Safe from request handlers
+ * and timers (never called from the run's own callbacks). */
+static void session_retire_run(struct session *s, const char *by, const char *reason)
+{
+    struct run *r = s->run;
+    if (r == NULL)
+        return;
+    s->run = NULL;
+    if (run_is_active(r)) {
+        if (by)
+            run_supersede(r, by);
+        else
+            run_cancel(r, reason);
+    }
+    run_free(r);
+}
+
+struct run *session_start_run(struct session *s, json_t *new_message, json_t *state_delta,
+                              int streaming)
+{
+    struct run *r = run_create(&s->host, new_message, state_delta, streaming);
+    /* The old run ends (and gives its slot back) before the new one asks
+     * for a slot, and nothing waits for its upstream to go away. */
+    session_retire_run(s, r->id, NULL);
+    s->run = r;
+    run_begin(r);
+    return r;
+}
+
+json_t *session_status_json(const struct session *s)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "session_id", json_string(s->id));
+    json_object_set_new(o, "app", json_string(s->app));
+    json_object_set_new(o, "user", json_string(s->user));
+    run_status_json(s->run, o);
+    json_object_set_new(o, "subscribers", json_integer((json_int_t)hub_subscriber_count(s->hub)));
+    return o;
+}
+
 static void table_unlink(struct session *s)
 {
     struct session **pp = &buckets[s->hash % bucket_count];
@@ -200,8 +251,7 @@ static void table_unlink(struct session *s)
  * ends every stream and frees s. */
 static void session_remove(struct session *s, const char *reason, int publish_closed)
 {
-    if (s->run && run_is_active(s->run))
-        run_cancel(s->run, reason);
+    session_retire_run(s, NULL, reason);
     if (publish_closed) {
         char data[64];
         int n = snprintf(data, sizeof(data), "{\"reason\":\"%s\"}", reason);
@@ -210,8 +260,6 @@ static void session_remove(struct session *s, const char *reason, int publish_cl
     table_unlink(s);
     hub_destroy(s->hub);
     store_close(s->log);
-    if (s->run)
-        run_free(s->run);
     log_event(LOG_INFO, "session.closed", "app", s->app, "user", s->user, "session", s->id,
               "reason", reason, NULL);
     quota_session_end(s->user);

@@ -19,10 +19,11 @@
 #include <uv.h>
 
 #include "common.h"
+#include "run.h"
 
 struct hub;
-struct run;
 struct store_log;
+struct json_t;
 
 struct session {
     struct session *hash_next;
@@ -31,8 +32,8 @@ struct session {
     const char *app, *user, *id; /* point into key[] */
     struct store_log *log;     /* owned: its events (store.h) */
     struct hub *hub;           /* owned: fans the log out to subscribers */
-    struct run *run;           /* latest run, active or finished; owned */
-    int upstream_ready;        /* the ADK session exists upstream */
+    struct run *run;           /* latest run, active or finished, or NULL; owned */
+    struct run_host host;      /* what its runs see of it (run.h) */
     uint64_t last_activity_ms;
     double created_at;         /* wall clock seconds */
     char key[];
@@ -57,6 +58,15 @@ int session_get_or_create(const char *app, const char *user, const char *id,
                           struct session **out);
 /* Marks activity now (requests, run events, subscribers). O(1). */
 void session_touch(struct session *s);
+/* Starts a new run as s's current one (POST …/run): the previous run, if
+ * still active, ends as superseded by it first and is freed; then the new
+ * run starts, queues or fails (run_begin()). Takes ownership of
+ * new_message and state_delta (may be NULL). Returns the run, owned by s.
+ * Never fails. */
+struct run *session_start_run(struct session *s, struct json_t *new_message,
+                              struct json_t *state_delta, int streaming);
+/* The per-session object of DESIGN.md "Task status" (a new reference). */
+struct json_t *session_status_json(const struct session *s);
 /* Cancels the active run (run.cancelled with reason), publishes
  * session.closed, ends every stream, frees the session and leaves its
  * tombstone (for DELETE; expiry removes sessions without one). */

@@ -3,6 +3,7 @@
 #include "../../src/hub.c"
 #include "../../src/run.c"
 
+#include "session.h"
 #include "test.h"
 
 /* ---- fake upstream ------------------------------------------------------- */
@@ -84,7 +85,7 @@ static struct session *new_session(const char *id)
 static struct run *start(struct session *s)
 {
     json_t *msg = json_pack("{s:s, s:[{s:s}]}", "role", "user", "parts", "text", "hi");
-    return run_start(s, msg, NULL, 1);
+    return session_start_run(s, msg, NULL, 1);
 }
 
 /* The event names in a session's log, space-separated. */
