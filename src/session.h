@@ -20,16 +20,16 @@
 
 #include "common.h"
 #include "run.h"
+#include "table.h"
 
 struct hub;
 struct store_log;
 struct json_t;
 
 struct session {
-    struct session *hash_next;
+    struct table_entry entry;  /* in the session table, keyed by key[] */
     struct list activity_link; /* oldest activity first */
-    uint64_t hash;
-    const char *app, *user, *id; /* point into key[] */
+    const char *app, *user, *id; /* point into key[] ("app\0user\0id") */
     struct store_log *log;     /* owned: its events (store.h) */
     struct hub *hub;           /* owned: fans the log out to subscribers */
     struct run *run;           /* latest run, active or finished, or NULL; owned */
@@ -52,8 +52,9 @@ void session_table_shutdown(const char *reason);
 
 /* The session, or NULL. Parameters must already be valid path parameters. */
 struct session *session_find(const char *app, const char *user, const char *id);
-/* Finds or creates. Returns 0 and *out; -ENOSPC at --max-sessions, or
- * -EDQUOT when user already has --max-sessions-per-user (quota.h). */
+/* Finds or creates. Returns 0 and *out; -ENOSPC at --max-sessions,
+ * -EDQUOT when user already has --max-sessions-per-user (quota.h), or
+ * -EINVAL for parts longer than path parameters can be. */
 int session_get_or_create(const char *app, const char *user, const char *id,
                           struct session **out);
 /* Marks activity now (requests, run events, subscribers). O(1). */

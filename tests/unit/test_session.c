@@ -223,7 +223,7 @@ static void idle_session_expires_after_the_ttl(void)
     CHECK(waited < 1000);
     CHECK_EQ(session_find("app", "user", "idle") == NULL, 1);
     /* expired, not deleted: no tombstone, and subscribers were told */
-    CHECK_EQ(tomb_count, 0);
+    CHECK_EQ(tombstones.count, 0);
     CHECK_EQ(appended_count("session.closed {\"reason\":\"session_expired\"}"), 1);
     teardown();
 }
@@ -300,17 +300,17 @@ static void tombstones_are_forgotten_after_the_ttl(void)
     store_format_id(other, sizeof(other), m.incarnation + 1, 1);
     session_delete(s, "session_deleted");
     CHECK_EQ(session_count(), 0);
-    CHECK_EQ(tomb_count, 1);
+    CHECK_EQ(tombstones.count, 1);
     CHECK_EQ(session_was_deleted("app", "user", "deleted", id), 1);
     CHECK_EQ(session_was_deleted("app", "user", "deleted", other), 0); /* another incarnation */
     CHECK_EQ(session_was_deleted("app", "user", "deleted", NULL), 0);
     run_for(TTL_MS / 2);
-    CHECK_EQ(tomb_count, 1);
+    CHECK_EQ(tombstones.count, 1);
     CHECK_EQ(session_was_deleted("app", "user", "deleted", id), 1);
     uint64_t start = time_mono_ms();
-    while (tomb_count > 0 && time_mono_ms() - start < 2000)
+    while (tombstones.count > 0 && time_mono_ms() - start < 2000)
         uv_run(&loop, UV_RUN_ONCE);
-    CHECK_EQ(tomb_count, 0);
+    CHECK_EQ(tombstones.count, 0);
     CHECK(time_mono_ms() - start < 1000);
     CHECK_EQ(session_was_deleted("app", "user", "deleted", id), 0);
     teardown();
