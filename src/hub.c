@@ -69,8 +69,8 @@ static uv_loop_t *hub_loop;
  * one timer is armed for the head's last_write_ms + heartbeat_ms. */
 static struct list all_subscribers;
 static uv_timer_t heartbeat_timer;
-/* Publishing only queues frames; these two flush every subscriber that got
- * some once per loop iteration (see hub_publish). */
+/* An append only queues frames; these two flush every subscriber that got
+ * some once per loop iteration (see hub_on_frame). */
 static uv_check_t flush_check;
 static uv_idle_t flush_idle;
 static struct list dirty_subscribers;
