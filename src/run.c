@@ -99,6 +99,49 @@ enum run_call_end {
     RUN_CALL_FINISHED,   /* it ended by itself (on_end): only forget it */
 };
 
+/* A terminal transition's bookkeeping (run_transition only): the upstream
+ * call is cancelled (unless it ended by itself) and forgotten, the queue
+ * place and the quota given back, the outcome counted. The limiter slot is
+ * given back last, by run_transition. */
+static void run_release(struct run *r, enum run_state to, json_t *data, enum run_call_end call_end,
+                        uint64_t now_ns)
+{
+    r->ended_at = time_wall_seconds();
+    if (r->call && call_end == RUN_CALL_CANCEL)
+        upstream_call_cancel(r->call);
+    r->call = NULL;
+    limiter_leave(&r->waiter);
+    quota_run_end(r->host->user);
+    active_runs--;
+    outcomes[to]++;
+    metrics_observe(METRICS_RUN_DURATION, (double)(now_ns - r->registered_ns) / 1e9);
+    if (to == RUN_COMPLETED)
+        json_object_set_new(data, "duration_ms",
+                            json_integer((json_int_t)((now_ns - r->started_ns) / 1000000)));
+}
+
+/* The log line of a transition to `to`: run.queued, run.started, or
+ * run.ended for every terminal state. */
+static void run_log_transition(const struct run *r, enum run_state to, json_t *data,
+                               uint64_t now_ns)
+{
+    const char *session = r->host->session_id;
+    char ms[32], n[32];
+    if (to == RUN_QUEUED) {
+        snprintf(n, sizeof(n), "%" JSON_INTEGER_FORMAT,
+                 json_integer_value(json_object_get(data, "position")));
+        log_event(LOG_INFO, "run.queued", "session", session, "run", r->id, "position", n, NULL);
+    } else if (to == RUN_RUNNING) {
+        log_event(LOG_INFO, "run.started", "session", session, "run", r->id, "delay_ms",
+                  ms_text(ms, sizeof(ms), now_ns - r->registered_ns), NULL);
+    } else {
+        snprintf(n, sizeof(n), "%" PRIu64, r->events);
+        log_event(LOG_INFO, "run.ended", "session", session, "run", r->id, "outcome",
+                  state_names[to], "duration_ms", ms_text(ms, sizeof(ms), now_ns - r->registered_ns),
+                  "events", n, NULL);
+    }
+}
+
 /* The one place a run changes state. data is the event's JSON object without
  * run_id (stolen; may be NULL). Appends the event to the session's log and
  * writes the log line; entering RUNNING takes the limiter slot the run was
@@ -112,37 +155,21 @@ static void run_transition(struct run *r, enum run_state to, json_t *data, enum 
     enum run_state from = r->state;
     struct run_host *host = r->host;
     uint64_t now_ns = time_mono_ns();
-    char buf1[32], buf2[32];
 
     r->state = to;
     if (data == NULL)
         data = json_object();
     json_object_set_new(data, "run_id", json_string(r->id));
-
     if (to == RUN_RUNNING) {
         r->holds_slot = 1; /* only admission leads here */
         r->started_at = time_wall_seconds();
         r->started_ns = now_ns;
         json_object_set_new(data, "started_at", json_real(r->started_at));
     }
-    if (to == RUN_QUEUED || to == RUN_RUNNING) {
-        /* The server's clock, so that a tab replaying the run later (or
-         * joining it late) shows its true age, not when it heard of it. */
+    if (is_terminal(to))
+        run_release(r, to, data, call_end, now_ns);
+    else /* the server's clock: a tab replaying the run later shows its true age */
         json_object_set_new(data, "created_at", json_real(r->created_at));
-    } else { /* terminal */
-        r->ended_at = time_wall_seconds();
-        if (r->call && call_end == RUN_CALL_CANCEL)
-            upstream_call_cancel(r->call);
-        r->call = NULL;
-        limiter_leave(&r->waiter);
-        quota_run_end(host->user);
-        active_runs--;
-        outcomes[to]++;
-        metrics_observe(METRICS_RUN_DURATION, (double)(now_ns - r->registered_ns) / 1e9);
-        if (to == RUN_COMPLETED)
-            json_object_set_new(data, "duration_ms",
-                                json_integer((json_int_t)((now_ns - r->started_ns) / 1000000)));
-    }
 
     char *text = json_dumps(data, JSON_COMPACT);
     /* The first event of a run is where a new subscriber's replay starts. */
@@ -154,21 +181,7 @@ static void run_transition(struct run *r, enum run_state to, json_t *data, enum 
         store_append(host->log, state_events[to], text, strlen(text));
     free(text);
     host->touch(host);
-
-    if (to == RUN_QUEUED) {
-        json_t *position = json_object_get(data, "position");
-        snprintf(buf1, sizeof(buf1), "%" JSON_INTEGER_FORMAT, json_integer_value(position));
-        log_event(LOG_INFO, "run.queued", "session", host->session_id, "run", r->id, "position",
-                  buf1, NULL);
-    } else if (to == RUN_RUNNING) {
-        log_event(LOG_INFO, "run.started", "session", host->session_id, "run", r->id, "delay_ms",
-                  ms_text(buf1, sizeof(buf1), now_ns - r->registered_ns), NULL);
-    } else {
-        log_event(LOG_INFO, "run.ended", "session", host->session_id, "run", r->id, "outcome",
-                  state_names[to], "duration_ms",
-                  ms_text(buf1, sizeof(buf1), now_ns - r->registered_ns), "events",
-                  (snprintf(buf2, sizeof(buf2), "%" PRIu64, r->events), buf2), NULL);
-    }
+    run_log_transition(r, to, data, now_ns);
     json_decref(data);
 
     if (to == RUN_RUNNING) {
