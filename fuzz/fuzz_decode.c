@@ -12,9 +12,10 @@
  * a value percent-encoded into "x=1&k=<value>&k=2" decodes back to itself.
  *
  * Last-Event-ID (api.c last_event_id, as header and as ?last_event_id=, then
- * hub.c parse_id and start_position against small hubs): parse_id accepts
- * exactly [0-9a-f]{8}-[0-9]+ with a seq that fits in 64 bits, and
- * hub_event_id_incarnation (what deleted sessions' tombstones compare)
+ * store.c store_parse_id and store_locate against small memory logs):
+ * store_parse_id accepts exactly [0-9a-f]{8}-[0-9]+ with a seq that fits in
+ * 64 bits, and store_event_id_incarnation (what deleted sessions'
+ * tombstones compare)
  * agrees with it on the verdict and the incarnation; a position is
  * within [oldest retained, last + 1]; an exact position (no stream.reset)
  * lies right after the given id, or at the latest run's start or the live
@@ -25,7 +26,7 @@
 
 /* Statics under test; everything else comes from the fuzzing library. */
 #include "../src/api.c"
-#include "../src/hub.c"
+#include "../src/store_memory.c"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -136,9 +137,9 @@ static void check_query_round_trip(const char *value, size_t len)
 
 /* ---- Last-Event-ID ------------------------------------------------------- */
 
-static struct hub *hubs[3];
+static struct store_log *logs[3];
 
-/* The ids parse_id must accept: [0-9a-f]{8}-[0-9]+ within 64 bits. */
+/* The ids store_parse_id must accept: [0-9a-f]{8}-[0-9]+ within 64 bits. */
 static int id_is_valid(const char *id, uint32_t *epoch, uint64_t *seq)
 {
     size_t len = strlen(id);
@@ -164,14 +165,16 @@ static int id_is_valid(const char *id, uint32_t *epoch, uint64_t *seq)
     return 1;
 }
 
-static void check_position(const struct hub *h, const char *id, int from_live)
+static void check_position(const struct store_log *log, const char *id, int from_live)
 {
     const char *reason;
-    uint64_t pos = start_position(h, id, from_live, &reason);
-    uint64_t oldest = log_oldest_seq(h);
-    if (pos < oldest || pos > h->last_seq + 1)
+    uint64_t pos = store_locate(log, id, from_live, &reason);
+    struct store_meta m;
+    store_meta(log, &m);
+    uint64_t oldest = m.oldest_seq;
+    if (pos < oldest || pos > m.newest_seq + 1)
         abort();
-    if (pos <= h->last_seq && log_find(h, pos) == NULL)
+    if (pos <= m.newest_seq && store_read(log, pos) == NULL)
         abort();
     if (reason != NULL) {
         if (pos != oldest)
@@ -181,9 +184,9 @@ static void check_position(const struct hub *h, const char *id, int from_live)
     uint32_t epoch;
     uint64_t seq;
     if (id != NULL) {
-        if (!id_is_valid(id, &epoch, &seq) || epoch != h->epoch || pos != seq + 1)
+        if (!id_is_valid(id, &epoch, &seq) || epoch != m.incarnation || pos != seq + 1)
             abort();
-    } else if (pos != (from_live || h->run_start_seq == 0 ? h->last_seq + 1 : h->run_start_seq)) {
+    } else if (pos != (from_live || m.run_start_seq == 0 ? m.newest_seq + 1 : m.run_start_seq)) {
         abort();
     }
 }
@@ -213,23 +216,23 @@ static void check_last_event_id(const char *value, size_t len)
 
         uint32_t epoch, epoch_ref;
         uint64_t seq, seq_ref;
-        int ok = has_id && parse_id(id, &epoch, &seq) == 0;
+        int ok = has_id && store_parse_id(id, &epoch, &seq) == 0;
         if (has_id && (ok != id_is_valid(id, &epoch_ref, &seq_ref) ||
                        (ok && (epoch != epoch_ref || seq != seq_ref))))
             abort();
         /* what session.c's tombstones compare: the same verdict and epoch */
         uint32_t incarnation = 0;
-        if (has_id && ((hub_event_id_incarnation(id, &incarnation) == 0) != ok ||
+        if (has_id && ((store_event_id_incarnation(id, &incarnation) == 0) != ok ||
                        (ok && incarnation != epoch)))
             abort();
-        for (size_t i = 0; i < RC_ARRAY_SIZE(hubs); i++) {
+        for (size_t i = 0; i < RC_ARRAY_SIZE(logs); i++) {
             for (int from_live = 0; from_live < 2; from_live++)
-                check_position(hubs[i], has_id ? id : NULL, from_live);
+                check_position(logs[i], has_id ? id : NULL, from_live);
         }
     }
 }
 
-/* format_id() output always parses back. */
+/* store_format_id() output always parses back. */
 static void check_id_round_trip(const uint8_t *data, size_t size)
 {
     uint32_t epoch = 0, e;
@@ -241,24 +244,27 @@ static void check_id_round_trip(const uint8_t *data, size_t size)
             seq = seq << 8 | data[i];
     }
     char id[40];
-    format_id(id, sizeof(id), epoch, seq);
-    if (parse_id(id, &e, &s) != 0 || e != epoch || s != seq)
+    store_format_id(id, sizeof(id), epoch, seq);
+    if (store_parse_id(id, &e, &s) != 0 || e != epoch || s != seq)
         abort();
 }
 
 int LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    /* hub_init() would need a loop for its timer; the log needs only this. */
-    config.history = 4;
-    config.history_bytes = 1 << 20;
+    struct store_config cfg = {.history = 4, .history_bytes = 1 << 20};
+    store_init(&store_memory_ops, &cfg);
     static const uint32_t epochs[3] = {0x00000000, 0x00000001, 0xdeadbeef};
     static const int frames[3] = {0, 3, 10};  /* 10 > history: 1..6 are evicted */
     static const int run_start[3] = {0, 2, 5}; /* hub 2: the run's start is gone */
-    for (size_t i = 0; i < RC_ARRAY_SIZE(hubs); i++) {
-        hubs[i] = hub_create();
-        hubs[i]->epoch = epochs[i];
-        for (int f = 1; f <= frames[i]; f++)
-            hub_publish(hubs[i], "agent.event", "{}", 2, f == run_start[i]);
+    for (size_t i = 0; i < RC_ARRAY_SIZE(logs); i++) {
+        logs[i] = store_open();
+        ((struct memory_log *)logs[i])->epoch = epochs[i];
+        for (int f = 1; f <= frames[i]; f++) {
+            if (f == run_start[i])
+                store_start_run(logs[i], "agent.event", "{}", 2);
+            else
+                store_append(logs[i], "agent.event", "{}", 2);
+        }
     }
     return 0;
 }

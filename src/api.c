@@ -10,12 +10,16 @@
 #include "console.h"
 #include "hub.h"
 #include "limiter.h"
+#include "log.h"
 #include "metrics.h"
 #include "quota.h"
 #include "router.h"
 #include "run.h"
 #include "server.h"
 #include "session.h"
+#include "store.h"
+#include "stream.h"
+#include "upstream.h"
 
 static int draining;
 static const char *upstream_kind = "http";
@@ -34,30 +38,6 @@ static void respond_json_steal(struct conn *c, int status, json_t *obj)
 {
     conn_respond_json(c, status, obj, NULL);
     json_decref(obj);
-}
-
-static json_t *time_or_null(double t)
-{
-    return t > 0 ? json_real(t) : json_null();
-}
-
-/* The per-session status object of DESIGN.md "Task status". */
-static json_t *session_status(const struct session *s)
-{
-    const struct run *r = s->run;
-    json_t *o = json_object();
-    json_object_set_new(o, "session_id", json_string(s->id));
-    json_object_set_new(o, "app", json_string(s->app));
-    json_object_set_new(o, "user", json_string(s->user));
-    json_object_set_new(o, "has_task", json_boolean(r && run_is_active(r)));
-    json_object_set_new(o, "status", r ? json_string(run_state_name(r->state)) : json_null());
-    json_object_set_new(o, "run_id", r ? json_string(r->id) : json_null());
-    json_object_set_new(o, "created_at", r ? time_or_null(r->created_at) : json_null());
-    json_object_set_new(o, "started_at", r ? time_or_null(r->started_at) : json_null());
-    json_object_set_new(o, "ended_at", r ? time_or_null(r->ended_at) : json_null());
-    json_object_set_new(o, "events", json_integer(r ? (json_int_t)r->events : 0));
-    json_object_set_new(o, "subscribers", json_integer((json_int_t)hub_subscriber_count(s->hub)));
-    return o;
 }
 
 static void events_path(char *out, size_t size, const struct route_params *p)
@@ -205,7 +185,7 @@ static void handle_post_run(struct conn *c, const struct http_request *req,
         json_decref(state_delta);
         return;
     }
-    struct run *r = run_start(s, message, state_delta, stream);
+    struct run *r = session_start_run(s, message, state_delta, stream);
     char path[512];
     events_path(path, sizeof(path), p);
     json_t *o = json_pack("{s:b, s:s, s:s, s:s, s:s}", "success", 1, "run_id", r->id,
@@ -275,7 +255,7 @@ static void handle_get_stream(struct conn *c, const struct http_request *req,
         .on_leave = quota_subscriber_end,
         .leave_arg = counted,
     };
-    int err = hub_subscribe_with(s->hub, c, &opt);
+    int err = stream_open(c, s->hub, &opt);
     if (err < 0)
         quota_subscriber_end(counted);
     if (err == -ENOSPC)
@@ -308,7 +288,7 @@ static void handle_session_status(struct conn *c, const struct route_params *p)
         return;
     }
     session_touch(s);
-    respond_json_steal(c, 200, session_status(s));
+    respond_json_steal(c, 200, session_status_json(s));
 }
 
 static void handle_delete_session(struct conn *c, const struct route_params *p)
@@ -343,13 +323,33 @@ static void handle_all_status(struct conn *c, const struct http_request *req)
     for (struct session *s = session_first(); s && (long)json_array_size(list) < limit;
          s = session_next(s)) {
         if (all || (s->run && run_is_active(s->run)))
-            json_array_append_new(list, session_status(s));
+            json_array_append_new(list, session_status_json(s));
     }
     json_t *o = json_pack("{s:I, s:I, s:I, s:I, s:o}", "total_tasks", (json_int_t)run_count_active(),
                           "running_tasks", (json_int_t)limiter_active(), "queued_tasks",
                           (json_int_t)limiter_queued(), "sessions_total", (json_int_t)session_count(),
                           "sessions", list);
     respond_json_steal(c, 200, o);
+}
+
+/* Collects the numbers other modules keep for metrics_render(). */
+static void metrics_snapshot_take(struct metrics_snapshot *snap)
+{
+    static const enum run_state outcomes[] = {RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED,
+                                              RUN_TIMED_OUT, RUN_SUPERSEDED};
+    memset(snap, 0, sizeof(*snap));
+    for (size_t i = 0; i < RC_ARRAY_SIZE(outcomes); i++)
+        snap->runs_by_outcome[snap->run_outcomes++] =
+            (struct metrics_count){run_state_name(outcomes[i]), run_count_outcome(outcomes[i])};
+    snap->subscribers_dropped_slow = hub_dropped_total(HUB_DROP_SLOW);
+    snap->subscribers_dropped_lagged = hub_dropped_total(HUB_DROP_LAGGED);
+    snap->runs_active = run_count_active();
+    snap->runs_queued = limiter_queued();
+    snap->sessions = session_count();
+    snap->subscribers = hub_total_subscribers();
+    snap->upstream_transfers = upstream_live_transfers();
+    snap->frames = frame_count();
+    snap->log_lines_dropped = log_dropped_lines();
 }
 
 /* data is NULL for the main listener, &auth_admin_listener for
@@ -406,7 +406,9 @@ void api_handle_request(struct conn *c, const struct http_request *req, void *da
         break;
     case ROUTE_METRICS: {
         struct buf text = {0};
-        metrics_render(&text);
+        struct metrics_snapshot snap;
+        metrics_snapshot_take(&snap);
+        metrics_render(&text, &snap);
         conn_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8", NULL, text.data, text.len);
         buf_free(&text);
         break;

@@ -1,12 +1,13 @@
-/* hub.c: per-session event log and fan-out to SSE subscribers (see hub.h).
+/* hub.c: fan-out of a session's frames to its subscribers (see hub.h).
  *
- * Ownership: a hub owns its frames (one reference each) and its subscribers.
- * A write in flight owns one more reference to each frame it carries, so a
- * frame evicted from the log stays alive until the kernel has taken it. A
- * subscriber is freed from its connection's close callback (a cut: a drop,
- * a write error, the client leaving) or by subscriber_end() (a normal end,
- * which lets go of the connection first); a write that completes after that
- * finds its subscriber pointer cleared.
+ * Ownership: the log (store.h) owns the frames it retains; a subscriber
+ * owns one reference to each frame queued for it, and a write in flight one
+ * more to each frame it carries, so a frame evicted from the log stays
+ * alive until the transport has taken it. A subscriber is freed by
+ * hub_unsubscribe() (its transport went away: a cut, a write error, the
+ * client leaving) or by subscriber_end() (a normal end, which lets go of the
+ * transport); a write that completes after that finds its subscriber
+ * pointer cleared.
  */
 #include "hub.h"
 
@@ -14,16 +15,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-#include "server.h"
 #include "sse.h"
-
-/* One encoded event, shared by every subscriber. */
-struct frame {
-    uint32_t refs;
-    uint64_t seq; /* 0 for a frame outside the log (one subscriber's preamble) */
-    size_t len;
-    char data[];
-};
+#include "store.h"
 
 struct subscriber;
 
@@ -36,21 +29,22 @@ struct sub_write {
 };
 
 /* A subscriber is a cursor into its hub's log plus the frames it has been
- * given but not yet handed to its connection. While it replays, it reads
+ * given but not yet handed to its transport. While it replays, it reads
  * from the log; once caught up, every publish gives it a reference at once,
  * so eviction from the log can never make a live subscriber miss an event. */
 struct subscriber {
     struct list hub_link; /* in hub->subscribers */
     struct list all_link; /* in all_subscribers, ordered by last_write_ms */
     struct hub *hub;      /* never NULL: hub_destroy() ends every stream first */
-    struct conn *conn;
+    const struct subscriber_ops *ops;
+    void *transport;
     uint64_t next_seq;    /* next frame this subscriber needs */
-    struct frame **queue; /* referenced, not yet handed to the connection */
+    struct frame **queue; /* referenced, not yet handed to the transport */
     unsigned queued, queue_cap;
     size_t queued_bytes;
     struct list writes;   /* struct sub_write in flight; a completion is "proceed" */
     struct list dirty_link; /* in dirty_subscribers while it has frames to flush */
-    uint64_t last_write_ms; /* uv_now() when bytes were last handed to its connection */
+    uint64_t last_write_ms; /* uv_now() when bytes were last handed to its transport */
     uint64_t deadline_ms; /* 0: none; else it sits in the deadline heap */
     size_t heap_index;    /* its place in the deadline heap */
     void (*on_leave)(void *arg);
@@ -58,12 +52,8 @@ struct subscriber {
 };
 
 struct hub {
-    struct frame **ring; /* the log: ring[(first + i) % capacity], i < count */
-    size_t capacity, first, count;
-    size_t bytes;        /* bytes of the frames in the log */
-    uint64_t last_seq;   /* seq of the newest frame, 0 when none yet */
-    uint64_t run_start_seq; /* first frame of the latest run, 0 when none */
-    uint32_t epoch;      /* incarnation: ids from another hub are foreign */
+    struct store_log *log; /* not owned: the session's, outlives the hub */
+    uint64_t newest_seq;   /* seq of the newest frame the log handed over */
     struct list subscribers;
     size_t subscriber_count;
 };
@@ -79,16 +69,13 @@ static uv_loop_t *hub_loop;
  * one timer is armed for the head's last_write_ms + heartbeat_ms. */
 static struct list all_subscribers;
 static uv_timer_t heartbeat_timer;
-/* Publishing only queues frames; these two flush every subscriber that got
- * some once per loop iteration (see hub_publish). */
+/* An append only queues frames; these two flush every subscriber that got
+ * some once per loop iteration (see hub_on_frame). */
 static uv_check_t flush_check;
 static uv_idle_t flush_idle;
 static struct list dirty_subscribers;
 static size_t total_subscribers;
-static size_t total_frames;
 static uint64_t dropped[HUB_DROP_REASONS];
-static uint32_t epoch_next;
-static struct buf encode_scratch;
 
 /* Streams with a deadline, earliest first: a binary min-heap on
  * deadline_ms, so one timer armed at heap[0] serves them all and each
@@ -111,26 +98,11 @@ static void flush_check_cb(uv_check_t *h);
 static void flush_idle_cb(uv_idle_t *h);
 static void subscriber_schedule(struct subscriber *s);
 
-static void frame_release(struct frame *f)
-{
-    if (--f->refs == 0) {
-        total_frames--;
-        free(f);
-    }
-}
-
 /* A frame outside the log, for bytes sent to one subscriber only. */
 static struct frame *frame_private(const char *data, size_t len)
 {
-    struct frame *f = xmalloc(sizeof(*f) + len);
-    f->refs = 1;
-    f->seq = 0;
-    f->len = len;
-    memcpy(f->data, data, len);
-    total_frames++;
-    return f;
+    return frame_new(0, data, len);
 }
-
 
 void hub_init(uv_loop_t *loop, const struct hub_config *cfg)
 {
@@ -140,8 +112,6 @@ void hub_init(uv_loop_t *loop, const struct hub_config *cfg)
     list_init(&dirty_subscribers);
     uv_check_init(loop, &flush_check);
     uv_idle_init(loop, &flush_idle);
-    if (uv_random(NULL, NULL, &epoch_next, sizeof(epoch_next), 0, NULL) != 0)
-        epoch_next = (uint32_t)(uv_hrtime() ^ (uint64_t)uv_os_getpid());
     keepalive_frame = frame_private(keepalive_comment, sizeof(keepalive_comment) - 1);
     uv_timer_init(loop, &heartbeat_timer);
     uv_unref((uv_handle_t *)&heartbeat_timer);
@@ -162,109 +132,38 @@ void hub_shutdown(void)
     uv_close((uv_handle_t *)&flush_check, NULL);
     uv_idle_stop(&flush_idle);
     uv_close((uv_handle_t *)&flush_idle, NULL);
-    buf_free(&encode_scratch);
     frame_release(keepalive_frame);
     keepalive_frame = NULL;
 }
 
-struct hub *hub_create(void)
+static void hub_on_frame(void *arg, struct frame *f);
+
+struct hub *hub_create(struct store_log *log)
 {
     struct hub *h = xcalloc(1, sizeof(*h));
-    h->epoch = epoch_next++;
+    struct store_meta m;
+    store_meta(log, &m);
+    h->log = log;
+    h->newest_seq = m.newest_seq;
     list_init(&h->subscribers);
+    store_listen(log, hub_on_frame, h);
     return h;
 }
 
-static struct frame *log_at(const struct hub *h, size_t i)
+/* The log's listener: a frame was appended. Subscribers only queue a
+ * reference here; the frames go out when the loop iteration ends
+ * (flush_dirty), one vectored write per subscriber for everything appended
+ * meanwhile. An upstream read carries many events when the loop is busy,
+ * so under load a write carries many frames and the syscalls per event
+ * fall instead of the loop falling behind (one write per event per
+ * subscriber was what capped fan-out). */
+static void hub_on_frame(void *arg, struct frame *f)
 {
-    return h->ring[(h->first + i) % h->capacity];
-}
-
-static uint64_t log_oldest_seq(const struct hub *h)
-{
-    return h->count ? log_at(h, 0)->seq : h->last_seq + 1;
-}
-
-/* The frame with this seq, or NULL when it is not (or no longer) retained. */
-static struct frame *log_find(const struct hub *h, uint64_t seq)
-{
-    uint64_t oldest = log_oldest_seq(h);
-    if (seq < oldest || seq > h->last_seq)
-        return NULL;
-    return log_at(h, (size_t)(seq - oldest));
-}
-
-static void log_evict_oldest(struct hub *h)
-{
-    struct frame *f = log_at(h, 0);
-    h->first = (h->first + 1) % h->capacity;
-    h->count--;
-    h->bytes -= f->len;
-    frame_release(f);
-}
-
-static void log_append(struct hub *h, struct frame *f)
-{
-    if (h->count == h->capacity) {
-        size_t limit = (size_t)config.history;
-        if (h->capacity >= limit) {
-            log_evict_oldest(h);
-        } else {
-            size_t cap = h->capacity ? h->capacity * 2 : 8;
-            if (cap > limit)
-                cap = limit;
-            struct frame **ring = xmalloc(cap * sizeof(*ring));
-            for (size_t i = 0; i < h->count; i++)
-                ring[i] = log_at(h, i);
-            free(h->ring);
-            h->ring = ring;
-            h->capacity = cap;
-            h->first = 0;
-        }
-    }
-    h->ring[(h->first + h->count) % h->capacity] = f;
-    h->count++;
-    h->bytes += f->len;
-    /* The newest frame always stays, even if it alone passes history_bytes. */
-    while (h->count > 1 && h->bytes > config.history_bytes)
-        log_evict_oldest(h);
-}
-
-static void format_id(char *out, size_t size, uint32_t epoch, uint64_t seq)
-{
-    snprintf(out, size, "%08" PRIx32 "-%" PRIu64, epoch, seq);
-}
-
-uint64_t hub_publish(struct hub *h, const char *event, const char *data, size_t data_len,
-                     int run_start)
-{
-    char id[40];
-    uint64_t seq = h->last_seq + 1;
-    format_id(id, sizeof(id), h->epoch, seq);
-    buf_reset(&encode_scratch);
-    sse_encode(&encode_scratch, id, event, data, data_len);
-
-    struct frame *f = xmalloc(sizeof(*f) + encode_scratch.len);
-    f->refs = 1;
-    f->seq = seq;
-    f->len = encode_scratch.len;
-    memcpy(f->data, encode_scratch.data, encode_scratch.len);
-    h->last_seq = seq;
-    if (run_start)
-        h->run_start_seq = seq;
-    total_frames++;
-    log_append(h, f);
-
-    /* Subscribers only queue a reference here; the frames go out when the
-     * loop iteration ends (flush_dirty), one vectored write per subscriber
-     * for everything published meanwhile. An upstream read carries many
-     * events when the loop is busy, so under load a write carries many
-     * frames and the syscalls per event fall instead of the loop falling
-     * behind (one write per event per subscriber was what capped fan-out). */
+    struct hub *h = arg;
+    h->newest_seq = f->seq;
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &h->subscribers)
         subscriber_offer(container_of(pos, struct subscriber, hub_link), f);
-    return seq;
 }
 
 /* ---- stream deadlines ----------------------------------------------------- */
@@ -352,7 +251,7 @@ static void deadline_remove(struct subscriber *s)
 static void subscriber_drop(struct subscriber *s, enum hub_drop_reason reason)
 {
     dropped[reason]++;
-    conn_close(s->conn, 0); /* runs subscriber_on_close, which frees s */
+    s->ops->cut(s->transport, 0); /* the transport calls hub_unsubscribe(), which frees s */
 }
 
 static void sub_write_free(struct sub_write *w)
@@ -364,9 +263,9 @@ static void sub_write_free(struct sub_write *w)
 
 /* Forgets s everywhere and frees it; writes in flight lose their
  * subscriber pointer (their frames are released when they complete). Cannot
- * fail. Called once: from the connection's close callback, or by
+ * fail. Called once: by the transport when it goes away, or by
  * subscriber_end() for a stream that ends normally. */
-static void subscriber_release(struct subscriber *s)
+void hub_unsubscribe(struct subscriber *s)
 {
     while (!list_empty(&s->writes)) {
         struct sub_write *w = container_of(s->writes.next, struct sub_write, link);
@@ -388,23 +287,18 @@ static void subscriber_release(struct subscriber *s)
     free(s);
 }
 
-static void subscriber_on_close(struct conn *c, void *arg)
-{
-    subscriber_release(arg);
-}
-
 /* Ends s's stream normally, after what was already handed to its
- * connection: a chunked stream gets its last chunk and its connection
- * serves the next request (a client tells this end from a cut); an
- * HTTP/1.0 one is closed gracefully. Frees s. */
+ * transport (for an HTTP stream: the last chunk, and the connection serves
+ * the next request). Frees s. */
 static void subscriber_end(struct subscriber *s)
 {
-    struct conn *conn = s->conn;
-    subscriber_release(s);
-    conn_stream_end(conn);
+    const struct subscriber_ops *ops = s->ops;
+    void *transport = s->transport;
+    hub_unsubscribe(s);
+    ops->end(transport);
 }
 
-/* s handed bytes to its connection now: it goes to the tail of the
+/* s handed bytes to its transport now: it goes to the tail of the
  * heartbeat order. O(1): this runs for every write of the fan-out. */
 static void subscriber_touch(struct subscriber *s)
 {
@@ -419,17 +313,18 @@ static void subscriber_enqueue(struct subscriber *s, struct frame *f)
         s->queue_cap = s->queue_cap ? s->queue_cap * 2 : 8;
         s->queue = xrealloc(s->queue, s->queue_cap * sizeof(*s->queue));
     }
-    f->refs++;
+    frame_retain(f);
     s->queue[s->queued++] = f;
     s->queued_bytes += f->len;
 }
 
 /* Bytes this subscriber still has to receive that sit in runcast: frames
- * given to it but not handed over, plus what libuv could not write to the
- * kernel. The replay backlog is not counted: it is the log's, not a copy. */
+ * given to it but not handed over, plus what its transport could not write
+ * (to the kernel). The replay backlog is not counted: it is the log's, not
+ * a copy. */
 static size_t subscriber_unsent_bytes(const struct subscriber *s)
 {
-    return s->queued_bytes + conn_write_queue_bytes(s->conn);
+    return s->queued_bytes + s->ops->pending(s->transport);
 }
 
 /* Moves the subscriber's queued frames into a new write, followed, while it
@@ -441,8 +336,8 @@ static struct sub_write *subscriber_take_batch(struct subscriber *s, size_t max_
                                                size_t max_bytes, int *lagged)
 {
     struct hub *h = s->hub;
-    uint64_t behind = h->last_seq + 1 - s->next_seq;
-    *lagged = behind > 0 && log_find(h, s->next_seq) == NULL;
+    uint64_t behind = h->newest_seq + 1 - s->next_seq;
+    *lagged = behind > 0 && store_read(h->log, s->next_seq) == NULL;
     if (*lagged)
         return NULL;
     if (behind > max_frames)
@@ -458,24 +353,21 @@ static struct sub_write *subscriber_take_batch(struct subscriber *s, size_t max_
     s->queued = 0;
     s->queued_bytes = 0;
     for (uint64_t i = 0; i < behind && (i == 0 || bytes < max_bytes); i++) {
-        struct frame *f = log_find(h, s->next_seq++);
-        f->refs++;
+        struct frame *f = store_read(h->log, s->next_seq++);
+        frame_retain(f);
         bytes += f->len;
         w->frames[w->nframes++] = f;
     }
     return w;
 }
 
-static void write_done(struct conn *c, void *arg, int status);
-
-/* Sends w's frames on conn with one vectored write (one chunk of a
- * chunked stream): what the kernel takes at once is written without a
- * request and w is freed; the rest, if any, is queued and w stays alive,
- * carrying owner (NULL: a write no subscriber waits for), until write_done.
- * Returns 1 when all was written, 0 when some was queued, or a negative
- * errno when the connection is closing (w is then freed here, and a
- * subscriber's close callback has run or will run). */
-static int sub_write_send(struct conn *conn, struct sub_write *w, struct subscriber *owner)
+/* Sends w's frames with one vectored send of s's transport: what it takes
+ * at once is written and w is freed; the rest, if any, is queued and w
+ * stays alive, carrying owner (NULL: a write no subscriber waits for, as
+ * at a normal end), until hub_write_done(). Returns 1 when all was written,
+ * 0 when some was queued, or a negative errno when the transport is going
+ * away (w is then freed here, and hub_unsubscribe(s) has run or will run). */
+static int sub_write_send(struct subscriber *s, struct sub_write *w, struct subscriber *owner)
 {
     uv_buf_t small[HUB_MAX_BATCH + 2];
     uv_buf_t *bufs = w->nframes <= RC_ARRAY_SIZE(small) ? small : xmalloc(w->nframes * sizeof(*bufs));
@@ -484,9 +376,9 @@ static int sub_write_send(struct conn *conn, struct sub_write *w, struct subscri
     w->sub = owner;
     if (owner)
         list_insert_tail(&owner->writes, &w->link);
-    int rc = conn_stream_send(conn, bufs, w->nframes, write_done, w);
+    int rc = s->ops->send(s->transport, bufs, w->nframes, w);
     if (rc != 0)
-        list_remove(&w->link); /* a no-op when the close callback unlinked it */
+        list_remove(&w->link); /* a no-op when hub_unsubscribe() unlinked it */
     if (bufs != small)
         free(bufs);
     if (rc != 0)
@@ -494,16 +386,16 @@ static int sub_write_send(struct conn *conn, struct sub_write *w, struct subscri
     return rc;
 }
 
-/* Hands what the subscriber has to send to its connection, unless the
- * connection is backed up (libuv holds bytes the kernel has not taken):
- * then the completion of the queued write calls back here. A replaying
+/* Hands what the subscriber has to send to its transport, unless the
+ * transport is backed up (it holds bytes its peer has not taken): then the
+ * completion of the queued write calls back here. A replaying
  * subscriber writes at most HUB_FLUSH_BUDGET bytes per loop iteration and
  * continues in the next one, so one long replay cannot starve the others.
  * Returns -1 when s is gone (a lagging subscriber is dropped; a write error
  * closes it), else 0. */
 static int subscriber_flush(struct subscriber *s)
 {
-    if (!list_empty(&s->writes) && conn_write_queue_bytes(s->conn) > 0)
+    if (!list_empty(&s->writes) && s->ops->pending(s->transport) > 0)
         return 0;
     size_t sent = 0;
     for (;;) {
@@ -522,12 +414,12 @@ static int subscriber_flush(struct subscriber *s)
         size_t bytes = 0;
         for (unsigned i = 0; i < w->nframes; i++)
             bytes += w->frames[i]->len;
-        int rc = sub_write_send(s->conn, w, s);
+        int rc = sub_write_send(s, w, s);
         if (rc < 0)
             return -1;
         subscriber_touch(s);
         if (rc == 0)
-            return 0; /* queued: write_done proceeds */
+            return 0; /* queued: hub_write_done() proceeds */
         sent += bytes;
     }
 }
@@ -583,16 +475,16 @@ static void subscriber_schedule(struct subscriber *s)
     list_insert_tail(&dirty_subscribers, &s->dirty_link);
 }
 
-static void write_done(struct conn *c, void *arg, int status)
+void hub_write_done(void *write, int status)
 {
-    struct sub_write *w = arg;
+    struct sub_write *w = write;
     struct subscriber *s = w->sub;
     list_remove(&w->link);
     sub_write_free(w);
     if (s == NULL)
         return;
     if (status < 0)
-        conn_close(s->conn, 1);
+        s->ops->cut(s->transport, 1);
     else
         subscriber_flush(s);
 }
@@ -610,9 +502,9 @@ static void subscriber_offer(struct subscriber *s, struct frame *f)
      * rule below is about bytes the kernel refused. */
     if (s->queued_bytes > config.subscriber_buffer && subscriber_flush(s) < 0)
         return;
-    /* Only a connection that is backed up can be too slow: bytes queued in
+    /* Only a transport that is backed up can be too slow: bytes queued in
      * one loop iteration for a socket that takes everything are in transit. */
-    if (conn_write_queue_bytes(s->conn) > 0 &&
+    if (s->ops->pending(s->transport) > 0 &&
         subscriber_unsent_bytes(s) > config.subscriber_buffer) {
         subscriber_drop(s, HUB_DROP_SLOW);
         return;
@@ -658,10 +550,9 @@ static void heartbeat_cb(uv_timer_t *t)
 }
 
 /* Ends a stream whose deadline passed: what it was already handed goes out,
- * then a stream.closed without an id line, then a graceful close. Frames it
+ * then a stream.closed without an id line, then a normal end. Frames it
  * has not been handed yet (a replay under way) are not sent: the client
- * resumes after the last id it got, so nothing is lost. Frees s (through
- * the close callback). */
+ * resumes after the last id it got, so nothing is lost. Frees s. */
 static void subscriber_expire(struct subscriber *s)
 {
     static const char closing[] = "event: stream.closed\ndata: {\"reason\":\"token_expired\"}\n\n";
@@ -671,8 +562,8 @@ static void subscriber_expire(struct subscriber *s)
     int lagged;
     struct sub_write *w = subscriber_take_batch(s, 0, 0, &lagged);
     /* Sent without a subscriber: its completion may come after s is gone.
-     * A failed send closed the connection and freed s already. */
-    if (w != NULL && sub_write_send(s->conn, w, NULL) < 0)
+     * A failed send cut the transport and freed s already. */
+    if (w != NULL && sub_write_send(s, w, NULL) < 0)
         return;
     subscriber_end(s);
 }
@@ -688,91 +579,21 @@ static void deadline_cb(uv_timer_t *t)
     deadline_arm();
 }
 
-/* Parses "<epoch hex>-<seq>" as made by format_id(). Returns 0 or -EINVAL. */
-static int parse_id(const char *id, uint32_t *epoch, uint64_t *seq)
+int hub_has_room(void)
 {
-    char *end;
-    if (strlen(id) < 10 || id[8] != '-')
-        return -EINVAL;
-    for (int i = 0; i < 8; i++) {
-        char c = id[i];
-        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
-            return -EINVAL;
-    }
-    if (id[9] < '0' || id[9] > '9')
-        return -EINVAL;
-    errno = 0;
-    unsigned long long v = strtoull(id + 9, &end, 10);
-    if (errno != 0 || *end != '\0')
-        return -EINVAL;
-    *epoch = (uint32_t)strtoul(id, NULL, 16);
-    *seq = v;
-    return 0;
+    return total_subscribers < (size_t)config.max_subscribers;
 }
 
-uint32_t hub_incarnation(const struct hub *h)
+int hub_subscribe(struct hub *h, const struct subscriber_ops *ops, void *transport,
+                  const struct hub_subscribe_options *opt, struct subscriber **out)
 {
-    return h->epoch;
-}
-
-int hub_event_id_incarnation(const char *id, uint32_t *out)
-{
-    uint64_t seq;
-    return parse_id(id, out, &seq);
-}
-
-/* Where a new subscriber starts, and the reason for a stream.reset (NULL when
- * the position is exact). */
-static uint64_t start_position(const struct hub *h, const char *last_event_id, int from_live,
-                               const char **reset_reason)
-{
-    uint64_t oldest = log_oldest_seq(h);
-    *reset_reason = NULL;
-    if (last_event_id != NULL) {
-        uint32_t epoch;
-        uint64_t seq;
-        if (parse_id(last_event_id, &epoch, &seq) < 0 || epoch != h->epoch || seq > h->last_seq) {
-            *reset_reason = "unknown_event_id";
-            return oldest;
-        }
-        if (seq + 1 < oldest) {
-            *reset_reason = "event_id_evicted";
-            return oldest;
-        }
-        return seq + 1;
-    }
-    if (from_live || h->run_start_seq == 0)
-        return h->last_seq + 1;
-    if (h->run_start_seq < oldest) {
-        *reset_reason = "run_start_evicted";
-        return oldest;
-    }
-    return h->run_start_seq;
-}
-
-int hub_subscribe(struct hub *h, struct conn *conn, const char *last_event_id, int from_live)
-{
-    struct hub_subscribe_options opt = {.last_event_id = last_event_id, .from_live = from_live};
-    return hub_subscribe_with(h, conn, &opt);
-}
-
-int hub_subscribe_with(struct hub *h, struct conn *conn, const struct hub_subscribe_options *opt)
-{
-    const char *last_event_id = opt->last_event_id;
-    if (total_subscribers >= (size_t)config.max_subscribers)
+    if (!hub_has_room())
         return -ENOSPC;
     struct subscriber *s = xcalloc(1, sizeof(*s));
-    int err = conn_stream_begin(conn, 200,
-                                "Content-Type: text/event-stream\r\n"
-                                "Cache-Control: no-cache\r\n"
-                                "X-Accel-Buffering: no\r\n",
-                                1, subscriber_on_close, s);
-    if (err < 0) {
-        free(s);
-        return err;
-    }
+    *out = s;
     s->hub = h;
-    s->conn = conn;
+    s->ops = ops;
+    s->transport = transport;
     list_init(&s->writes);
     list_init(&s->dirty_link);
     list_insert_tail(&h->subscribers, &s->hub_link);
@@ -785,7 +606,7 @@ int hub_subscribe_with(struct hub *h, struct conn *conn, const struct hub_subscr
     total_subscribers++;
 
     const char *reset_reason;
-    s->next_seq = start_position(h, last_event_id, opt->from_live, &reset_reason);
+    s->next_seq = store_locate(h->log, opt->last_event_id, opt->from_live, &reset_reason);
     struct buf pre = {0};
     /* No blank line after retry: it joins the first event block, so no
      * parser dispatches an empty message for it. */
@@ -805,7 +626,7 @@ int hub_subscribe_with(struct hub *h, struct conn *conn, const struct hub_subscr
         s->deadline_ms = opt->deadline_ms;
         deadline_insert(s);
     }
-    subscriber_flush(s);
+    subscriber_flush(s); /* may free s: a failed send unsubscribes it */
     return 0;
 }
 
@@ -817,11 +638,6 @@ size_t hub_subscriber_count(const struct hub *h)
 size_t hub_total_subscribers(void)
 {
     return total_subscribers;
-}
-
-size_t hub_total_frames(void)
-{
-    return total_frames;
 }
 
 uint64_t hub_dropped_total(enum hub_drop_reason reason)
@@ -839,16 +655,14 @@ void hub_destroy(struct hub *h)
         int lagged = 0, gone = 0;
         struct sub_write *w;
         while (!lagged && (w = subscriber_take_batch(s, SIZE_MAX, SIZE_MAX, &lagged)) != NULL) {
-            if (sub_write_send(s->conn, w, NULL) < 0) {
-                gone = 1; /* the close callback ran: s is freed and unlinked */
+            if (sub_write_send(s, w, NULL) < 0) {
+                gone = 1; /* hub_unsubscribe() ran: s is freed and unlinked */
                 break;
             }
         }
         if (!gone)
             subscriber_end(s);
     }
-    while (h->count)
-        log_evict_oldest(h);
-    free(h->ring);
+    store_listen(h->log, NULL, NULL);
     free(h);
 }

@@ -1,18 +1,18 @@
-/* hub.h: a session's event log and the subscribers it fans out to.
+/* hub.h: the fan-out of one session's events to its subscribers.
  *
- * Every event is encoded once into a reference-counted frame; the log keeps
- * the latest frames (bounded by count and bytes) and each subscriber is only
- * a cursor into it, so no event byte is ever copied per subscriber. Writes
- * are batched per loop iteration: publishing only queues, a check handle
- * flushes. A subscriber with one write in flight gets the next batch when that write
- * completes (the write callback is the "proceed" of h2o's generators). One
- * loop-wide timer sends a keepalive comment line to every stream that has
- * been silent for heartbeat_ms.
+ * A hub listens to its session's log (store.h) and hands every frame the
+ * log appends, in order, to each subscriber: no event byte is copied per
+ * subscriber, a subscriber only holds references. Writes are batched per
+ * loop iteration: an append only queues, a check handle flushes, one
+ * vectored send per subscriber. A subscriber with a send in flight gets
+ * the next batch when that send completes (hub_write_done() is the
+ * "proceed" of h2o's generators). One loop-wide timer sends a keepalive
+ * comment line to every stream that has been silent for heartbeat_ms; one
+ * min-heap and one timer end streams at their deadlines.
  *
- * Streams are chunked on HTTP/1.1 (close-delimited on HTTP/1.0): a normal
- * end (hub_destroy, a deadline) sends the last chunk and the connection
- * serves the next request, while a drop or a shutdown cuts it, so a client
- * can tell the two apart.
+ * The hub knows no connection: a subscriber's transport is a small table of
+ * functions (struct subscriber_ops). stream.c implements it on an HTTP
+ * connection (the SSE response head, chunked framing); tests use a fake.
  */
 #ifndef RUNCAST_HUB_H
 #define RUNCAST_HUB_H
@@ -21,12 +21,11 @@
 
 #include "common.h"
 
-struct conn;
 struct hub;
+struct store_log;
+struct subscriber;
 
 struct hub_config {
-    int history;              /* frames kept per session */
-    size_t history_bytes;     /* bytes kept per session */
     size_t subscriber_buffer; /* unsent bytes queued per subscriber before it is dropped */
     uint64_t heartbeat_ms;    /* no stream stays silent longer (0: no keepalives) */
     uint64_t retry_ms;        /* the stream's opening "retry:" line (part of the first block) */
@@ -40,64 +39,81 @@ enum hub_drop_reason {
     HUB_DROP_REASONS
 };
 
-/* Starts the heartbeat timer on loop. Call once. */
+/* What a subscriber's transport can do (Nchan's per-transport tables). The
+ * hub calls these from the loop thread only; transport is what was given to
+ * hub_subscribe(). */
+struct subscriber_ops {
+    /* Sends bufs (encoded SSE bytes) in order as one write. Returns 1 when
+     * the transport took everything at once (bufs may be released on
+     * return), 0 when some was queued: bufs must then stay valid and the
+     * transport calls hub_write_done(write, status) once when the write
+     * finished; or a negative errno when the transport is going away (it
+     * then calls, or has called, hub_unsubscribe()). Nothing may overtake
+     * bytes still queued. */
+    int (*send)(void *transport, const uv_buf_t *bufs, unsigned nbufs, void *write);
+    /* Bytes the transport holds that its peer has not taken. */
+    size_t (*pending)(void *transport);
+    /* The normal end of the stream, after what was already sent. The hub
+     * has let go of the subscriber: the transport must not call
+     * hub_unsubscribe() afterwards. */
+    void (*end)(void *transport);
+    /* Cuts the stream (abort: reset rather than flush what is queued). The
+     * transport calls hub_unsubscribe() before this returns. */
+    void (*cut)(void *transport, int abort);
+};
+
+/* Starts the heartbeat and deadline timers' handles on loop. Call once. */
 void hub_init(uv_loop_t *loop, const struct hub_config *cfg);
-/* Stops and closes the heartbeat timer (at shutdown, once every hub is gone). */
+/* Stops and closes the handles (at shutdown, once every hub is gone). */
 void hub_shutdown(void);
 
-/* A new empty log with a fresh incarnation id (ids of an earlier hub for the
- * same session are recognised as foreign). Never fails. */
-struct hub *hub_create(void);
-/* Ends every stream normally (after flushing what was already published,
- * so a session.closed published just before is delivered), then frees the
- * log.
- * Frames still being written are released when their writes complete. */
+/* A hub fanning out what log appends from now on (it becomes log's
+ * listener). log must outlive the hub. Never fails. */
+struct hub *hub_create(struct store_log *log);
+/* Ends every stream normally (after flushing what log had appended, so a
+ * session.closed appended just before is delivered), stops listening to the
+ * log and frees the hub. Frames still being written are released when
+ * their writes complete. */
 void hub_destroy(struct hub *h);
 
-/* Appends one event to the log and queues it for every subscriber; the
- * queued frames are written when the current loop iteration has handled its
- * I/O, one vectored write per subscriber for all the events published
- * meanwhile. data is a JSON object text (copied into the frame). run_start marks the
- * first event of a run: the default replay of a new subscriber begins at the
- * latest such event. Returns the event's sequence number (1, 2, ...). */
-uint64_t hub_publish(struct hub *h, const char *event, const char *data, size_t data_len,
-                     int run_start);
-
-/* Turns conn (whose request was GET …/run) into a subscriber: sends the SSE
- * response head and the retry line, then replays from the position that
- * last_event_id (NULL when the client sent none) or from_live selects, as
- * DESIGN.md says, with a stream.reset first when an id cannot be placed.
- * Returns 0, or -ENOSPC over max_subscribers (nothing was sent: the caller
- * answers 503), or another negative errno when the connection is gone. */
-int hub_subscribe(struct hub *h, struct conn *conn, const char *last_event_id, int from_live);
-
-/* hub_subscribe() with the rest of what a stream may need. */
+/* What a new subscriber asks for. */
 struct hub_subscribe_options {
     const char *last_event_id; /* NULL when the client sent none */
     int from_live;
     /* time_mono_ms() at which the stream ends (its token expires), 0: never.
      * It then gets what was already handed to it, a `stream.closed`
      * {"reason": "token_expired"} without an id line (so the client's last
-     * id stays the last event it really got), and a normal end. One
-     * timer serves every stream's deadline (a min-heap). */
+     * id stays the last event it really got), and a normal end. */
     uint64_t deadline_ms;
-    /* Called once when the subscriber goes away, whatever the reason (from
-     * its connection's close callback). Not called when hub_subscribe_with()
-     * fails: the caller cleans up then. May be NULL. */
+    /* Called once when the subscriber goes away, whatever the reason. Not
+     * called when hub_subscribe() fails: the caller cleans up then. May be
+     * NULL. */
     void (*on_leave)(void *arg);
     void *leave_arg;
 };
-int hub_subscribe_with(struct hub *h, struct conn *conn, const struct hub_subscribe_options *opt);
+
+/* 1 when one more subscriber is allowed (--max-subscribers), else 0. */
+int hub_has_room(void);
+/* Makes transport a subscriber of h: stores it in *out (before anything is
+ * sent, so the transport can hub_unsubscribe() from inside its send), then
+ * sends the "retry:" line, a stream.reset when last_event_id cannot be
+ * placed, and the replay, as DESIGN.md says. Returns 0, or -ENOSPC over
+ * max_subscribers (nothing was sent, *out untouched). On 0 the subscriber
+ * may already be gone (its first send failed). */
+int hub_subscribe(struct hub *h, const struct subscriber_ops *ops, void *transport,
+                  const struct hub_subscribe_options *opt, struct subscriber **out);
+/* The transport went away (peer left, write error, cut): forgets and frees
+ * s, calls its on_leave. Sends in flight lose their subscriber; their
+ * frames are released when hub_write_done() reports them. */
+void hub_unsubscribe(struct subscriber *s);
+/* A send that returned 0 finished (status 0 or a negative errno): releases
+ * its frames and, if its subscriber is still there, proceeds with what it
+ * has to send next (an error cuts it). */
+void hub_write_done(void *write, int status);
 
 size_t hub_subscriber_count(const struct hub *h);
-/* The incarnation h's event ids carry (what tells a re-created session's
- * ids from the deleted one's), and the incarnation an event id names:
- * 0, or -EINVAL for an id hub_publish() cannot have made. */
-uint32_t hub_incarnation(const struct hub *h);
-int hub_event_id_incarnation(const char *id, uint32_t *out);
 /* Totals over every hub, for metrics, status and the soak. */
 size_t hub_total_subscribers(void);
-size_t hub_total_frames(void);
 uint64_t hub_dropped_total(enum hub_drop_reason reason);
 
 #endif

@@ -2,8 +2,10 @@
  * how fast they start (token bucket: --runs-per-second, --burst).
  *
  * A run that cannot start waits in one FIFO queue; leaving the queue is O(1)
- * (intrusive list). Slots are handed out only from limiter_dispatch(), never
- * re-entrantly, so a run that ends while another starts cannot recurse.
+ * (intrusive list). Queued waiters are admitted only by limiter.c's
+ * dispatch loop (from limiter_release() and the timer), which is not
+ * re-entrant: a run that ends inside another's on_admitted gives its slot
+ * back to the loop already running instead of recursing.
  */
 #ifndef RUNCAST_LIMITER_H
 #define RUNCAST_LIMITER_H

@@ -24,6 +24,7 @@
 #include "run.h"
 #include "server.h"
 #include "session.h"
+#include "store.h"
 #include "upstream.h"
 
 static struct config cfg;
@@ -205,9 +206,9 @@ int main(int argc, char **argv)
         fprintf(stderr, "runcast: cannot start the upstream client: %s\n", uv_strerror(err));
         return 1;
     }
+    struct store_config stc = {.history = cfg.history, .history_bytes = cfg.history_bytes};
+    store_init(&store_memory_ops, &stc);
     struct hub_config hc = {
-        .history = cfg.history,
-        .history_bytes = cfg.history_bytes,
         .subscriber_buffer = cfg.subscriber_buffer,
         .heartbeat_ms = cfg.heartbeat_ms,
         .retry_ms = cfg.sse_retry_ms,

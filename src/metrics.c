@@ -3,13 +3,6 @@
 
 #include <inttypes.h>
 
-#include "hub.h"
-#include "limiter.h"
-#include "log.h"
-#include "run.h"
-#include "session.h"
-#include "upstream.h"
-
 /* Upper bounds in seconds; the last bucket is +Inf. Fine at the low end,
  * where task_execution_delay lives (it should be well under a millisecond). */
 static const double bucket_bounds[] = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01,
@@ -53,11 +46,6 @@ void metrics_observe(enum metrics_histogram h, double seconds)
     hg->sum += seconds;
 }
 
-uint64_t metrics_histogram_count(enum metrics_histogram h)
-{
-    return histograms[h].count;
-}
-
 void metrics_count_upstream_error(enum metrics_upstream_error kind)
 {
     upstream_errors[kind]++;
@@ -94,17 +82,15 @@ static void render_header(struct buf *out, const char *name, const char *type, c
     buf_printf(out, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-void metrics_render(struct buf *out)
+void metrics_render(struct buf *out, const struct metrics_snapshot *snap)
 {
     for (int h = 0; h < METRICS_HISTOGRAMS; h++)
         render_histogram(out, (enum metrics_histogram)h);
 
-    static const enum run_state outcomes[] = {RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED,
-                                              RUN_TIMED_OUT, RUN_SUPERSEDED};
     render_header(out, "runcast_runs_total", "counter", "Runs ended, by outcome.");
-    for (size_t i = 0; i < RC_ARRAY_SIZE(outcomes); i++)
+    for (size_t i = 0; i < snap->run_outcomes; i++)
         buf_printf(out, "runcast_runs_total{outcome=\"%s\"} %" PRIu64 "\n",
-                   run_state_name(outcomes[i]), run_count_outcome(outcomes[i]));
+                   snap->runs_by_outcome[i].label, snap->runs_by_outcome[i].value);
 
     render_header(out, "runcast_events_total", "counter", "Agent events relayed from the upstream.");
     buf_printf(out, "runcast_events_total %" PRIu64 "\n", events_total);
@@ -112,9 +98,9 @@ void metrics_render(struct buf *out)
     render_header(out, "runcast_subscribers_dropped_total", "counter",
                   "Subscribers disconnected because they could not keep up.");
     buf_printf(out, "runcast_subscribers_dropped_total{reason=\"slow\"} %" PRIu64 "\n",
-               hub_dropped_total(HUB_DROP_SLOW));
+               snap->subscribers_dropped_slow);
     buf_printf(out, "runcast_subscribers_dropped_total{reason=\"lagged\"} %" PRIu64 "\n",
-               hub_dropped_total(HUB_DROP_LAGGED));
+               snap->subscribers_dropped_lagged);
 
     render_header(out, "runcast_upstream_errors_total", "counter", "Upstream faults, by kind.");
     for (int k = 0; k < METRICS_UPSTREAM_ERRORS; k++)
@@ -129,21 +115,20 @@ void metrics_render(struct buf *out)
     }
 
     render_header(out, "runcast_runs_active", "gauge", "Runs queued or running.");
-    buf_printf(out, "runcast_runs_active %zu\n", run_count_active());
+    buf_printf(out, "runcast_runs_active %zu\n", snap->runs_active);
     render_header(out, "runcast_runs_queued", "gauge", "Runs waiting for the limiter.");
-    buf_printf(out, "runcast_runs_queued %zu\n", limiter_queued());
+    buf_printf(out, "runcast_runs_queued %zu\n", snap->runs_queued);
     render_header(out, "runcast_sessions", "gauge", "Sessions in the table.");
-    buf_printf(out, "runcast_sessions %zu\n", session_count());
+    buf_printf(out, "runcast_sessions %zu\n", snap->sessions);
     render_header(out, "runcast_subscribers", "gauge", "Connected SSE subscribers.");
-    buf_printf(out, "runcast_subscribers %zu\n", hub_total_subscribers());
+    buf_printf(out, "runcast_subscribers %zu\n", snap->subscribers);
     render_header(out, "runcast_upstream_transfers", "gauge",
                   "libcurl transfers not yet torn down (cancelled ones included).");
-    buf_printf(out, "runcast_upstream_transfers %zu\n", upstream_live_transfers());
+    buf_printf(out, "runcast_upstream_transfers %zu\n", snap->upstream_transfers);
     render_header(out, "runcast_frames", "gauge",
                   "Encoded events alive: in replay logs or in writes in flight.");
-    buf_printf(out, "runcast_frames %zu\n", hub_total_frames());
+    buf_printf(out, "runcast_frames %zu\n", snap->frames);
     render_header(out, "runcast_log_lines_dropped_total", "counter",
                   "Log lines dropped because stderr's reader fell too far behind.");
-    buf_printf(out, "runcast_log_lines_dropped_total %llu\n",
-               (unsigned long long)log_dropped_lines());
+    buf_printf(out, "runcast_log_lines_dropped_total %" PRIu64 "\n", snap->log_lines_dropped);
 }

@@ -2,8 +2,10 @@
  *
  * Histograms and the counters no other module owns live here; gauges and the
  * counters that modules already keep (runs by outcome, subscribers dropped)
- * are read from those modules when the page is rendered, so each number has
- * exactly one source. Loop thread only. */
+ * stay with those modules, so each number has exactly one source: the
+ * caller of metrics_render() (api.c) collects them into a snapshot. metrics.c
+ * includes no other module's header, so every module may count into it
+ * without an include cycle. Loop thread only. */
 #ifndef RUNCAST_METRICS_H
 #define RUNCAST_METRICS_H
 
@@ -30,9 +32,24 @@ void metrics_observe(enum metrics_histogram h, double seconds);
 void metrics_count_upstream_error(enum metrics_upstream_error kind);
 void metrics_count_event(void);
 void metrics_count_http_response(int status);
-/* Appends the whole exposition to out. */
-void metrics_render(struct buf *out);
-/* Number of observations in a histogram (for tests). */
-uint64_t metrics_histogram_count(enum metrics_histogram h);
+
+/* A labelled count kept by another module. */
+struct metrics_count {
+    const char *label;
+    uint64_t value;
+};
+
+/* The numbers other modules keep, read when the page is rendered. */
+struct metrics_snapshot {
+    struct metrics_count runs_by_outcome[8]; /* runcast_runs_total{outcome} */
+    size_t run_outcomes;                     /* entries used */
+    uint64_t subscribers_dropped_slow, subscribers_dropped_lagged;
+    size_t runs_active, runs_queued, sessions, subscribers, upstream_transfers, frames;
+    uint64_t log_lines_dropped;
+};
+
+/* Appends the whole exposition to out: this module's histograms and
+ * counters, and snap's numbers. */
+void metrics_render(struct buf *out, const struct metrics_snapshot *snap);
 
 #endif

@@ -1,17 +1,24 @@
 /* run.h: one agent run and its state machine.
  *
- *   REGISTERED --slot free--> RUNNING --upstream end--> COMPLETED | FAILED | TIMED_OUT
- *       |                       ^   |
- *       +--no slot--> QUEUED ---+   +--> CANCELLED | SUPERSEDED
- *                       |
- *                       +--> CANCELLED | SUPERSEDED | FAILED (rate_limited: queue timeout)
+ * The transitions transition_allowed() in run.c permits, and nothing else:
  *
- * REGISTERED lasts only inside run_start(); its way out publishes the run's
- * first event (run.queued or run.started), where default replay begins.
+ *   REGISTERED --slot free-----------------------------> RUNNING
+ *   REGISTERED --no slot-------> QUEUED --admitted-----> RUNNING
+ *   REGISTERED --> FAILED        (rate_limited: --max-runs-per-user)
+ *   QUEUED     --> FAILED        (rate_limited: --queue-timeout)
+ *   QUEUED     --> CANCELLED | SUPERSEDED
+ *   RUNNING    --> COMPLETED | FAILED | TIMED_OUT | CANCELLED | SUPERSEDED
  *
- * run_transition() in run.c is the only place a state changes; every change
- * publishes its event, and every terminal change also releases the limiter
- * slot, detaches the upstream call, and is logged and counted, exactly once.
+ * COMPLETED, FAILED, CANCELLED, TIMED_OUT and SUPERSEDED are terminal.
+ * REGISTERED lasts only inside run_begin(); its way out publishes the run's
+ * first event (run.queued, run.started or run.failed), where default replay
+ * begins.
+ *
+ * run_transition() in run.c is the only place a state changes: each change
+ * appends its event to the session's log and writes its log line, and each
+ * terminal change also releases the limiter slot, the quota and the
+ * upstream call and counts the outcome, exactly once. holds_slot and call
+ * change only there.
  */
 #ifndef RUNCAST_RUN_H
 #define RUNCAST_RUN_H
@@ -19,7 +26,7 @@
 #include "common.h"
 #include "limiter.h"
 
-struct session;
+struct store_log;
 struct upstream_call;
 struct json_t;
 
@@ -35,9 +42,26 @@ enum run_state {
     RUN_STATES
 };
 
+/* The session as its runs see it. session.c embeds one in struct session
+ * and fills it, so run.c needs no struct session (and session.h does not
+ * need run.c's internals: no include cycle). */
+struct run_host {
+    const char *app, *user, *session_id;
+    struct store_log *log;  /* where the run's events go (borrowed) */
+    int upstream_ready;     /* the ADK session exists upstream */
+    /* Marks activity now (the session's expiry clock). */
+    void (*touch)(struct run_host *host);
+};
+
+/* A run. Owned by its session (struct session's run): session.c creates it
+ * with run_create() when a POST starts one, and frees it with run_free()
+ * when the next run supersedes it or the session goes away — by then the
+ * run has ended, so no callback of its can still run. Nothing else keeps a
+ * pointer to a run past that (the upstream call is cancelled, the limiter
+ * waiter unlinked, at the terminal transition). */
 struct run {
     char id[24];
-    struct session *session;
+    struct run_host *host;    /* its session's; outlives the run */
     enum run_state state;
     double created_at, started_at, ended_at; /* wall clock seconds; 0 = not yet */
     uint64_t registered_ns, started_ns, sent_ns; /* monotonic; 0 = not yet */
@@ -45,27 +69,36 @@ struct run {
     struct json_t *new_message; /* owned until the upstream call is started */
     struct json_t *state_delta;
     int streaming;
-    int holds_slot;
-    struct upstream_call *call;
+    int holds_slot;           /* a limiter slot: set on RUNNING, given back at the end */
+    struct upstream_call *call; /* while RUNNING */
     struct limiter_waiter waiter;
 };
 
 /* A warning is logged when a run's start delay passes this (0: never). */
 void run_configure(uint64_t delay_alert_ms);
 
-/* Registers a new run as the session's current run: the previous active run
- * (if any) ends as superseded first, then the new run starts or queues. Takes
- * ownership of new_message and state_delta (state_delta may be NULL). Never
- * fails: a run that cannot start ends with run.failed. */
-struct run *run_start(struct session *s, struct json_t *new_message, struct json_t *state_delta,
-                      int streaming);
+/* A new REGISTERED run of host, with a fresh id; nothing is published yet.
+ * Takes ownership of new_message and state_delta (state_delta may be NULL).
+ * Never fails. The caller (the session) owns the run. */
+struct run *run_create(struct run_host *host, struct json_t *new_message,
+                       struct json_t *state_delta, int streaming);
+/* Takes a REGISTERED run out of that state: it starts (run.started), queues
+ * for a slot (run.queued) or, over --max-runs-per-user, fails
+ * (run.failed rate_limited). Never fails. */
+void run_begin(struct run *r);
+/* Ends an active run as superseded by the run with id by. */
+void run_supersede(struct run *r, const char *by);
 /* Ends an active run as cancelled with this reason ("client_request", ...). */
 void run_cancel(struct run *r, const char *reason);
-/* Frees a run that is no longer active. */
+/* Frees a run that is no longer active (its owner's call). */
 void run_free(struct run *r);
 
 int run_is_active(const struct run *r);
 const char *run_state_name(enum run_state state);
+/* Sets the run fields of DESIGN.md "Task status" on o (has_task, status,
+ * run_id, created_at, started_at, ended_at, events); r may be NULL (no run
+ * yet). */
+void run_status_json(const struct run *r, struct json_t *o);
 
 /* Counters for status and metrics. */
 size_t run_count_active(void);

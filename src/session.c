@@ -1,21 +1,21 @@
-/* session.c: the session table (see session.h). A chained hash table that
- * doubles as it fills, plus the activity list that expiry walks from its
- * oldest end; and beside it the tombstones of deleted sessions, a second
- * chained hash table with a list in order of deletion, which the same
- * expiry timer trims from its oldest end. */
+/* session.c: the session table (see session.h). Sessions sit in the one
+ * hash table (table.h), keyed by "app\0user\0id", plus the activity list
+ * that expiry walks from its oldest end; beside them the tombstones of
+ * deleted sessions, in a second table with a list in order of deletion,
+ * which the same expiry timer trims from its oldest end. */
 #include "session.h"
 
+#include <jansson.h>
 #include <stdlib.h>
 
 #include "hub.h"
 #include "log.h"
 #include "quota.h"
 #include "run.h"
+#include "store.h"
 
 static struct session_config config;
-static struct session **buckets;
-static size_t bucket_count;
-static size_t count;
+static struct table sessions;
 static struct list by_activity;
 static uv_timer_t expiry_timer;
 
@@ -23,48 +23,48 @@ static uv_timer_t expiry_timer;
  * ids carried. Owned by the tombstone table; freed once older than the TTL,
  * when the table is full and it is the oldest, or at shutdown. */
 struct tombstone {
-    struct tombstone *hash_next;
+    struct table_entry entry;  /* in tombstones, keyed by key[] */
     struct list age_link;      /* oldest deletion first */
-    uint64_t hash;
     uint64_t deleted_ms;       /* time_mono_ms() of the DELETE */
-    uint32_t incarnation;      /* hub_incarnation() of the deleted hub */
+    uint32_t incarnation;      /* of the deleted session's log (store.h) */
     const char *app, *user, *id; /* point into key[] */
     char key[];
 };
 
-static struct tombstone **tomb_buckets;
-static size_t tomb_bucket_count;
-static size_t tomb_count;
+static struct table tombstones;
 static struct list tombs_by_age;
 
 static void expiry_cb(uv_timer_t *t);
+static void session_touch_host(struct run_host *host);
 static void session_remove(struct session *s, const char *reason, int publish_closed);
 static void tombstones_free_all(void);
 
-/* FNV-1a over the three parts with a separator no part can contain. */
-static uint64_t key_hash(const char *app, const char *user, const char *id)
+/* The longest key: three path parameters of at most 128 characters. */
+#define KEY_MAX (3 * (128 + 1))
+
+/* Writes "app\0user\0id" into key (KEY_MAX bytes) and returns its length
+ * (without a final NUL), or 0 when a part is longer than a path parameter
+ * can be (no such session can exist). */
+static size_t key_make(char *key, const char *app, const char *user, const char *id)
 {
-    uint64_t h = 1469598103934665603ull;
     const char *parts[3] = {app, user, id};
+    size_t len = 0;
     for (int i = 0; i < 3; i++) {
-        for (const char *p = parts[i]; *p; p++) {
-            h ^= (unsigned char)*p;
-            h *= 1099511628211ull;
-        }
-        h ^= '/';
-        h *= 1099511628211ull;
+        size_t n = strlen(parts[i]);
+        if (n > 128)
+            return 0;
+        memcpy(key + len, parts[i], n + 1);
+        len += n + 1;
     }
-    return h;
+    return len - 1;
 }
 
 void session_table_init(uv_loop_t *loop, const struct session_config *cfg)
 {
     config = *cfg;
-    bucket_count = 64;
-    buckets = xcalloc(bucket_count, sizeof(*buckets));
+    table_init(&sessions);
     list_init(&by_activity);
-    tomb_bucket_count = 64;
-    tomb_buckets = xcalloc(tomb_bucket_count, sizeof(*tomb_buckets));
+    table_init(&tombstones);
     list_init(&tombs_by_age);
     uv_timer_init(loop, &expiry_timer);
     uv_unref((uv_handle_t *)&expiry_timer);
@@ -83,45 +83,16 @@ void session_table_shutdown(const char *reason)
         session_remove(container_of(by_activity.next, struct session, activity_link), reason, 0);
     uv_timer_stop(&expiry_timer);
     uv_close((uv_handle_t *)&expiry_timer, NULL);
-    free(buckets);
-    buckets = NULL;
-    bucket_count = 0;
+    table_free(&sessions);
     tombstones_free_all();
-}
-
-static int session_matches(const struct session *s, uint64_t hash, const char *app,
-                           const char *user, const char *id)
-{
-    return s->hash == hash && strcmp(s->id, id) == 0 && strcmp(s->user, user) == 0 &&
-           strcmp(s->app, app) == 0;
 }
 
 struct session *session_find(const char *app, const char *user, const char *id)
 {
-    uint64_t hash = key_hash(app, user, id);
-    for (struct session *s = buckets[hash % bucket_count]; s; s = s->hash_next) {
-        if (session_matches(s, hash, app, user, id))
-            return s;
-    }
-    return NULL;
-}
-
-static void table_grow(void)
-{
-    size_t n = bucket_count * 2;
-    struct session **b = xcalloc(n, sizeof(*b));
-    for (size_t i = 0; i < bucket_count; i++) {
-        struct session *s = buckets[i];
-        while (s) {
-            struct session *next = s->hash_next;
-            s->hash_next = b[s->hash % n];
-            b[s->hash % n] = s;
-            s = next;
-        }
-    }
-    free(buckets);
-    buckets = b;
-    bucket_count = n;
+    char key[KEY_MAX];
+    size_t len = key_make(key, app, user, id);
+    struct table_entry *e = len ? table_find(&sessions, key, len) : NULL;
+    return e ? container_of(e, struct session, entry) : NULL;
 }
 
 /* Bytes key_store() needs for the three parts. */
@@ -147,13 +118,15 @@ static void key_store(char *key, const char *app, const char *user, const char *
 int session_get_or_create(const char *app, const char *user, const char *id,
                           struct session **out)
 {
+    if (key_size(app, user, id) > KEY_MAX)
+        return -EINVAL; /* not path parameters (the router allows 128 characters) */
     struct session *s = session_find(app, user, id);
     if (s) {
         session_touch(s);
         *out = s;
         return 0;
     }
-    if (count >= (size_t)config.max_sessions)
+    if (sessions.count >= (size_t)config.max_sessions)
         return -ENOSPC;
     if (quota_session_begin(user) < 0)
         return -EDQUOT;
@@ -163,16 +136,14 @@ int session_get_or_create(const char *app, const char *user, const char *id,
     s->app = parts[0];
     s->user = parts[1];
     s->id = parts[2];
-    s->hash = key_hash(app, user, id);
-    s->hub = hub_create();
+    s->log = store_open();
+    s->hub = hub_create(s->log);
+    s->host = (struct run_host){.app = s->app, .user = s->user, .session_id = s->id,
+                                .log = s->log, .touch = session_touch_host};
     s->created_at = time_wall_seconds();
     s->last_activity_ms = time_mono_ms();
     list_insert_tail(&by_activity, &s->activity_link);
-    if (count + 1 > bucket_count)
-        table_grow();
-    s->hash_next = buckets[s->hash % bucket_count];
-    buckets[s->hash % bucket_count] = s;
-    count++;
+    table_insert(&sessions, &s->entry, s->key, key_size(app, user, id) - 1);
     *out = s;
     return 0;
 }
@@ -184,31 +155,72 @@ void session_touch(struct session *s)
     list_insert_tail(&by_activity, &s->activity_link);
 }
 
+static void session_touch_host(struct run_host *host)
+{
+    session_touch(container_of(host, struct session, host));
+}
+
+/* Ends s's current run if it is still active — superseded by the run with
+ * id by when a new run replaces it, else cancelled with reason — and frees
+ * it: the one place a session lets go of a run. Safe from request handlers
+ * and timers (never called from the run's own callbacks). */
+static void session_retire_run(struct session *s, const char *by, const char *reason)
+{
+    struct run *r = s->run;
+    if (r == NULL)
+        return;
+    s->run = NULL;
+    if (run_is_active(r)) {
+        if (by)
+            run_supersede(r, by);
+        else
+            run_cancel(r, reason);
+    }
+    run_free(r);
+}
+
+struct run *session_start_run(struct session *s, json_t *new_message, json_t *state_delta,
+                              int streaming)
+{
+    struct run *r = run_create(&s->host, new_message, state_delta, streaming);
+    /* The old run ends (and gives its slot back) before the new one asks
+     * for a slot, and nothing waits for its upstream to go away. */
+    session_retire_run(s, r->id, NULL);
+    s->run = r;
+    run_begin(r);
+    return r;
+}
+
+json_t *session_status_json(const struct session *s)
+{
+    json_t *o = json_object();
+    json_object_set_new(o, "session_id", json_string(s->id));
+    json_object_set_new(o, "app", json_string(s->app));
+    json_object_set_new(o, "user", json_string(s->user));
+    run_status_json(s->run, o);
+    json_object_set_new(o, "subscribers", json_integer((json_int_t)hub_subscriber_count(s->hub)));
+    return o;
+}
+
 static void table_unlink(struct session *s)
 {
-    struct session **pp = &buckets[s->hash % bucket_count];
-    while (*pp != s)
-        pp = &(*pp)->hash_next;
-    *pp = s->hash_next;
+    table_remove(&sessions, &s->entry);
     list_remove(&s->activity_link);
-    count--;
 }
 
 /* Cancels the active run, optionally tells subscribers the session is gone,
  * ends every stream and frees s. */
 static void session_remove(struct session *s, const char *reason, int publish_closed)
 {
-    if (s->run && run_is_active(s->run))
-        run_cancel(s->run, reason);
+    session_retire_run(s, NULL, reason);
     if (publish_closed) {
         char data[64];
         int n = snprintf(data, sizeof(data), "{\"reason\":\"%s\"}", reason);
-        hub_publish(s->hub, "session.closed", data, (size_t)n, 0);
+        store_append(s->log, "session.closed", data, (size_t)n);
     }
     table_unlink(s);
     hub_destroy(s->hub);
-    if (s->run)
-        run_free(s->run);
+    store_close(s->log);
     log_event(LOG_INFO, "session.closed", "app", s->app, "user", s->user, "session", s->id,
               "reason", reason, NULL);
     quota_session_end(s->user);
@@ -217,44 +229,19 @@ static void session_remove(struct session *s, const char *reason, int publish_cl
 
 /* ---- tombstones ----------------------------------------------------------- */
 
-static struct tombstone *tombstone_find(uint64_t hash, const char *app, const char *user,
-                                        const char *id)
+static struct tombstone *tombstone_find(const char *app, const char *user, const char *id)
 {
-    for (struct tombstone *t = tomb_buckets[hash % tomb_bucket_count]; t; t = t->hash_next) {
-        if (t->hash == hash && strcmp(t->id, id) == 0 && strcmp(t->user, user) == 0 &&
-            strcmp(t->app, app) == 0)
-            return t;
-    }
-    return NULL;
+    char key[KEY_MAX];
+    size_t len = key_make(key, app, user, id);
+    struct table_entry *e = len ? table_find(&tombstones, key, len) : NULL;
+    return e ? container_of(e, struct tombstone, entry) : NULL;
 }
 
 static void tombstone_free(struct tombstone *t)
 {
-    struct tombstone **pp = &tomb_buckets[t->hash % tomb_bucket_count];
-    while (*pp != t)
-        pp = &(*pp)->hash_next;
-    *pp = t->hash_next;
+    table_remove(&tombstones, &t->entry);
     list_remove(&t->age_link);
-    tomb_count--;
     free(t);
-}
-
-static void tombs_grow(void)
-{
-    size_t n = tomb_bucket_count * 2;
-    struct tombstone **b = xcalloc(n, sizeof(*b));
-    for (size_t i = 0; i < tomb_bucket_count; i++) {
-        struct tombstone *t = tomb_buckets[i];
-        while (t) {
-            struct tombstone *next = t->hash_next;
-            t->hash_next = b[t->hash % n];
-            b[t->hash % n] = t;
-            t = next;
-        }
-    }
-    free(tomb_buckets);
-    tomb_buckets = b;
-    tomb_bucket_count = n;
 }
 
 /* Remembers that s, about to be freed, was deleted: a new tombstone, or
@@ -262,9 +249,9 @@ static void tombs_grow(void)
  * incarnation. At --max-sessions tombstones the oldest makes room. */
 static void tombstone_bury(const struct session *s)
 {
-    struct tombstone *t = tombstone_find(s->hash, s->app, s->user, s->id);
+    struct tombstone *t = tombstone_find(s->app, s->user, s->id);
     if (t == NULL) {
-        if (tomb_count >= (size_t)config.max_sessions)
+        if (tombstones.count >= (size_t)config.max_sessions)
             tombstone_free(container_of(tombs_by_age.next, struct tombstone, age_link));
         t = xcalloc(1, sizeof(*t) + key_size(s->app, s->user, s->id));
         const char *parts[3];
@@ -272,16 +259,13 @@ static void tombstone_bury(const struct session *s)
         t->app = parts[0];
         t->user = parts[1];
         t->id = parts[2];
-        t->hash = s->hash;
-        if (tomb_count + 1 > tomb_bucket_count)
-            tombs_grow();
-        t->hash_next = tomb_buckets[t->hash % tomb_bucket_count];
-        tomb_buckets[t->hash % tomb_bucket_count] = t;
-        tomb_count++;
+        table_insert(&tombstones, &t->entry, t->key, key_size(s->app, s->user, s->id) - 1);
     } else {
         list_remove(&t->age_link);
     }
-    t->incarnation = hub_incarnation(s->hub);
+    struct store_meta meta;
+    store_meta(s->log, &meta);
+    t->incarnation = meta.incarnation;
     t->deleted_ms = time_mono_ms();
     list_insert_tail(&tombs_by_age, &t->age_link);
 }
@@ -302,9 +286,7 @@ static void tombstones_free_all(void)
 {
     while (!list_empty(&tombs_by_age))
         tombstone_free(container_of(tombs_by_age.next, struct tombstone, age_link));
-    free(tomb_buckets);
-    tomb_buckets = NULL;
-    tomb_bucket_count = 0;
+    table_free(&tombstones);
 }
 
 int session_was_deleted(const char *app, const char *user, const char *id,
@@ -312,9 +294,9 @@ int session_was_deleted(const char *app, const char *user, const char *id,
 {
     uint32_t incarnation;
     if (last_event_id == NULL || session_find(app, user, id) != NULL ||
-        hub_event_id_incarnation(last_event_id, &incarnation) < 0)
+        store_event_id_incarnation(last_event_id, &incarnation) < 0)
         return 0;
-    struct tombstone *t = tombstone_find(key_hash(app, user, id), app, user, id);
+    struct tombstone *t = tombstone_find(app, user, id);
     return t != NULL && t->incarnation == incarnation;
 }
 
@@ -326,7 +308,7 @@ void session_delete(struct session *s, const char *reason)
 
 size_t session_count(void)
 {
-    return count;
+    return sessions.count;
 }
 
 struct session *session_first(void)
@@ -349,7 +331,7 @@ struct session *session_next(const struct session *s)
 static void expiry_cb(uv_timer_t *t)
 {
     uint64_t now = time_mono_ms();
-    size_t budget = count;
+    size_t budget = sessions.count;
     tombstones_expire(now);
     while (!list_empty(&by_activity) && budget-- > 0) {
         struct session *s = container_of(by_activity.next, struct session, activity_link);

@@ -1,6 +1,7 @@
 /* session.h: the table of chat sessions, keyed by (app, user, session).
  *
- * A session owns its hub (event log + subscribers) and its latest run. It is
+ * A session owns its event log (store.h), the hub that fans it out to
+ * subscribers (hub.h) and its latest run. It is
  * created by the first POST or GET of its stream, and removed by DELETE, by
  * expiry (no subscriber and no activity for --session-ttl) or at shutdown.
  * Sessions sit in a list ordered by last activity, so expiry looks only at
@@ -18,18 +19,21 @@
 #include <uv.h>
 
 #include "common.h"
+#include "run.h"
+#include "table.h"
 
 struct hub;
-struct run;
+struct store_log;
+struct json_t;
 
 struct session {
-    struct session *hash_next;
+    struct table_entry entry;  /* in the session table, keyed by key[] */
     struct list activity_link; /* oldest activity first */
-    uint64_t hash;
-    const char *app, *user, *id; /* point into key[] */
-    struct hub *hub;           /* owned */
-    struct run *run;           /* latest run, active or finished; owned */
-    int upstream_ready;        /* the ADK session exists upstream */
+    const char *app, *user, *id; /* point into key[] ("app\0user\0id") */
+    struct store_log *log;     /* owned: its events (store.h) */
+    struct hub *hub;           /* owned: fans the log out to subscribers */
+    struct run *run;           /* latest run, active or finished, or NULL; owned */
+    struct run_host host;      /* what its runs see of it (run.h) */
     uint64_t last_activity_ms;
     double created_at;         /* wall clock seconds */
     char key[];
@@ -48,12 +52,22 @@ void session_table_shutdown(const char *reason);
 
 /* The session, or NULL. Parameters must already be valid path parameters. */
 struct session *session_find(const char *app, const char *user, const char *id);
-/* Finds or creates. Returns 0 and *out; -ENOSPC at --max-sessions, or
- * -EDQUOT when user already has --max-sessions-per-user (quota.h). */
+/* Finds or creates. Returns 0 and *out; -ENOSPC at --max-sessions,
+ * -EDQUOT when user already has --max-sessions-per-user (quota.h), or
+ * -EINVAL for parts longer than path parameters can be. */
 int session_get_or_create(const char *app, const char *user, const char *id,
                           struct session **out);
 /* Marks activity now (requests, run events, subscribers). O(1). */
 void session_touch(struct session *s);
+/* Starts a new run as s's current one (POST …/run): the previous run, if
+ * still active, ends as superseded by it first and is freed; then the new
+ * run starts, queues or fails (run_begin()). Takes ownership of
+ * new_message and state_delta (may be NULL). Returns the run, owned by s.
+ * Never fails. */
+struct run *session_start_run(struct session *s, struct json_t *new_message,
+                              struct json_t *state_delta, int streaming);
+/* The per-session object of DESIGN.md "Task status" (a new reference). */
+struct json_t *session_status_json(const struct session *s);
 /* Cancels the active run (run.cancelled with reason), publishes
  * session.closed, ends every stream, frees the session and leaves its
  * tombstone (for DELETE; expiry removes sessions without one). */

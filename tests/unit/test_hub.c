@@ -1,6 +1,7 @@
-/* Unit tests for hub.c: the log, replay positions, fan-out and drops, with a
- * fake connection that records what would go on the wire. Writes complete
- * only when the test says so, as with a real socket. */
+/* Unit tests for hub.c over the memory store: replay positions, the log's
+ * bounds, fan-out and drops, with a fake subscriber transport that records
+ * what would go on the wire. Writes complete only when the test says so, as
+ * with a real socket. */
 #include "../../src/hub.c"
 
 #include <stdlib.h>
@@ -8,48 +9,51 @@
 #include "test.h"
 
 struct pending_write {
-    conn_write_cb cb;
-    void *arg;
+    void *write; /* the hub's token for hub_write_done() */
     size_t bytes;
 };
 
-struct conn {
+/* A fake subscriber transport: records every byte it is given, takes what
+ * the test lets it take at once and queues the rest, like a socket. */
+struct fake {
     struct buf wire;        /* every byte handed to "the socket" */
-    conn_close_cb on_close;
-    void *close_arg;
+    struct subscriber *sub; /* the hub's, while attached */
+    int attached;           /* the hub holds it: a cut must unsubscribe */
     int closed;
-    int close_calls;
+    int close_calls;        /* cuts */
     struct pending_write pending[256];
     int npending;
-    size_t queue_bytes;     /* what conn_write_queue_bytes reports */
-    size_t take;            /* bytes conn_stream_send writes at once (0: the socket is full) */
-    int try_error;          /* conn_stream_send fails with this (and closes) */
+    size_t queue_bytes;     /* what pending() reports */
+    size_t take;            /* bytes send() writes at once (0: the socket is full) */
+    int try_error;          /* send() fails with this (and cuts) */
     int try_calls;
-    int ended;              /* conn_stream_end() calls: normal ends */
-    int chunked;            /* what conn_stream_begin() was asked for */
+    int ended;              /* end() calls: normal ends */
 };
 
-int conn_stream_begin(struct conn *c, int status, const char *headers, int chunked,
-                      conn_close_cb on_close, void *arg)
+static void fake_cut(void *transport, int abort)
 {
-    c->on_close = on_close;
-    c->close_arg = arg;
-    c->chunked = chunked;
-    return 0;
+    struct fake *c = transport;
+    if (c->closed)
+        return;
+    c->closed = 1;
+    c->close_calls++;
+    if (c->attached) {
+        c->attached = 0;
+        hub_unsubscribe(c->sub);
+    }
 }
 
 /* Like the server: the kernel takes what it takes (nothing while writes are
- * queued), the rest becomes a pending write; an error closes the conn (the
- * close callback runs at once). Chunk framing is the server's business and
- * is left out of the recorded bytes. */
-int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
-                     conn_write_cb on_done, void *arg)
+ * queued), the rest becomes a pending write; an error cuts the stream (the
+ * hub hears of it at once). */
+static int fake_send(void *transport, const uv_buf_t *bufs, unsigned nbufs, void *write)
 {
+    struct fake *c = transport;
     if (c->closed)
         return UV_ECANCELED;
     c->try_calls++;
     if (c->try_error) {
-        conn_close(c, 1);
+        fake_cut(c, 1);
         return c->try_error;
     }
     size_t taken = 0, queued = 0;
@@ -68,40 +72,86 @@ int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
         CHECK(!"too many writes in flight");
         return -ENOBUFS;
     }
-    c->pending[c->npending++] = (struct pending_write){on_done, arg, queued};
+    c->pending[c->npending++] = (struct pending_write){write, queued};
     return 0;
 }
 
-/* The normal end: the owner lets go, the close callback is not called. */
-void conn_stream_end(struct conn *c)
+static size_t fake_pending(void *transport)
 {
-    c->on_close = NULL;
+    return ((struct fake *)transport)->queue_bytes;
+}
+
+/* The normal end: the hub let go already. */
+static void fake_end(void *transport)
+{
+    struct fake *c = transport;
+    c->attached = 0;
     c->ended++;
 }
 
-size_t conn_write_queue_bytes(const struct conn *c)
+static const struct subscriber_ops fake_ops = {
+    .send = fake_send, .pending = fake_pending, .end = fake_end, .cut = fake_cut,
+};
+
+static int subscribe_with(struct hub *h, struct fake *c, const struct hub_subscribe_options *opt)
 {
-    return c->queue_bytes;
+    c->attached = 1;
+    int rc = hub_subscribe(h, &fake_ops, c, opt, &c->sub);
+    if (rc < 0)
+        c->attached = 0;
+    return rc;
 }
 
-void conn_close(struct conn *c, int abort)
+static int subscribe(struct hub *h, struct fake *c, const char *last_event_id, int from_live)
 {
-    if (c->closed)
-        return;
-    c->closed = 1;
-    c->close_calls++;
-    if (c->on_close)
-        c->on_close(c, c->close_arg);
+    struct hub_subscribe_options opt = {.last_event_id = last_event_id, .from_live = from_live};
+    return subscribe_with(h, c, &opt);
+}
+
+/* The client goes away. */
+static void fake_leave(struct fake *c)
+{
+    fake_cut(c, 0);
 }
 
 /* Completes every pending write (status 0, or -ECANCELED once closed). */
-static void complete_writes(struct conn *c)
+static void complete_writes(struct fake *c)
 {
     while (c->npending > 0) {
         struct pending_write w = c->pending[0];
         memmove(c->pending, c->pending + 1, (size_t)--c->npending * sizeof(w));
-        w.cb(c, w.arg, c->closed ? UV_ECANCELED : 0);
+        hub_write_done(w.write, c->closed ? UV_ECANCELED : 0);
     }
+}
+
+/* ---- a session's log and its hub ------------------------------------------ */
+
+static struct hub *hub_new(void)
+{
+    return hub_create(store_open());
+}
+
+static void hub_free(struct hub *h)
+{
+    struct store_log *log = h->log;
+    hub_destroy(h);
+    store_close(log);
+}
+
+static uint64_t publish(struct hub *h, const char *event, const char *data, size_t len,
+                        int run_start)
+{
+    int64_t seq = run_start ? store_start_run(h->log, event, data, len)
+                            : store_append(h->log, event, data, len);
+    CHECK(seq > 0);
+    return (uint64_t)seq;
+}
+
+static struct store_meta meta_of(const struct hub *h)
+{
+    struct store_meta m;
+    store_meta(h->log, &m);
+    return m;
 }
 
 static uv_loop_t loop;
@@ -109,9 +159,9 @@ static uint64_t heartbeat_ms; /* the next setup()'s --heartbeat; 0: none */
 
 static void setup(int history, size_t history_bytes, size_t subscriber_buffer)
 {
+    struct store_config store_cfg = {.history = history, .history_bytes = history_bytes};
+    store_init(&store_memory_ops, &store_cfg);
     struct hub_config cfg = {
-        .history = history,
-        .history_bytes = history_bytes,
         .subscriber_buffer = subscriber_buffer,
         .heartbeat_ms = heartbeat_ms,
         .retry_ms = 3000,
@@ -149,7 +199,7 @@ static void teardown(void)
     hub_shutdown();
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_EQ(uv_loop_close(&loop), 0);
-    CHECK_EQ(hub_total_frames(), 0);
+    CHECK_EQ(frame_count(), 0);
     CHECK_EQ(hub_total_subscribers(), 0);
 }
 
@@ -158,7 +208,7 @@ static void publish_n(struct hub *h, const char *event, int n)
     for (int i = 0; i < n; i++) {
         char data[64];
         int len = snprintf(data, sizeof(data), "{\"n\":%d}", i);
-        hub_publish(h, event, data, (size_t)len, 0);
+        publish(h, event, data, (size_t)len, 0);
     }
 }
 
@@ -169,8 +219,8 @@ static void flush(void)
     uv_run(&loop, UV_RUN_NOWAIT);
 }
 
-/* Number of occurrences of needle in the conn's wire bytes. */
-static int count(const struct conn *c, const char *needle)
+/* Number of occurrences of needle in the fake's wire bytes. */
+static int count(const struct fake *c, const char *needle)
 {
     int n = 0;
     for (const char *p = c->wire.data; p && (p = strstr(p, needle)) != NULL; p++)
@@ -181,21 +231,20 @@ static int count(const struct conn *c, const char *needle)
 static void id_line(char *out, size_t size, const struct hub *h, uint64_t seq)
 {
     char id[40];
-    format_id(id, sizeof(id), h->epoch, seq);
+    store_format_id(id, sizeof(id), meta_of(h).incarnation, seq);
     snprintf(out, size, "id: %s\n", id);
 }
 
 static void default_replay_starts_at_latest_run(void)
 {
     setup(100, 1 << 20, 1 << 20);
-    struct hub *h = hub_create();
-    hub_publish(h, "run.started", "{}", 2, 1);
+    struct hub *h = hub_new();
+    publish(h, "run.started", "{}", 2, 1);
     publish_n(h, "agent.event", 3);
-    hub_publish(h, "run.started", "{\"second\":1}", 12, 1); /* seq 5 */
+    publish(h, "run.started", "{\"second\":1}", 12, 1); /* seq 5 */
     publish_n(h, "agent.event", 2);
-    struct conn c = {0};
-    CHECK_EQ(hub_subscribe(h, &c, NULL, 0), 0);
-    CHECK_EQ(c.chunked, 1);
+    struct fake c = {0};
+    CHECK_EQ(subscribe(h, &c, NULL, 0), 0);
     /* retry joins the first event block: no empty message for it */
     CHECK(strncmp(c.wire.data, "retry: 3000\nid: ", 16) == 0);
     CHECK_EQ(count(&c, "event: run.started"), 1);
@@ -207,7 +256,7 @@ static void default_replay_starts_at_latest_run(void)
     id_line(line, sizeof(line), h, 4);
     CHECK(strstr(c.wire.data, line) == NULL);
     complete_writes(&c);
-    hub_destroy(h);
+    hub_free(h);
     CHECK_EQ(c.ended, 1); /* a normal end, not a cut */
     CHECK_EQ(c.close_calls, 0);
     CHECK_EQ(hub_total_subscribers(), 0);
@@ -219,13 +268,13 @@ static void default_replay_starts_at_latest_run(void)
 static void last_event_id_resumes_without_gap_or_duplicate(void)
 {
     setup(100, 1 << 20, 1 << 20);
-    struct hub *h = hub_create();
-    hub_publish(h, "run.started", "{}", 2, 1);
+    struct hub *h = hub_new();
+    publish(h, "run.started", "{}", 2, 1);
     publish_n(h, "agent.event", 9); /* seq 1..10 */
     char id[40];
-    format_id(id, sizeof(id), h->epoch, 6);
-    struct conn c = {0};
-    CHECK_EQ(hub_subscribe(h, &c, id, 0), 0);
+    store_format_id(id, sizeof(id), meta_of(h).incarnation, 6);
+    struct fake c = {0};
+    CHECK_EQ(subscribe(h, &c, id, 0), 0);
     CHECK_EQ(count(&c, "id: "), 4); /* 7, 8, 9, 10 */
     CHECK_EQ(count(&c, "stream.reset"), 0);
     char line[64];
@@ -240,13 +289,13 @@ static void last_event_id_resumes_without_gap_or_duplicate(void)
     CHECK_EQ(count(&c, "id: "), 5);
     complete_writes(&c);
     /* The newest id: nothing to replay, no reset. */
-    format_id(id, sizeof(id), h->epoch, 11);
-    struct conn d = {0};
-    CHECK_EQ(hub_subscribe(h, &d, id, 0), 0);
+    store_format_id(id, sizeof(id), meta_of(h).incarnation, 11);
+    struct fake d = {0};
+    CHECK_EQ(subscribe(h, &d, id, 0), 0);
     CHECK_EQ(count(&d, "id: "), 0);
     CHECK_EQ(count(&d, "stream.reset"), 0);
     complete_writes(&d);
-    hub_destroy(h);
+    hub_free(h);
     complete_writes(&c);
     complete_writes(&d);
     buf_free(&c.wire);
@@ -257,46 +306,46 @@ static void last_event_id_resumes_without_gap_or_duplicate(void)
 static void unplaceable_ids_reset_then_replay_oldest(void)
 {
     setup(5, 1 << 20, 1 << 20);
-    struct hub *h = hub_create();
-    hub_publish(h, "run.started", "{}", 2, 1);
+    struct hub *h = hub_new();
+    publish(h, "run.started", "{}", 2, 1);
     publish_n(h, "agent.event", 9); /* seq 1..10, log keeps 6..10 */
-    CHECK_EQ(h->count, 5);
+    CHECK_EQ(meta_of(h).frames, 5);
     const char *foreign[] = {"bogus", "00000000-3", "", "ffffffff-99999999999999999999"};
     for (size_t i = 0; i < RC_ARRAY_SIZE(foreign); i++) {
-        struct conn c = {0};
-        CHECK_EQ(hub_subscribe(h, &c, foreign[i], 0), 0);
+        struct fake c = {0};
+        CHECK_EQ(subscribe(h, &c, foreign[i], 0), 0);
         CHECK_EQ(count(&c, "event: stream.reset\ndata: {\"reason\":\"unknown_event_id\"}"), 1);
         CHECK_EQ(count(&c, "id: "), 5);
         complete_writes(&c);
-        conn_close(&c, 0);
+        fake_leave(&c);
         buf_free(&c.wire);
     }
     char id[40];
-    format_id(id, sizeof(id), h->epoch, 3); /* evicted */
-    struct conn c = {0};
-    CHECK_EQ(hub_subscribe(h, &c, id, 0), 0);
+    store_format_id(id, sizeof(id), meta_of(h).incarnation, 3); /* evicted */
+    struct fake c = {0};
+    CHECK_EQ(subscribe(h, &c, id, 0), 0);
     CHECK_EQ(count(&c, "\"reason\":\"event_id_evicted\""), 1);
     CHECK_EQ(count(&c, "id: "), 5);
     complete_writes(&c);
-    conn_close(&c, 0);
+    fake_leave(&c);
     buf_free(&c.wire);
     /* Default replay whose run start was evicted also resets. */
-    struct conn d = {0};
-    CHECK_EQ(hub_subscribe(h, &d, NULL, 0), 0);
+    struct fake d = {0};
+    CHECK_EQ(subscribe(h, &d, NULL, 0), 0);
     CHECK_EQ(count(&d, "\"reason\":\"run_start_evicted\""), 1);
     complete_writes(&d);
-    conn_close(&d, 0);
+    fake_leave(&d);
     buf_free(&d.wire);
     /* An id of an earlier incarnation of the session is foreign. */
-    struct hub *again = hub_create();
-    hub_publish(again, "run.started", "{}", 2, 1);
-    format_id(id, sizeof(id), h->epoch, 10);
-    struct conn e = {0};
-    CHECK_EQ(hub_subscribe(again, &e, id, 0), 0);
+    struct hub *again = hub_new();
+    publish(again, "run.started", "{}", 2, 1);
+    store_format_id(id, sizeof(id), meta_of(h).incarnation, 10);
+    struct fake e = {0};
+    CHECK_EQ(subscribe(again, &e, id, 0), 0);
     CHECK_EQ(count(&e, "\"reason\":\"unknown_event_id\""), 1);
     complete_writes(&e);
-    hub_destroy(again);
-    hub_destroy(h);
+    hub_free(again);
+    hub_free(h);
     complete_writes(&e);
     buf_free(&e.wire);
     teardown();
@@ -305,18 +354,18 @@ static void unplaceable_ids_reset_then_replay_oldest(void)
 static void from_live_skips_replay(void)
 {
     setup(100, 1 << 20, 1 << 20);
-    struct hub *h = hub_create();
-    hub_publish(h, "run.started", "{}", 2, 1);
+    struct hub *h = hub_new();
+    publish(h, "run.started", "{}", 2, 1);
     publish_n(h, "agent.event", 3);
-    struct conn c = {0};
-    CHECK_EQ(hub_subscribe(h, &c, NULL, 1), 0);
+    struct fake c = {0};
+    CHECK_EQ(subscribe(h, &c, NULL, 1), 0);
     CHECK_EQ(count(&c, "id: "), 0);
     complete_writes(&c);
     publish_n(h, "agent.event", 1);
     flush();
     CHECK_EQ(count(&c, "id: "), 1);
     complete_writes(&c);
-    hub_destroy(h);
+    hub_free(h);
     complete_writes(&c);
     buf_free(&c.wire);
     teardown();
@@ -325,45 +374,45 @@ static void from_live_skips_replay(void)
 static void ids_strictly_increase(void)
 {
     setup(100, 1 << 20, 1 << 20);
-    struct hub *h = hub_create();
+    struct hub *h = hub_new();
     uint64_t prev = 0;
     for (int i = 0; i < 50; i++) {
-        uint64_t seq = hub_publish(h, "agent.event", "{}", 2, i == 0);
+        uint64_t seq = publish(h, "agent.event", "{}", 2, i == 0);
         CHECK(seq > prev);
         prev = seq;
     }
     CHECK_EQ(prev, 50);
-    hub_destroy(h);
+    hub_free(h);
     teardown();
 }
 
 static void log_is_bounded_by_count_and_bytes(void)
 {
     setup(10, 1024, 1 << 20);
-    struct hub *h = hub_create();
+    struct hub *h = hub_new();
     publish_n(h, "agent.event", 25);
-    CHECK_EQ(h->count, 10);
-    CHECK_EQ(log_oldest_seq(h), 16);
+    CHECK_EQ(meta_of(h).frames, 10);
+    CHECK_EQ(meta_of(h).oldest_seq, 16);
     char big[300];
     memset(big, 'x', sizeof(big));
     big[0] = '"';
     big[sizeof(big) - 1] = '"';
     for (int i = 0; i < 10; i++)
-        hub_publish(h, "agent.event", big, sizeof(big), 0);
-    CHECK(h->bytes <= 1024);
-    CHECK(h->count >= 2 && h->count <= 3);
-    CHECK_EQ(hub_total_frames(), h->count + 1); /* + the shared keepalive */
-    hub_destroy(h);
+        publish(h, "agent.event", big, sizeof(big), 0);
+    CHECK(meta_of(h).bytes <= 1024);
+    CHECK(meta_of(h).frames >= 2 && meta_of(h).frames <= 3);
+    CHECK_EQ(frame_count(), meta_of(h).frames + 1); /* + the shared keepalive */
+    hub_free(h);
     teardown();
 }
 
 static void slow_subscriber_is_dropped_and_others_get_everything(void)
 {
     setup(1000, 1 << 22, 4096);
-    struct hub *h = hub_create();
-    struct conn fast = {0}, slow = {0};
-    CHECK_EQ(hub_subscribe(h, &fast, NULL, 1), 0);
-    CHECK_EQ(hub_subscribe(h, &slow, NULL, 1), 0);
+    struct hub *h = hub_new();
+    struct fake fast = {0}, slow = {0};
+    CHECK_EQ(subscribe(h, &fast, NULL, 1), 0);
+    CHECK_EQ(subscribe(h, &slow, NULL, 1), 0);
     complete_writes(&fast);
     complete_writes(&slow);
     char data[512];
@@ -371,7 +420,7 @@ static void slow_subscriber_is_dropped_and_others_get_everything(void)
     data[0] = '"';
     data[sizeof(data) - 1] = '"';
     for (int i = 0; i < 40; i++) {
-        hub_publish(h, "agent.event", data, sizeof(data), 0);
+        publish(h, "agent.event", data, sizeof(data), 0);
         flush();
         complete_writes(&fast); /* the fast reader drains each time */
         slow.queue_bytes = slow.npending ? slow.pending[0].bytes : 0; /* stuck in libuv */
@@ -382,7 +431,7 @@ static void slow_subscriber_is_dropped_and_others_get_everything(void)
     CHECK_EQ(hub_dropped_total(HUB_DROP_SLOW), 1);
     CHECK_EQ(hub_subscriber_count(h), 1);
     complete_writes(&slow);
-    hub_destroy(h);
+    hub_free(h);
     complete_writes(&fast);
     buf_free(&fast.wire);
     buf_free(&slow.wire);
@@ -395,10 +444,10 @@ static void slow_subscriber_is_dropped_and_others_get_everything(void)
 static void burst_in_one_iteration_drops_only_the_blocked_subscriber(void)
 {
     setup(1000, 1 << 22, 4096);
-    struct hub *h = hub_create();
-    struct conn fast = {0}, blocked = {0};
-    CHECK_EQ(hub_subscribe(h, &fast, NULL, 1), 0);
-    CHECK_EQ(hub_subscribe(h, &blocked, NULL, 1), 0);
+    struct hub *h = hub_new();
+    struct fake fast = {0}, blocked = {0};
+    CHECK_EQ(subscribe(h, &fast, NULL, 1), 0);
+    CHECK_EQ(subscribe(h, &blocked, NULL, 1), 0);
     complete_writes(&fast);
     complete_writes(&blocked);
     fast.take = SIZE_MAX;
@@ -408,7 +457,7 @@ static void burst_in_one_iteration_drops_only_the_blocked_subscriber(void)
     data[0] = '"';
     data[sizeof(data) - 1] = '"';
     for (int i = 0; i < 40; i++) {
-        hub_publish(h, "agent.event", data, sizeof(data), 0);
+        publish(h, "agent.event", data, sizeof(data), 0);
         blocked.queue_bytes = blocked.npending ? blocked.pending[0].bytes : 0;
     }
     CHECK_EQ(blocked.close_calls, 1);
@@ -419,7 +468,7 @@ static void burst_in_one_iteration_drops_only_the_blocked_subscriber(void)
     CHECK_EQ(count(&fast, "event: agent.event"), 40);
     CHECK_EQ(fast.npending, 0);
     complete_writes(&blocked);
-    hub_destroy(h);
+    hub_free(h);
     buf_free(&fast.wire);
     buf_free(&blocked.wire);
     teardown();
@@ -428,21 +477,21 @@ static void burst_in_one_iteration_drops_only_the_blocked_subscriber(void)
 static void live_subscriber_never_lags_behind_a_tiny_log(void)
 {
     setup(5, 1 << 20, 1 << 20);
-    struct hub *h = hub_create();
-    struct conn c = {0};
-    CHECK_EQ(hub_subscribe(h, &c, NULL, 1), 0);
+    struct hub *h = hub_new();
+    struct fake c = {0};
+    CHECK_EQ(subscribe(h, &c, NULL, 1), 0);
     /* The socket is backed up while 20 events arrive at once: the log
      * keeps 5, the subscriber holds references to all 20. */
     c.queue_bytes = 100;
     publish_n(h, "agent.event", 20);
-    CHECK_EQ(h->count, 5);
+    CHECK_EQ(meta_of(h).frames, 5);
     CHECK_EQ(count(&c, "event: agent.event"), 0);
     c.queue_bytes = 0;
     complete_writes(&c);
     CHECK_EQ(count(&c, "event: agent.event"), 20);
     CHECK_EQ(c.close_calls, 0);
     CHECK_EQ(hub_dropped_total(HUB_DROP_LAGGED), 0);
-    hub_destroy(h);
+    hub_free(h);
     complete_writes(&c);
     buf_free(&c.wire);
     teardown();
@@ -451,13 +500,13 @@ static void live_subscriber_never_lags_behind_a_tiny_log(void)
 static void destroy_flushes_everything_before_closing(void)
 {
     setup(1000, 1 << 22, 1 << 20);
-    struct hub *h = hub_create();
-    struct conn c = {0};
-    CHECK_EQ(hub_subscribe(h, &c, NULL, 1), 0);
+    struct hub *h = hub_new();
+    struct fake c = {0};
+    CHECK_EQ(subscribe(h, &c, NULL, 1), 0);
     c.queue_bytes = 1; /* backed up: events pile up behind the first write */
     publish_n(h, "agent.event", 100);
-    hub_publish(h, "session.closed", "{\"reason\":\"session_deleted\"}", 28, 0);
-    hub_destroy(h);
+    publish(h, "session.closed", "{\"reason\":\"session_deleted\"}", 28, 0);
+    hub_free(h);
     CHECK_EQ(c.ended, 1);
     CHECK_EQ(c.close_calls, 0);
     CHECK_EQ(count(&c, "event: agent.event"), 100);
@@ -474,10 +523,10 @@ static void heartbeat_reaches_silent_streams_only(void)
 {
     heartbeat_ms = 1000;
     setup(100, 1 << 20, 1 << 20);
-    struct hub *quiet = hub_create(), *talking = hub_create();
-    struct conn idle = {0}, busy = {0};
-    CHECK_EQ(hub_subscribe(quiet, &idle, NULL, 1), 0);
-    CHECK_EQ(hub_subscribe(talking, &busy, NULL, 1), 0);
+    struct hub *quiet = hub_new(), *talking = hub_new();
+    struct fake idle = {0}, busy = {0};
+    CHECK_EQ(subscribe(quiet, &idle, NULL, 1), 0);
+    CHECK_EQ(subscribe(talking, &busy, NULL, 1), 0);
     CHECK(uv_is_active((uv_handle_t *)&heartbeat_timer));
     CHECK_EQ(uv_timer_get_due_in(&heartbeat_timer), 1000);
     complete_writes(&idle);
@@ -490,7 +539,7 @@ static void heartbeat_reaches_silent_streams_only(void)
     publish_n(talking, "agent.event", 1); /* busy writes mid-period */
     flush();
     CHECK(heartbeat_order_valid());
-    CHECK(container_of(all_subscribers.prev, struct subscriber, all_link)->conn == &busy);
+    CHECK(container_of(all_subscribers.prev, struct subscriber, all_link)->transport == &busy);
     complete_writes(&busy);
     age_streams(500); /* idle: silent 1100 ms; busy: 500 ms */
     heartbeat_cb(&heartbeat_timer);
@@ -509,8 +558,8 @@ static void heartbeat_reaches_silent_streams_only(void)
     CHECK_EQ(count(&busy, ": keepalive\n"), 1);
     CHECK_EQ(count(&idle, ": keepalive\n"), 1);
     complete_writes(&busy);
-    hub_destroy(quiet);
-    hub_destroy(talking);
+    hub_free(quiet);
+    hub_free(talking);
     buf_free(&idle.wire);
     buf_free(&busy.wire);
     teardown();
@@ -519,10 +568,10 @@ static void heartbeat_reaches_silent_streams_only(void)
 static void one_write_per_subscriber_per_iteration(void)
 {
     setup(100, 1 << 20, 1 << 20);
-    struct hub *h = hub_create();
-    struct conn a = {0}, b = {0};
-    CHECK_EQ(hub_subscribe(h, &a, NULL, 1), 0);
-    CHECK_EQ(hub_subscribe(h, &b, NULL, 1), 0);
+    struct hub *h = hub_new();
+    struct fake a = {0}, b = {0};
+    CHECK_EQ(subscribe(h, &a, NULL, 1), 0);
+    CHECK_EQ(subscribe(h, &b, NULL, 1), 0);
     complete_writes(&a);
     complete_writes(&b);
     size_t before = a.wire.len;
@@ -537,7 +586,7 @@ static void one_write_per_subscriber_per_iteration(void)
     CHECK_EQ(strcmp(a.wire.data, b.wire.data), 0);
     complete_writes(&a);
     complete_writes(&b);
-    hub_destroy(h);
+    hub_free(h);
     buf_free(&a.wire);
     buf_free(&b.wire);
     teardown();
@@ -547,7 +596,7 @@ static struct hub *timer_hub;
 
 static void publish_from_timer(uv_timer_t *t)
 {
-    hub_publish(timer_hub, "run.timed_out", "{}", 2, 0);
+    publish(timer_hub, "run.timed_out", "{}", 2, 0);
 }
 
 /* A publish from a timer callback (run timeouts, expiry) is flushed in the
@@ -555,9 +604,9 @@ static void publish_from_timer(uv_timer_t *t)
 static void publish_outside_io_is_not_delayed(void)
 {
     setup(100, 1 << 20, 1 << 20);
-    timer_hub = hub_create();
-    struct conn c = {0};
-    CHECK_EQ(hub_subscribe(timer_hub, &c, NULL, 1), 0);
+    timer_hub = hub_new();
+    struct fake c = {0};
+    CHECK_EQ(subscribe(timer_hub, &c, NULL, 1), 0);
     complete_writes(&c);
     uv_timer_t now, later;
     uv_timer_init(&loop, &now);
@@ -571,7 +620,7 @@ static void publish_outside_io_is_not_delayed(void)
     uv_close((uv_handle_t *)&now, NULL);
     uv_close((uv_handle_t *)&later, NULL);
     complete_writes(&c);
-    hub_destroy(timer_hub);
+    hub_free(timer_hub);
     complete_writes(&c);
     buf_free(&c.wire);
     teardown();
@@ -582,10 +631,10 @@ static void publish_outside_io_is_not_delayed(void)
 static void direct_writes_and_partial_ones_keep_the_bytes_exact(void)
 {
     setup(100, 1 << 20, 1 << 20);
-    struct hub *h = hub_create();
-    struct conn c = {0}, ref = {0};
-    CHECK_EQ(hub_subscribe(h, &c, NULL, 1), 0);
-    CHECK_EQ(hub_subscribe(h, &ref, NULL, 1), 0); /* takes nothing: all queued */
+    struct hub *h = hub_new();
+    struct fake c = {0}, ref = {0};
+    CHECK_EQ(subscribe(h, &c, NULL, 1), 0);
+    CHECK_EQ(subscribe(h, &ref, NULL, 1), 0); /* takes nothing: all queued */
     complete_writes(&c);
     complete_writes(&ref);
     c.take = SIZE_MAX;
@@ -593,7 +642,7 @@ static void direct_writes_and_partial_ones_keep_the_bytes_exact(void)
     flush();
     CHECK_EQ(c.npending, 0); /* all taken at once */
     CHECK_EQ(count(&c, "event: agent.event"), 3);
-    CHECK_EQ(hub_total_frames(), 3 + 1); /* the log + keepalive: no reference left behind */
+    CHECK_EQ(frame_count(), 3 + 1); /* the log + keepalive: no reference left behind */
     c.take = 25; /* part of the first frame */
     publish_n(h, "agent.event", 2);
     flush();
@@ -615,7 +664,7 @@ static void direct_writes_and_partial_ones_keep_the_bytes_exact(void)
     CHECK_EQ(count(&c, "event: agent.event"), 6);
     CHECK_EQ(c.npending, 0);
     complete_writes(&ref);
-    hub_destroy(h);
+    hub_free(h);
     complete_writes(&c);
     complete_writes(&ref);
     buf_free(&c.wire);
@@ -628,17 +677,17 @@ static void direct_writes_and_partial_ones_keep_the_bytes_exact(void)
 static void long_replay_continues_over_iterations(void)
 {
     setup(1000, 1 << 22, 1 << 22);
-    struct hub *h = hub_create();
+    struct hub *h = hub_new();
     char data[1000];
     memset(data, 'z', sizeof(data));
     data[0] = '"';
     data[sizeof(data) - 1] = '"';
-    hub_publish(h, "run.started", "{}", 2, 1);
+    publish(h, "run.started", "{}", 2, 1);
     for (int i = 0; i < 600; i++) /* ~600 KB: more than two budgets */
-        hub_publish(h, "agent.event", data, sizeof(data), 0);
-    struct conn c = {0};
+        publish(h, "agent.event", data, sizeof(data), 0);
+    struct fake c = {0};
     c.take = SIZE_MAX;
-    CHECK_EQ(hub_subscribe(h, &c, NULL, 0), 0);
+    CHECK_EQ(subscribe(h, &c, NULL, 0), 0);
     int first = count(&c, "event: agent.event");
     CHECK(first > 0 && first < 600);
     for (int i = 0; i < 10 && count(&c, "event: agent.event") < 600; i++)
@@ -649,7 +698,7 @@ static void long_replay_continues_over_iterations(void)
     char last[64];
     id_line(last, sizeof(last), h, 601);
     CHECK(strstr(c.wire.data, last) != NULL);
-    hub_destroy(h);
+    hub_free(h);
     buf_free(&c.wire);
     teardown();
 }
@@ -661,11 +710,11 @@ static void write_errors_free_the_subscriber_safely(void)
 {
     heartbeat_ms = 1000;
     setup(100, 1 << 20, 1 << 20);
-    struct hub *h = hub_create();
-    struct conn a = {0}, b = {0}, d = {0};
-    CHECK_EQ(hub_subscribe(h, &a, NULL, 1), 0);
-    CHECK_EQ(hub_subscribe(h, &b, NULL, 1), 0);
-    CHECK_EQ(hub_subscribe(h, &d, NULL, 1), 0);
+    struct hub *h = hub_new();
+    struct fake a = {0}, b = {0}, d = {0};
+    CHECK_EQ(subscribe(h, &a, NULL, 1), 0);
+    CHECK_EQ(subscribe(h, &b, NULL, 1), 0);
+    CHECK_EQ(subscribe(h, &d, NULL, 1), 0);
     complete_writes(&a);
     complete_writes(&b);
     complete_writes(&d);
@@ -685,7 +734,7 @@ static void write_errors_free_the_subscriber_safely(void)
     complete_writes(&d);
     d.try_error = UV_EPIPE;
     publish_n(h, "agent.event", 1);
-    hub_destroy(h); /* d fails inside hub_destroy's flush */
+    hub_free(h); /* d fails inside hub_destroy's flush */
     CHECK_EQ(d.close_calls, 1);
     CHECK_EQ(hub_total_subscribers(), 0);
     complete_writes(&a);
@@ -700,16 +749,16 @@ static void write_errors_free_the_subscriber_safely(void)
 static void subscriber_limit_is_enforced(void)
 {
     setup(100, 1 << 20, 1 << 20);
-    struct hub *h = hub_create();
-    struct conn c[11];
+    struct hub *h = hub_new();
+    struct fake c[11];
     memset(c, 0, sizeof(c));
     for (int i = 0; i < 10; i++)
-        CHECK_EQ(hub_subscribe(h, &c[i], NULL, 0), 0);
-    CHECK_EQ(hub_subscribe(h, &c[10], NULL, 0), -ENOSPC);
+        CHECK_EQ(subscribe(h, &c[i], NULL, 0), 0);
+    CHECK_EQ(subscribe(h, &c[10], NULL, 0), -ENOSPC);
     CHECK_EQ(hub_total_subscribers(), 10);
     for (int i = 0; i < 10; i++)
         complete_writes(&c[i]);
-    hub_destroy(h);
+    hub_free(h);
     for (int i = 0; i < 11; i++)
         buf_free(&c[i].wire);
     teardown();
@@ -740,13 +789,13 @@ static void stream_ends_at_its_deadline_after_what_it_was_given(void)
 {
     setup(100, 1 << 20, 1 << 20);
     left_calls = 0;
-    struct hub *h = hub_create();
-    hub_publish(h, "run.started", "{}", 2, 1);
+    struct hub *h = hub_new();
+    publish(h, "run.started", "{}", 2, 1);
     publish_n(h, "agent.event", 2);
-    struct conn c = {0};
+    struct fake c = {0};
     struct hub_subscribe_options opt = {.deadline_ms = time_mono_ms() + 60000,
                                         .on_leave = count_leave, .leave_arg = &left_calls};
-    CHECK_EQ(hub_subscribe_with(h, &c, &opt), 0);
+    CHECK_EQ(subscribe_with(h, &c, &opt), 0);
     CHECK_EQ(deadline_count, 1);
     complete_writes(&c);
     publish_n(h, "agent.event", 1); /* handed to the connection before the deadline */
@@ -762,9 +811,9 @@ static void stream_ends_at_its_deadline_after_what_it_was_given(void)
     CHECK(c.wire.len > strlen(tail) &&
           strcmp(c.wire.data + c.wire.len - strlen(tail), tail) == 0);
     complete_writes(&c);
-    hub_publish(h, "agent.event", "{}", 2, 0); /* nobody left to send it to */
+    publish(h, "agent.event", "{}", 2, 0); /* nobody left to send it to */
     CHECK_EQ(count(&c, "event: agent.event"), 3);
-    hub_destroy(h);
+    hub_free(h);
     buf_free(&c.wire);
     teardown();
 }
@@ -773,32 +822,32 @@ static void one_heap_orders_every_deadline(void)
 {
     setup(100, 1 << 20, 1 << 20);
     left_calls = 0;
-    struct hub *h = hub_create();
-    struct conn c[8];
+    struct hub *h = hub_new();
+    struct fake c[8];
     memset(c, 0, sizeof(c));
     uint64_t base = time_mono_ms() + 600000;
     static const int order[8] = {5, 1, 7, 3, 0, 6, 2, 4};
     for (int i = 0; i < 8; i++) {
         struct hub_subscribe_options opt = {.deadline_ms = base + 1000u * (unsigned)order[i],
                                             .on_leave = count_leave, .leave_arg = &left_calls};
-        CHECK_EQ(hub_subscribe_with(h, &c[i], &opt), 0);
+        CHECK_EQ(subscribe_with(h, &c[i], &opt), 0);
         CHECK(deadline_heap_valid());
     }
     CHECK_EQ(deadline_count, 8);
-    CHECK(deadline_heap[0]->conn == &c[4]);
+    CHECK(deadline_heap[0]->transport == &c[4]);
     /* streams closed for other reasons leave the heap from anywhere in it */
-    conn_close(&c[4], 0);
+    fake_leave(&c[4]);
     CHECK(deadline_heap_valid());
-    CHECK(deadline_heap[0]->conn == &c[1]);
-    conn_close(&c[7], 0);
-    conn_close(&c[3], 0);
+    CHECK(deadline_heap[0]->transport == &c[1]);
+    fake_leave(&c[7]);
+    fake_leave(&c[3]);
     CHECK(deadline_heap_valid());
     CHECK_EQ(deadline_count, 5);
     CHECK_EQ(left_calls, 3);
     /* the earliest two pass: one tick ends exactly those */
     deadline_heap[0]->deadline_ms = 1; /* c[1] */
     for (size_t i = 0; i < deadline_count; i++) {
-        if (deadline_heap[i]->conn == &c[6]) {
+        if (deadline_heap[i]->transport == &c[6]) {
             deadline_heap[i]->deadline_ms = 2;
             heap_sift_up(i);
             break;
@@ -813,7 +862,7 @@ static void one_heap_orders_every_deadline(void)
     CHECK(uv_is_active((uv_handle_t *)&deadline_timer));
     for (int i = 0; i < 8; i++)
         complete_writes(&c[i]);
-    hub_destroy(h);
+    hub_free(h);
     CHECK_EQ(deadline_count, 0);
     CHECK_EQ(left_calls, 8);
     for (int i = 0; i < 8; i++)

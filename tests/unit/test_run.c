@@ -3,18 +3,8 @@
 #include "../../src/hub.c"
 #include "../../src/run.c"
 
+#include "session.h"
 #include "test.h"
-
-/* ---- fake connection (no subscribers in these tests) ---------------------- */
-int conn_stream_begin(struct conn *c, int status, const char *headers, int chunked,
-                      conn_close_cb on_close, void *arg) { return -ENOTCONN; }
-int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
-                      conn_write_cb on_done, void *arg) { return -ENOTCONN; }
-int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
-                     conn_write_cb on_done, void *arg) { return -ENOTCONN; }
-void conn_stream_end(struct conn *c) {}
-size_t conn_write_queue_bytes(const struct conn *c) { return 0; }
-void conn_close(struct conn *c, int abort) {}
 
 /* ---- fake upstream ------------------------------------------------------- */
 struct upstream_call {
@@ -51,8 +41,9 @@ static void setup(int max_concurrent)
 {
     log_configure(LOG_ERROR, LOG_TEXT);
     uv_loop_init(&loop);
-    struct hub_config hc = {.history = 1000, .history_bytes = 1 << 22,
-                            .subscriber_buffer = 1 << 20, .retry_ms = 1000, .max_subscribers = 10};
+    struct store_config stc = {.history = 1000, .history_bytes = 1 << 22};
+    store_init(&store_memory_ops, &stc);
+    struct hub_config hc = {.subscriber_buffer = 1 << 20, .retry_ms = 1000, .max_subscribers = 10};
     hub_init(&loop, &hc);
     struct limiter_config lc = {.max_concurrent = max_concurrent, .queue_timeout_ms = 100000};
     limiter_init(&loop, &lc);
@@ -73,7 +64,15 @@ static void teardown(void)
     hub_shutdown();
     uv_run(&loop, UV_RUN_DEFAULT);
     CHECK_EQ(uv_loop_close(&loop), 0);
-    CHECK_EQ(hub_total_frames(), 0);
+    CHECK_EQ(frame_count(), 0);
+}
+
+/* Where default replay of s begins (the first event of its latest run). */
+static uint64_t run_start_seq(const struct session *s)
+{
+    struct store_meta m;
+    store_meta(s->log, &m);
+    return m.run_start_seq;
 }
 
 static struct session *new_session(const char *id)
@@ -86,16 +85,17 @@ static struct session *new_session(const char *id)
 static struct run *start(struct session *s)
 {
     json_t *msg = json_pack("{s:s, s:[{s:s}]}", "role", "user", "parts", "text", "hi");
-    return run_start(s, msg, NULL, 1);
+    return session_start_run(s, msg, NULL, 1);
 }
 
 /* The event names in a session's log, space-separated. */
 static void log_events(struct session *s, char *out, size_t size)
 {
-    struct hub *h = s->hub;
+    struct store_meta m;
+    store_meta(s->log, &m);
     out[0] = '\0';
-    for (size_t i = 0; i < h->count; i++) {
-        const char *ev = strstr(log_at(h, i)->data, "event: ") + 7;
+    for (uint64_t seq = m.oldest_seq; seq <= m.newest_seq; seq++) {
+        const char *ev = strstr(store_read(s->log, seq)->data, "event: ") + 7;
         size_t n = strcspn(ev, "\n");
         strncat(out, ev, n < size - strlen(out) - 2 ? n : 0);
         strcat(out, " ");
@@ -127,7 +127,7 @@ static void run_starts_at_once_when_a_slot_is_free(void)
     char evs[512];
     log_events(s, evs, sizeof(evs));
     CHECK_STREQ(evs, "run.started agent.event agent.event run.completed ");
-    CHECK_EQ(s->hub->run_start_seq, 1);
+    CHECK_EQ(run_start_seq(s), 1);
     teardown();
 }
 
@@ -151,9 +151,9 @@ static void superseded_run_gets_one_terminal_event(void)
     CHECK_STREQ(evs, "run.started run.superseded run.started ");
     char by[64];
     snprintf(by, sizeof(by), "\"by\":\"%s\"", second->id);
-    CHECK(strstr(log_at(s->hub, 1)->data, by) != NULL);
-    CHECK(strstr(log_at(s->hub, 1)->data, first_id) != NULL);
-    CHECK_EQ(s->hub->run_start_seq, 3);
+    CHECK(strstr(store_read(s->log, 2)->data, by) != NULL);
+    CHECK(strstr(store_read(s->log, 2)->data, first_id) != NULL);
+    CHECK_EQ(run_start_seq(s), 3);
     teardown();
 }
 
@@ -184,7 +184,7 @@ static void queued_run_starts_when_a_slot_frees(void)
     CHECK_EQ(rb->state, RUN_QUEUED);
     CHECK_EQ(rc->state, RUN_QUEUED);
     CHECK_EQ(limiter_queued(), 2);
-    CHECK(strstr(log_at(c->hub, 0)->data, "\"position\":2") != NULL);
+    CHECK(strstr(store_read(c->log, 1)->data, "\"position\":2") != NULL);
     CHECK_EQ(calls_started, 1);
     /* Cancelling a queued run takes it out of the queue, nothing starts. */
     run_cancel(rb, "client_request");
@@ -197,7 +197,7 @@ static void queued_run_starts_when_a_slot_frees(void)
     char evs[512];
     log_events(c, evs, sizeof(evs));
     CHECK_STREQ(evs, "run.queued run.started ");
-    CHECK_EQ(c->hub->run_start_seq, 1);
+    CHECK_EQ(run_start_seq(c), 1);
     teardown();
 }
 
@@ -248,7 +248,7 @@ static void agent_error_carries_detail(void)
     on_end(r, &res);
     json_decref(detail);
     CHECK_EQ(r->state, RUN_FAILED);
-    const char *data = log_at(s->hub, 1)->data;
+    const char *data = store_read(s->log, 2)->data;
     CHECK(strstr(data, "\"code\":\"agent_error\"") != NULL);
     CHECK(strstr(data, "\"message\":\"ValueError: boom\"") != NULL);
     CHECK(strstr(data, "\"detail\":{\"error\":\"ValueError: boom\"}") != NULL);

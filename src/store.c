@@ -1,0 +1,106 @@
+/* store.c: what every store shares (see store.h): frames, ids, the replay
+ * position of a new subscriber, and which store store_open() uses. */
+#include "store.h"
+
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+static const struct store_ops *store_ops = &store_memory_ops;
+static size_t frames_alive;
+
+struct frame *frame_new(uint64_t seq, const char *data, size_t len)
+{
+    struct frame *f = xmalloc(sizeof(*f) + len);
+    f->refs = 1;
+    f->seq = seq;
+    f->len = len;
+    memcpy(f->data, data, len);
+    frames_alive++;
+    return f;
+}
+
+void frame_release(struct frame *f)
+{
+    if (--f->refs == 0) {
+        frames_alive--;
+        free(f);
+    }
+}
+
+size_t frame_count(void)
+{
+    return frames_alive;
+}
+
+void store_init(const struct store_ops *ops, const struct store_config *cfg)
+{
+    store_ops = ops;
+    ops->configure(cfg);
+}
+
+struct store_log *store_open(void)
+{
+    return store_ops->open();
+}
+
+void store_format_id(char *out, size_t size, uint32_t incarnation, uint64_t seq)
+{
+    snprintf(out, size, "%08" PRIx32 "-%" PRIu64, incarnation, seq);
+}
+
+int store_parse_id(const char *id, uint32_t *incarnation, uint64_t *seq)
+{
+    char *end;
+    if (strlen(id) < 10 || id[8] != '-')
+        return -EINVAL;
+    for (int i = 0; i < 8; i++) {
+        char c = id[i];
+        if (!((c >= '0' && c <= '9') || (c >= 'a' && c <= 'f')))
+            return -EINVAL;
+    }
+    if (id[9] < '0' || id[9] > '9')
+        return -EINVAL;
+    errno = 0;
+    unsigned long long v = strtoull(id + 9, &end, 10);
+    if (errno != 0 || *end != '\0')
+        return -EINVAL;
+    *incarnation = (uint32_t)strtoul(id, NULL, 16);
+    *seq = v;
+    return 0;
+}
+
+int store_event_id_incarnation(const char *id, uint32_t *out)
+{
+    uint64_t seq;
+    return store_parse_id(id, out, &seq);
+}
+
+uint64_t store_locate(const struct store_log *log, const char *last_event_id, int from_live,
+                      const char **reset_reason)
+{
+    struct store_meta m;
+    store_meta(log, &m);
+    *reset_reason = NULL;
+    if (last_event_id != NULL) {
+        uint32_t incarnation;
+        uint64_t seq;
+        if (store_parse_id(last_event_id, &incarnation, &seq) < 0 || incarnation != m.incarnation ||
+            seq > m.newest_seq) {
+            *reset_reason = "unknown_event_id";
+            return m.oldest_seq;
+        }
+        if (seq + 1 < m.oldest_seq) {
+            *reset_reason = "event_id_evicted";
+            return m.oldest_seq;
+        }
+        return seq + 1;
+    }
+    if (from_live || m.run_start_seq == 0)
+        return m.newest_seq + 1;
+    if (m.run_start_seq < m.oldest_seq) {
+        *reset_reason = "run_start_evicted";
+        return m.oldest_seq;
+    }
+    return m.run_start_seq;
+}
