@@ -31,38 +31,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
 
-/* ---- a fake connection (auth.c's only way out) ------------------------------ */
-
-struct conn {
-    int status;
-    int answers;
-    char headers[1024];
-    char answer[2048];
-};
-
-void conn_set_answer_headers(struct conn *c, const char *lines)
-{
-    snprintf(c->answer, sizeof(c->answer), "%s", lines ? lines : "");
-}
-
-void conn_respond(struct conn *c, int status, const char *content_type, const char *extra_headers,
-                  const char *body, size_t body_len)
-{
-    c->status = status;
-    c->answers++;
-    snprintf(c->headers, sizeof(c->headers), "%s", extra_headers ? extra_headers : "");
-}
-
-void conn_respond_error(struct conn *c, int status, const char *code, const char *message,
-                        const char *extra_headers)
-{
-    conn_respond(c, status, "application/json", extra_headers, message, strlen(message));
-}
-
-const char *conn_peer(const struct conn *c)
-{
-    return "fuzz";
-}
+#include "../tests/unit/fake_conn.h" /* auth.c's only way out */
 
 /* ---- two configurations, swapped in per input -------------------------------- */
 
