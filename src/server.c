@@ -76,6 +76,26 @@
 #define MAX_TARGET 8192
 #define CHUNK_HEAD_MAX 20 /* "%zx\r\n" of a size_t */
 
+/* Writes the chunk-size line of a chunk of len bytes ("1a3\r\n") into out
+ * (CHUNK_HEAD_MAX bytes) and returns its length. By hand: snprintf cost
+ * about 700 instructions per call, once per subscriber per flush on the
+ * fan-out path (callgrind). */
+static int chunk_size_line(char *out, size_t len)
+{
+    static const char hex[] = "0123456789abcdef";
+    char digits[2 * sizeof(size_t)];
+    int n = 0;
+    do {
+        digits[n++] = hex[len & 15];
+        len >>= 4;
+    } while (len != 0);
+    for (int i = 0; i < n; i++)
+        out[i] = digits[n - 1 - i];
+    out[n] = '\r';
+    out[n + 1] = '\n';
+    return n + 2;
+}
+
 enum conn_state { CONN_READING, CONN_STREAMING, CONN_CLOSING };
 
 enum conn_timer {
@@ -832,7 +852,7 @@ int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
         w = conn_write_new(CHUNK_HEAD_MAX + 2);
         w->on_done = on_done;
         w->arg = arg;
-        int head = snprintf(w->data, CHUNK_HEAD_MAX, "%zx\r\n", total);
+        int head = chunk_size_line(w->data, total);
         memcpy(w->data + CHUNK_HEAD_MAX, "\r\n", 2);
         uv_buf_t small[16];
         uv_buf_t *all = nbufs + 2 <= RC_ARRAY_SIZE(small) ? small
@@ -918,7 +938,7 @@ int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
     uv_buf_t *all = count <= RC_ARRAY_SIZE(small) ? small : xmalloc(count * sizeof(*all));
     unsigned k = 0;
     if (c->chunked) {
-        int head = snprintf(size_line, sizeof(size_line), "%zx\r\n", total);
+        int head = chunk_size_line(size_line, total);
         all[k++] = uv_buf_init(size_line, (unsigned)head);
         total += (size_t)head + 2;
     }
@@ -1012,7 +1032,7 @@ int conn_stream_write_copy(struct conn *c, const void *data, size_t len)
     size_t n = 0;
     struct conn_write *w = conn_write_new(CHUNK_HEAD_MAX + len + 2);
     if (c->chunked)
-        n = (size_t)snprintf(w->data, CHUNK_HEAD_MAX, "%zx\r\n", len);
+        n = (size_t)chunk_size_line(w->data, len);
     memcpy(w->data + n, data, len);
     n += len;
     if (c->chunked) {

@@ -1321,10 +1321,28 @@ static void idle_conn_is_small(void)
     CHECK(sizeof(struct conn) <= 640);
 }
 
+static void chunk_size_lines_are_lowercase_hex_with_crlf(void)
+{
+    static const struct {
+        size_t len;
+        const char *line;
+    } cases[] = {
+        {0, "0\r\n"}, {1, "1\r\n"}, {15, "f\r\n"}, {16, "10\r\n"}, {0x1a3, "1a3\r\n"},
+        {600000, "927c0\r\n"}, {SIZE_MAX, "ffffffffffffffff\r\n"},
+    };
+    for (size_t i = 0; i < RC_ARRAY_SIZE(cases); i++) {
+        char out[CHUNK_HEAD_MAX];
+        int n = chunk_size_line(out, cases[i].len);
+        CHECK_EQ(n, (int)strlen(cases[i].line));
+        CHECK(memcmp(out, cases[i].line, (size_t)n) == 0);
+    }
+}
+
 int main(void)
 {
     log_configure(LOG_ERROR, LOG_TEXT); /* the EMFILE test warns, as it should */
     RUN_TEST(idle_conn_is_small);
+    RUN_TEST(chunk_size_lines_are_lowercase_hex_with_crlf);
     RUN_TEST(keep_alive_serves_two_requests_on_one_connection);
     RUN_TEST(send_writes_directly_in_order_and_frames_one_chunk);
     RUN_TEST(send_queues_what_the_kernel_leaves_with_exact_chunk_framing);
