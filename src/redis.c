@@ -15,14 +15,16 @@
  * oldest one is) or of the subscribes not yet confirmed (PUBSUB). A passed
  * deadline drops the connection: hiredis 0.14 has no timeouts of its own.
  *
- * hiredis on the loop. hiredis's own libuv adapter (<hiredis/adapters/
- * libuv.h>) ignores a poll error status, and libuv reports a refused
- * connect (POLLERR) exactly so, after stopping the handle: the connect would
- * hang until our deadline. So this file carries the adapter's ~40 lines with
- * curl_uv.c's fix: an error is passed on as readiness in the directions
- * hiredis waits for, and hiredis meets the real error in its own read,
- * write or connect check. Its poll handles are counted with our timers, so
- * that redis_close's done runs after the last one has closed.
+ * hiredis on the loop. hiredis 0.14's own libuv adapter (<hiredis/adapters/
+ * libuv.h>) returns early on a poll error status, and libuv reports POLLERR
+ * exactly so, after stopping the handle: a connect refused after
+ * EINPROGRESS, or a reset socket, would then sit unnoticed until a deadline.
+ * Its uv_poll_init failure path also leaks, and its handles cannot be
+ * counted. So this file carries the adapter's ~40 lines with curl_uv.c's
+ * fix: an error is passed on as readiness in the directions hiredis waits
+ * for, and hiredis meets the real error in its own read, write or connect
+ * check. The poll handles are counted with our timers, so that
+ * redis_close's done runs after the last one has closed.
  *
  * Lifetimes. hiredis owns and frees each redisAsyncContext: after a failed
  * connect, after a read or write error (on_disconnect), or when we call

@@ -508,6 +508,36 @@ static void pubsub_delivers_once_and_resubscribes_after_client_kill(void)
     test_end();
 }
 
+/* hiredis 0.14 keeps one callback per channel and drops it when the
+ * UNSUBSCRIBE is acknowledged: a SUBSCRIBE sent before that ack would be
+ * left without one. redis.c waits for the ack and subscribes again. */
+static void resubscribe_before_unsubscribe_ack_keeps_delivering(void)
+{
+    test_begin();
+    fixture_open();
+    struct sub_counts old = {0}, renewed = {0};
+    struct redis_sub_callbacks cb = {.on_subscribed = on_subscribed, .on_message = on_message};
+    CHECK_EQ(redis_subscribe(fx.r, "ch", &cb, &old), 0);
+    CHECK(wait_for(&fx.ups, 1, WAIT_MS));
+    CHECK(wait_for(&old.subscribed, 1, WAIT_MS));
+    CHECK_EQ(redis_unsubscribe(fx.r, "ch"), 0);
+    CHECK_EQ(redis_subscribe(fx.r, "ch", &cb, &renewed), 0); /* before the ack */
+    CHECK_EQ(redis_subscribe(fx.r, "ch", &cb, &renewed), -EEXIST);
+    CHECK(wait_for(&renewed.subscribed, 1, WAIT_MS));
+    struct result pub = command_sync("PUBLISH %s %s", "ch", "m1");
+    CHECK_EQ(pub.integer, 1);
+    CHECK(wait_for(&renewed.messages, 1, WAIT_MS));
+    run_for(50);
+    CHECK_EQ(renewed.subscribed, 1);
+    CHECK_EQ(renewed.messages, 1);
+    CHECK_STREQ(renewed.last, "m1");
+    CHECK_EQ(old.subscribed, 1);
+    CHECK_EQ(old.unsubscribed, 0);
+    CHECK_EQ(old.messages, 0);
+    fixture_close();
+    test_end();
+}
+
 static int cancelled;
 
 static void on_cancel_expected(void *arg, redisReply *reply, int err)
@@ -567,6 +597,7 @@ int main(void)
     RUN_TEST(killed_server_goes_down_and_restart_brings_new_run_id);
     RUN_TEST(evalsha_survives_script_flush);
     RUN_TEST(pubsub_delivers_once_and_resubscribes_after_client_kill);
+    RUN_TEST(resubscribe_before_unsubscribe_ack_keeps_delivering);
     RUN_TEST(close_cancels_commands_in_flight);
     return test_report("test_redis");
 }
