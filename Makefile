@@ -1,5 +1,5 @@
 # runcast: plain make + pkg-config. `make run`, `make test`, `make asan`.
-PKGS      := libuv libcurl jansson libjwt libcrypto
+PKGS      := libuv libcurl jansson libjwt libcrypto hiredis
 BUILD     ?= build
 CC        ?= cc
 OPT       ?= -O2
@@ -110,7 +110,7 @@ FUZZ_CC      ?= clang-14
 FUZZ_SECONDS ?= 300
 FUZZ_JOBS    ?= 2
 FUZZ_TARGETS := fuzz_http fuzz_sse fuzz_body fuzz_decode fuzz_token
-FUZZ_PKGS    := libuv libcurl jansson libjwt libcrypto
+FUZZ_PKGS    := libuv libcurl jansson libjwt libcrypto hiredis
 # pkg-config runs when a recipe does (=, not :=), after fuzz/bootstrap.
 FUZZ_CFLAGS   = -std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Wall -Wextra \
                 -Wno-unused-parameter -fno-sanitize-recover=undefined \
