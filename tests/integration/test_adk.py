@@ -15,10 +15,9 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 
-from harness import (TIME_SCALE, eq, expect, fail, free_port, post_run, request, run_events,
-                     spath, task_status, terminal_events, test)
+from harness import (TIME_SCALE, TestFailure, eq, expect, fail, free_port, post_run, request,
+                     run_events, spath, task_status, terminal_events, test, wait_until)
 
 ADK_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "adk")
 ADK_CLI = os.path.join(ADK_DIR, "node_modules", "@google", "adk-devtools", "dist", "esm",
@@ -49,22 +48,23 @@ class AdkServer:
              "agents"],
             cwd=ADK_DIR, stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
             env=env, start_new_session=True)
-        deadline = time.monotonic() + ADK_START_TIMEOUT
-        while True:
-            if self.proc.poll() is not None:
-                fail("adk api_server exited (rc=%s) before it was ready:\n%s"
-                     % (self.proc.returncode, self.tail()))
-            try:
-                r = request(self.port, "GET", "/list-apps", timeout=5.0)
-                if r.status == 200 and r.json() == ADK_APPS:
-                    return
-            except Exception:
-                pass
-            if time.monotonic() >= deadline:
-                self.stop()
-                fail("adk api_server not ready on port %d within %.0fs:\n%s"
-                     % (self.port, ADK_START_TIMEOUT, self.tail()))
-            time.sleep(0.05)
+        try:
+            wait_until(self._ready, ADK_START_TIMEOUT, "adk api_server on port %d" % self.port,
+                       interval=0.05)
+        except TestFailure as e:
+            self.stop()
+            fail("%s:\n%s" % (e, self.tail()))
+
+    def _ready(self):
+        """True once /list-apps names every agent; fails at once if the
+        server exited."""
+        if self.proc.poll() is not None:
+            fail("adk api_server exited (rc=%s) before it was ready" % self.proc.returncode)
+        try:
+            r = request(self.port, "GET", "/list-apps", timeout=5.0)
+            return r.status == 200 and r.json() == ADK_APPS
+        except (OSError, ValueError, TestFailure):
+            return False
 
     def stop(self):
         if self.proc is None or self.proc.poll() is not None:
