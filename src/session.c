@@ -95,32 +95,26 @@ struct session *session_find(const char *app, const char *user, const char *id)
     return e ? container_of(e, struct session, entry) : NULL;
 }
 
-/* Bytes key_store() needs for the three parts. */
-static size_t key_size(const char *app, const char *user, const char *id)
+/* Copies key[0..len] (as key_make() wrote it, final NUL included) into
+ * copy and points the three parts at the copy. */
+static void key_copy(char *copy, const char *key, size_t len, const char **app, const char **user,
+                     const char **id)
 {
-    return strlen(app) + 1 + strlen(user) + 1 + strlen(id) + 1;
-}
-
-/* Copies the three parts into key (key_size() bytes) and points parts[] at
- * the copies. */
-static void key_store(char *key, const char *app, const char *user, const char *id,
-                      const char *parts[3])
-{
-    const char *in[3] = {app, user, id};
-    for (int i = 0; i < 3; i++) {
-        size_t n = strlen(in[i]) + 1;
-        memcpy(key, in[i], n);
-        parts[i] = key;
-        key += n;
-    }
+    memcpy(copy, key, len + 1);
+    *app = copy;
+    *user = *app + strlen(*app) + 1;
+    *id = *user + strlen(*user) + 1;
 }
 
 int session_get_or_create(const char *app, const char *user, const char *id,
                           struct session **out)
 {
-    if (key_size(app, user, id) > KEY_MAX)
+    char key[KEY_MAX];
+    size_t len = key_make(key, app, user, id);
+    if (len == 0)
         return -EINVAL; /* not path parameters (the router allows 128 characters) */
-    struct session *s = session_find(app, user, id);
+    struct table_entry *e = table_find(&sessions, key, len);
+    struct session *s = e ? container_of(e, struct session, entry) : NULL;
     if (s) {
         session_touch(s);
         *out = s;
@@ -130,12 +124,8 @@ int session_get_or_create(const char *app, const char *user, const char *id,
         return -ENOSPC;
     if (quota_session_begin(user) < 0)
         return -EDQUOT;
-    s = xcalloc(1, sizeof(*s) + key_size(app, user, id));
-    const char *parts[3];
-    key_store(s->key, app, user, id, parts);
-    s->app = parts[0];
-    s->user = parts[1];
-    s->id = parts[2];
+    s = xcalloc(1, sizeof(*s) + len + 1);
+    key_copy(s->key, key, len, &s->app, &s->user, &s->id);
     s->log = store_open();
     s->hub = hub_create(s->log);
     s->host = (struct run_host){.app = s->app, .user = s->user, .session_id = s->id,
@@ -143,7 +133,7 @@ int session_get_or_create(const char *app, const char *user, const char *id,
     s->created_at = time_wall_seconds();
     s->last_activity_ms = time_mono_ms();
     list_insert_tail(&by_activity, &s->activity_link);
-    table_insert(&sessions, &s->entry, s->key, key_size(app, user, id) - 1);
+    table_insert(&sessions, &s->entry, s->key, len);
     *out = s;
     return 0;
 }
@@ -249,17 +239,15 @@ static void tombstone_free(struct tombstone *t)
  * incarnation. At --max-sessions tombstones the oldest makes room. */
 static void tombstone_bury(const struct session *s)
 {
-    struct tombstone *t = tombstone_find(s->app, s->user, s->id);
+    size_t len = s->entry.key_len;
+    struct table_entry *e = table_find(&tombstones, s->key, len);
+    struct tombstone *t = e ? container_of(e, struct tombstone, entry) : NULL;
     if (t == NULL) {
         if (tombstones.count >= (size_t)config.max_sessions)
             tombstone_free(container_of(tombs_by_age.next, struct tombstone, age_link));
-        t = xcalloc(1, sizeof(*t) + key_size(s->app, s->user, s->id));
-        const char *parts[3];
-        key_store(t->key, s->app, s->user, s->id, parts);
-        t->app = parts[0];
-        t->user = parts[1];
-        t->id = parts[2];
-        table_insert(&tombstones, &t->entry, t->key, key_size(s->app, s->user, s->id) - 1);
+        t = xcalloc(1, sizeof(*t) + len + 1);
+        key_copy(t->key, s->key, len, &t->app, &t->user, &t->id);
+        table_insert(&tombstones, &t->entry, t->key, len);
     } else {
         list_remove(&t->age_link);
     }
