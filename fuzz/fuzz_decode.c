@@ -257,13 +257,13 @@ int LLVMFuzzerInitialize(int *argc, char ***argv)
     static const int frames[3] = {0, 3, 10};  /* 10 > history: 1..6 are evicted */
     static const int run_start[3] = {0, 2, 5}; /* hub 2: the run's start is gone */
     for (size_t i = 0; i < RC_ARRAY_SIZE(logs); i++) {
-        logs[i] = store_open();
+        logs[i] = store_open("a", "u", "s");
         ((struct memory_log *)logs[i])->epoch = epochs[i];
         for (int f = 1; f <= frames[i]; f++) {
             if (f == run_start[i])
-                store_start_run(logs[i], "agent.event", "{}", 2);
+                store_start_run(logs[i], "r", "agent.event", "{}", 2, NULL, NULL);
             else
-                store_append(logs[i], "agent.event", "{}", 2);
+                store_append(logs[i], "r", "agent.event", "{}", 2);
         }
     }
     return 0;

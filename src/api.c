@@ -1,5 +1,8 @@
 /* api.c: request handlers. Each validates its input, does its work on the
- * session table synchronously (nothing here waits), and answers. */
+ * session table and answers. Nothing here waits: in memory mode every
+ * answer is immediate; in Redis mode (store_redis.h) the requests that
+ * need the cluster's state are answered from the store's reply, and the
+ * conn owes its answer until then (server.h's deferred answers). */
 #include "api.h"
 
 #include <jansson.h>
@@ -18,10 +21,32 @@
 #include "server.h"
 #include "session.h"
 #include "store.h"
+#include "store_redis.h"
 #include "stream.h"
 #include "upstream.h"
 
 static int draining;
+static int shared_store; /* Redis mode */
+
+void api_set_shared_store(int value)
+{
+    shared_store = value;
+}
+
+static void respond_store_unavailable(struct conn *c)
+{
+    conn_respond_error(c, 503, "store_unavailable", "the store (Redis) is unreachable",
+                       "Retry-After: 1\r\n");
+}
+
+/* Redis mode, the store is down: answers 503 and returns 1. */
+static int store_down(struct conn *c)
+{
+    if (!shared_store || store_redis_is_up())
+        return 0;
+    respond_store_unavailable(c);
+    return 1;
+}
 static const char *upstream_kind = "http";
 
 void api_set_upstream_kind(const char *kind)
@@ -149,6 +174,40 @@ static int get_or_create_session(struct conn *c, const struct route_params *p,
     return err;
 }
 
+/* A POST's 202, sent once the store registered the run (at once in
+ * memory mode: then post_registered runs before session_start_run
+ * returns, and the answer waits for the run's fields). */
+struct post_answer {
+    struct conn *c;
+    int begun, registered, status;
+    char run_id[32], session_id[129], state[16], path[512];
+};
+
+static void post_answer(struct post_answer *a)
+{
+    if (a->status == -EDQUOT)
+        conn_respond_error(a->c, 429, "too_many_user_sessions",
+                           "this user has --max-sessions-per-user sessions", "Retry-After: 1\r\n");
+    else if (a->status < 0)
+        respond_store_unavailable(a->c);
+    else
+        respond_json_steal(a->c, 202,
+                           json_pack("{s:b, s:s, s:s, s:s, s:s}", "success", 1, "run_id", a->run_id,
+                                     "session_id", a->session_id, "status",
+                                     a->status == STORE_REFUSED ? "failed" : a->state, "events",
+                                     a->path));
+    free(a);
+}
+
+static void post_registered(void *arg, int status)
+{
+    struct post_answer *a = arg;
+    a->status = status;
+    a->registered = 1;
+    if (a->begun)
+        post_answer(a);
+}
+
 static void handle_post_run(struct conn *c, const struct http_request *req,
                             const struct route_params *p)
 {
@@ -180,17 +239,21 @@ static void handle_post_run(struct conn *c, const struct http_request *req,
     }
 
     struct session *s;
-    if (get_or_create_session(c, p, &s) < 0) {
+    if (store_down(c) || get_or_create_session(c, p, &s) < 0) {
         json_decref(message);
         json_decref(state_delta);
         return;
     }
-    struct run *r = session_start_run(s, message, state_delta, stream);
-    char path[512];
-    events_path(path, sizeof(path), p);
-    json_t *o = json_pack("{s:b, s:s, s:s, s:s, s:s}", "success", 1, "run_id", r->id,
-                          "session_id", s->id, "status", run_state_name(r->state), "events", path);
-    respond_json_steal(c, 202, o);
+    struct post_answer *a = xcalloc(1, sizeof(*a));
+    a->c = c;
+    struct run *r = session_start_run(s, message, state_delta, stream, post_registered, a);
+    snprintf(a->run_id, sizeof(a->run_id), "%s", r->id);
+    snprintf(a->session_id, sizeof(a->session_id), "%s", s->id);
+    snprintf(a->state, sizeof(a->state), "%s", run_state_name(r->state));
+    events_path(a->path, sizeof(a->path), p);
+    a->begun = 1;
+    if (a->registered)
+        post_answer(a);
 }
 
 /* Reads Last-Event-ID from the header or ?last_event_id=. Returns 1 and fills
@@ -213,6 +276,81 @@ static int last_event_id(const struct http_request *req, char *out, size_t size)
     if (n == -ENOENT || n == 0)
         return 0;
     return n < 0 ? -EINVAL : 1;
+}
+
+/* A GET of the stream on its way: in Redis mode it may wait for the
+ * store (a deleted session's tombstone, the session's log loading). */
+struct stream_request {
+    struct conn *c;
+    struct route_params p;
+    char id[256];
+    int has_id, from_live;
+    uint64_t deadline_ms;
+};
+
+static void stream_subscribe(struct stream_request *q, struct session *s)
+{
+    struct conn *c = q->c;
+    void *counted;
+    if (quota_subscriber_begin(q->p.user, &counted) < 0) {
+        conn_respond_error(c, 429, "too_many_user_subscribers",
+                           "this user has --max-subscribers-per-user streams open",
+                           "Retry-After: 1\r\n");
+        return;
+    }
+    struct hub_subscribe_options opt = {
+        .last_event_id = q->has_id ? q->id : NULL,
+        .from_live = q->from_live,
+        .deadline_ms = q->deadline_ms,
+        .on_leave = quota_subscriber_end,
+        .leave_arg = counted,
+    };
+    int err = stream_open(c, s->hub, &opt);
+    if (err < 0)
+        quota_subscriber_end(counted);
+    if (err == -ENOSPC)
+        conn_respond_error(c, 503, "too_many_subscribers",
+                           "the subscriber limit (--max-subscribers) is reached", "Retry-After: 1\r\n");
+}
+
+/* The session's log can place subscribers now (status 0) or not. */
+static void stream_on_ready(void *arg, int status)
+{
+    struct stream_request *q = arg;
+    struct session *s = session_find(q->p.app, q->p.user, q->p.session);
+    if (status == -EDQUOT)
+        conn_respond_error(q->c, 429, "too_many_user_sessions",
+                           "this user has --max-sessions-per-user sessions", "Retry-After: 1\r\n");
+    else if (status < 0 || s == NULL)
+        respond_store_unavailable(q->c);
+    else
+        stream_subscribe(q, s);
+    free(q);
+}
+
+static void stream_continue(struct stream_request *q)
+{
+    struct session *s;
+    if (get_or_create_session(q->c, &q->p, &s) < 0) {
+        free(q);
+        return;
+    }
+    if (store_ready(s->log, stream_on_ready, q))
+        stream_on_ready(q, 0);
+}
+
+static void stream_on_tomb(void *arg, int err, json_t *result)
+{
+    struct stream_request *q = arg;
+    if (err < 0) {
+        respond_store_unavailable(q->c);
+        free(q);
+    } else if (json_is_true(json_object_get(result, "deleted"))) {
+        conn_respond(q->c, 204, NULL, NULL, NULL, 0);
+        free(q);
+    } else {
+        stream_continue(q);
+    }
 }
 
 static void handle_get_stream(struct conn *c, const struct http_request *req,
@@ -238,33 +376,66 @@ static void handle_get_stream(struct conn *c, const struct http_request *req,
         conn_respond(c, 204, NULL, NULL, NULL, 0);
         return;
     }
-    struct session *s;
-    if (get_or_create_session(c, p, &s) < 0)
+    if (store_down(c))
         return;
-    void *counted;
-    if (quota_subscriber_begin(p->user, &counted) < 0) {
-        conn_respond_error(c, 429, "too_many_user_subscribers",
-                           "this user has --max-subscribers-per-user streams open",
-                           "Retry-After: 1\r\n");
-        return;
-    }
-    struct hub_subscribe_options opt = {
-        .last_event_id = has_id ? id : NULL,
-        .from_live = from_live,
-        .deadline_ms = auth_grant_deadline_ms(grant),
-        .on_leave = quota_subscriber_end,
-        .leave_arg = counted,
-    };
-    int err = stream_open(c, s->hub, &opt);
-    if (err < 0)
-        quota_subscriber_end(counted);
-    if (err == -ENOSPC)
-        conn_respond_error(c, 503, "too_many_subscribers",
-                           "the subscriber limit (--max-subscribers) is reached", "Retry-After: 1\r\n");
+    struct stream_request *q = xcalloc(1, sizeof(*q));
+    q->c = c;
+    q->p = *p;
+    q->has_id = has_id;
+    snprintf(q->id, sizeof(q->id), "%s", has_id ? id : "");
+    q->from_live = from_live;
+    q->deadline_ms = auth_grant_deadline_ms(grant);
+    if (shared_store && has_id && session_find(p->app, p->user, p->session) == NULL)
+        store_redis_was_deleted(p->app, p->user, p->session, id, stream_on_tomb, q);
+    else
+        stream_continue(q);
+}
+
+/* Redis mode: the answer to a cluster-wide request. */
+struct store_answer {
+    struct conn *c;
+    int route;
+    char session_id[129];
+};
+
+static void store_answered(void *arg, int err, json_t *result)
+{
+    struct store_answer *a = arg;
+    struct conn *c = a->c;
+    if (err == -ENOENT)
+        conn_respond_error(c, 404, "session_not_found", "no such session", NULL);
+    else if (err == -ESRCH)
+        conn_respond_error(c, 404, "no_active_run", "the session has no active run", NULL);
+    else if (err < 0)
+        respond_store_unavailable(c);
+    else if (a->route == ROUTE_SESSION_RUN)
+        respond_json_steal(c, 200, json_pack("{s:b, s:O, s:s}", "success", 1, "run_id",
+                                             json_object_get(result, "run_id"), "status", "cancelled"));
+    else if (a->route == ROUTE_SESSION)
+        respond_json_steal(c, 200, json_pack("{s:b, s:s, s:O}", "success", 1, "session_id",
+                                             a->session_id, "run_id", json_object_get(result, "run_id")));
+    else
+        conn_respond_json(c, 200, result, NULL);
+    free(a);
+}
+
+static struct store_answer *store_answer_new(struct conn *c, int route, const char *session_id)
+{
+    struct store_answer *a = xmalloc(sizeof(*a));
+    a->c = c;
+    a->route = route;
+    snprintf(a->session_id, sizeof(a->session_id), "%s", session_id ? session_id : "");
+    return a;
 }
 
 static void handle_cancel_run(struct conn *c, const struct route_params *p)
 {
+    if (shared_store) {
+        if (!store_down(c))
+            store_redis_cancel(p->app, p->user, p->session, "client_request", store_answered,
+                               store_answer_new(c, ROUTE_SESSION_RUN, NULL));
+        return;
+    }
     struct session *s = session_find(p->app, p->user, p->session);
     if (s == NULL) {
         conn_respond_error(c, 404, "session_not_found", "no such session", NULL);
@@ -282,6 +453,12 @@ static void handle_cancel_run(struct conn *c, const struct route_params *p)
 
 static void handle_session_status(struct conn *c, const struct route_params *p)
 {
+    if (shared_store) {
+        if (!store_down(c))
+            store_redis_status(p->app, p->user, p->session, store_answered,
+                               store_answer_new(c, ROUTE_SESSION_STATUS, NULL));
+        return;
+    }
     struct session *s = session_find(p->app, p->user, p->session);
     if (s == NULL) {
         conn_respond_error(c, 404, "session_not_found", "no such session", NULL);
@@ -293,6 +470,12 @@ static void handle_session_status(struct conn *c, const struct route_params *p)
 
 static void handle_delete_session(struct conn *c, const struct route_params *p)
 {
+    if (shared_store) {
+        if (!store_down(c))
+            store_redis_delete(p->app, p->user, p->session, store_answered,
+                               store_answer_new(c, ROUTE_SESSION, p->session));
+        return;
+    }
     struct session *s = session_find(p->app, p->user, p->session);
     if (s == NULL) {
         conn_respond_error(c, 404, "session_not_found", "no such session", NULL);
@@ -318,6 +501,12 @@ static void handle_all_status(struct conn *c, const struct http_request *req)
             conn_respond_error(c, 400, "invalid_request", "limit must be a non-negative integer", NULL);
             return;
         }
+    }
+    if (shared_store) {
+        if (!store_down(c))
+            store_redis_status_all(all, limit, store_answered,
+                                   store_answer_new(c, ROUTE_ALL_STATUS, NULL));
+        return;
     }
     json_t *list = json_array();
     for (struct session *s = session_first(); s && (long)json_array_size(list) < limit;
@@ -350,6 +539,15 @@ static void metrics_snapshot_take(struct metrics_snapshot *snap)
     snap->upstream_transfers = upstream_live_transfers();
     snap->frames = frame_count();
     snap->log_lines_dropped = log_dropped_lines();
+    if (shared_store) {
+        struct store_redis_stats st;
+        store_redis_stats(&st);
+        snap->store_redis = 1;
+        snap->store_up = st.up;
+        snap->store_reconnects = st.reconnects;
+        snap->store_fenced_appends = st.fenced_appends;
+        snap->runs_reaped = st.runs_reaped;
+    }
 }
 
 /* data is NULL for the main listener, &auth_admin_listener for
@@ -401,6 +599,8 @@ void api_handle_request(struct conn *c, const struct http_request *req, void *da
     case ROUTE_READYZ:
         if (draining)
             respond_json_steal(c, 503, json_pack("{s:s}", "status", "draining"));
+        else if (shared_store && !store_redis_is_up())
+            respond_json_steal(c, 503, json_pack("{s:s}", "status", "store_unavailable"));
         else
             respond_json_steal(c, 200, json_pack("{s:s}", "status", "ready"));
         break;

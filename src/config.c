@@ -164,6 +164,12 @@ static const struct option option_table[] = {
       NULL, "event streams per user; more are refused with 429 (0: no cap)" },
     { "max-sessions-per-user", OPTION_INT, FIELD(max_sessions_per_user), 0, "0", "0", NULL, NULL,
       "sessions per user; more are refused with 429 (0: no cap)" },
+    { "store", OPTION_STRING, FIELD(store), 0, "memory", NULL, NULL, "memory|redis://HOST:PORT[/DB]",
+      "where logs and run state live: this process, or Redis shared by all nodes" },
+    { "node-id", OPTION_STRING, FIELD(node_id), 0, "", NULL, NULL, "ID",
+      "this node's name in Redis mode (\"\": host name, port and a random suffix)" },
+    { "node-lease", OPTION_DURATION, FIELD(node_lease_ms), 0, "10s", "200ms", "1h", NULL,
+      "Redis mode: a node silent this long is dead; its runs fail (node_lost)" },
 };
 
 /* A parsed value before it is stored; which member is set depends on the kind. */

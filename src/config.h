@@ -56,6 +56,9 @@ struct config {
     int max_runs_per_user;     /* 0: unlimited */
     int max_subscribers_per_user; /* 0: unlimited */
     int max_sessions_per_user; /* 0: unlimited */
+    char store[256];           /* "memory" or "redis://HOST:PORT[/DB]" */
+    char node_id[128];         /* "": made up at start (store_redis_default_node_id) */
+    uint64_t node_lease_ms;
 };
 
 /* Fills cfg with the defaults of DESIGN.md. */

@@ -645,6 +645,17 @@ uint64_t hub_dropped_total(enum hub_drop_reason reason)
     return dropped[reason];
 }
 
+void hub_reset(struct hub *h)
+{
+    struct list *pos, *tmp;
+    list_for_each_safe(pos, tmp, &h->subscribers)
+        container_of(pos, struct subscriber, hub_link)->ops->cut(
+            container_of(pos, struct subscriber, hub_link)->transport, 0);
+    struct store_meta m;
+    store_meta(h->log, &m);
+    h->newest_seq = m.newest_seq;
+}
+
 void hub_destroy(struct hub *h)
 {
     struct list *pos, *tmp;

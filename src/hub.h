@@ -76,6 +76,11 @@ struct hub *hub_create(struct store_log *log);
  * their writes complete. */
 void hub_destroy(struct hub *h);
 
+/* The log's events were replaced (store_watch.reset): cuts every stream
+ * (after what was already handed to its transport), so that clients
+ * reconnect with their last id and are placed in the new log. */
+void hub_reset(struct hub *h);
+
 /* What a new subscriber asks for. */
 struct hub_subscribe_options {
     const char *last_event_id; /* NULL when the client sent none */

@@ -25,6 +25,7 @@
 #include "server.h"
 #include "session.h"
 #include "store.h"
+#include "store_redis.h"
 #include "upstream.h"
 
 static struct config cfg;
@@ -34,6 +35,7 @@ static uv_signal_t sigterm_handle, sigint_handle;
 static uv_timer_t drain_timer;
 static uint64_t drain_deadline_ms;
 static int stopping;
+static int shared_store; /* --store redis://… */
 static int demo_running;
 
 static void on_server_closed(void *arg);
@@ -64,6 +66,8 @@ static void finish_shutdown(void)
     uv_timer_stop(&drain_timer);
     limiter_shutdown();
     session_table_shutdown("shutdown");
+    if (shared_store) /* the runs' last writes land first */
+        store_redis_stop(2000, NULL, NULL);
     if (admin_server)
         server_close(admin_server, on_admin_server_closed, NULL);
     else
@@ -96,6 +100,36 @@ static void on_signal(uv_signal_t *handle, int signum)
         server_stop_accepting(admin_server);
     drain_deadline_ms = time_mono_ms() + cfg.shutdown_grace_ms;
     uv_timer_start(&drain_timer, drain_tick, 0, 25);
+}
+
+/* Redis mode: checks --store and --node-id and starts connecting. Returns
+ * 0, or -EINVAL after printing why. */
+static int start_redis_store(uv_loop_t *loop)
+{
+    struct store_redis_config rc = {
+        .lease_ms = cfg.node_lease_ms,
+        .session_ttl_ms = cfg.session_ttl_ms,
+        .max_runs_per_user = cfg.max_runs_per_user,
+        .max_sessions_per_user = cfg.max_sessions_per_user,
+    };
+    if (store_redis_parse_url(cfg.store, &rc) < 0) {
+        fprintf(stderr, "runcast: --store must be memory or redis://HOST:PORT[/DB] with a numeric "
+                        "HOST or localhost, not \"%s\"\n", cfg.store);
+        return -EINVAL;
+    }
+    if (cfg.node_id[0] == '\0')
+        store_redis_default_node_id(cfg.node_id, sizeof(cfg.node_id), cfg.listen_port);
+    else if (!str_is_path_param(cfg.node_id, strlen(cfg.node_id))) {
+        fprintf(stderr, "runcast: --node-id must be 1 to 128 characters of [A-Za-z0-9_.-]\n");
+        return -EINVAL;
+    }
+    rc.node_id = cfg.node_id;
+    int err = store_redis_start(loop, &rc);
+    if (err < 0) {
+        fprintf(stderr, "runcast: cannot start the Redis store: %s\n", strerror(-err));
+        return err;
+    }
+    return 0;
 }
 
 /* 1 when host only accepts connections from this machine. */
@@ -206,8 +240,18 @@ int main(int argc, char **argv)
         fprintf(stderr, "runcast: cannot start the upstream client: %s\n", uv_strerror(err));
         return 1;
     }
-    struct store_config stc = {.history = cfg.history, .history_bytes = cfg.history_bytes};
-    store_init(&store_memory_ops, &stc);
+    struct store_config stc = {.history = cfg.history,
+                               .history_bytes = cfg.history_bytes,
+                               .on_terminal = run_count_terminal};
+    if (strcmp(cfg.store, "memory") == 0) {
+        store_init(&store_memory_ops, &stc);
+    } else if (start_redis_store(loop) == 0) {
+        store_init(&store_redis_ops, &stc);
+        api_set_shared_store(1);
+        shared_store = 1;
+    } else {
+        return 2;
+    }
     struct hub_config hc = {
         .subscriber_buffer = cfg.subscriber_buffer,
         .heartbeat_ms = cfg.heartbeat_ms,
@@ -268,7 +312,8 @@ int main(int argc, char **argv)
     snprintf(address, sizeof(address), strchr(cfg.listen_host, ':') ? "[%s]:%d" : "%s:%d",
              cfg.listen_host, server_port(server));
     log_event(LOG_INFO, "listening", "address", address, "upstream",
-              strcmp(cfg.upstream, "demo") == 0 ? "demo" : upstream, "auth", cfg.auth, NULL);
+              strcmp(cfg.upstream, "demo") == 0 ? "demo" : upstream, "auth", cfg.auth, "store",
+              shared_store ? "redis" : "memory", "node", shared_store ? cfg.node_id : "-", NULL);
 
     uv_run(loop, UV_RUN_DEFAULT);
     if (demo_running)

@@ -25,11 +25,13 @@ static const char *histogram_names[METRICS_HISTOGRAMS] = {
     "runcast_task_execution_delay_seconds",
     "runcast_time_to_first_event_seconds",
     "runcast_run_duration_seconds",
+    "runcast_store_command_seconds",
 };
 static const char *histogram_help[METRICS_HISTOGRAMS] = {
     "Time from a run's registration to its upstream request being sent.",
     "Time from the upstream request to the first agent event.",
     "Time from a run's registration to its terminal event.",
+    "Time from a Redis store command to its reply.",
 };
 static const char *upstream_error_kinds[METRICS_UPSTREAM_ERRORS] = {
     "unreachable", "http", "rate_limited", "agent_error", "protocol", "timeout",
@@ -85,7 +87,8 @@ static void render_header(struct buf *out, const char *name, const char *type, c
 void metrics_render(struct buf *out, const struct metrics_snapshot *snap)
 {
     for (int h = 0; h < METRICS_HISTOGRAMS; h++)
-        render_histogram(out, (enum metrics_histogram)h);
+        if (h != METRICS_STORE_COMMAND || snap->store_redis)
+            render_histogram(out, (enum metrics_histogram)h);
 
     render_header(out, "runcast_runs_total", "counter", "Runs ended, by outcome.");
     for (size_t i = 0; i < snap->run_outcomes; i++)
@@ -131,4 +134,17 @@ void metrics_render(struct buf *out, const struct metrics_snapshot *snap)
     render_header(out, "runcast_log_lines_dropped_total", "counter",
                   "Log lines dropped because stderr's reader fell too far behind.");
     buf_printf(out, "runcast_log_lines_dropped_total %" PRIu64 "\n", snap->log_lines_dropped);
+    if (!snap->store_redis)
+        return;
+    render_header(out, "runcast_store_up", "gauge", "1 while Redis is reachable.");
+    buf_printf(out, "runcast_store_up %d\n", snap->store_up);
+    render_header(out, "runcast_store_reconnects_total", "counter",
+                  "Times the connection to Redis came back after being lost.");
+    buf_printf(out, "runcast_store_reconnects_total %" PRIu64 "\n", snap->store_reconnects);
+    render_header(out, "runcast_store_fenced_appends_total", "counter",
+                  "Writes refused because their run was no longer this node's.");
+    buf_printf(out, "runcast_store_fenced_appends_total %" PRIu64 "\n", snap->store_fenced_appends);
+    render_header(out, "runcast_runs_reaped_total", "counter",
+                  "Runs of other nodes this node ended as node_lost.");
+    buf_printf(out, "runcast_runs_reaped_total %" PRIu64 "\n", snap->runs_reaped);
 }

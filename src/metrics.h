@@ -15,6 +15,7 @@ enum metrics_histogram {
     METRICS_TASK_EXECUTION_DELAY = 0, /* registration -> upstream request sent */
     METRICS_TIME_TO_FIRST_EVENT,      /* upstream request sent -> first agent event */
     METRICS_RUN_DURATION,             /* registration -> terminal event */
+    METRICS_STORE_COMMAND,            /* a Redis store command: sent -> reply (Redis mode) */
     METRICS_HISTOGRAMS
 };
 
@@ -46,6 +47,9 @@ struct metrics_snapshot {
     uint64_t subscribers_dropped_slow, subscribers_dropped_lagged;
     size_t runs_active, runs_queued, sessions, subscribers, upstream_transfers, frames;
     uint64_t log_lines_dropped;
+    /* Redis mode only (store_redis set): the store's numbers. */
+    int store_redis, store_up;
+    uint64_t store_reconnects, store_fenced_appends, runs_reaped;
 };
 
 /* Appends the whole exposition to out: this module's histograms and

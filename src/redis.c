@@ -74,6 +74,7 @@ enum cmd_kind {
     CMD_USER,        /* redis_command: the user's callback */
     CMD_EVAL,        /* redis_eval: the user's callback, one retry on NOSCRIPT */
     CMD_SCRIPT_LOAD, /* internal: handshake or a NOSCRIPT retry */
+    CMD_SELECT,      /* internal: the handshake's first step when cfg.db is not 0 */
     CMD_INFO,        /* internal: the handshake's last step */
 };
 
@@ -271,7 +272,7 @@ static void cmd_fail(struct redis_cmd *cmd, int err)
 {
     struct redis *r = cmd->r;
     list_remove(&cmd->node);
-    if (cmd->kind == CMD_SCRIPT_LOAD || cmd->kind == CMD_INFO) {
+    if (cmd->kind == CMD_SCRIPT_LOAD || cmd->kind == CMD_INFO || cmd->kind == CMD_SELECT) {
         cmd_free(cmd);
         return;
     }
@@ -503,6 +504,17 @@ static void conn_start_handshake(struct redis_conn *conn)
     }
     conn->state = CONN_HANDSHAKE;
     conn->handshake_left = 0;
+    if (r->cfg.db != 0) {
+        struct redis_cmd *sel = cmd_new(r, CMD_SELECT, NULL, NULL);
+        sel->handshake = 1;
+        char *formatted;
+        int len = redisFormatCommand(&formatted, "SELECT %d", r->cfg.db);
+        if (cmd_send(r, sel, formatted, (size_t)len) == 0)
+            conn->handshake_left++;
+        else
+            cmd_free(sel);
+        redisFreeCommand(formatted);
+    }
     struct list *pos, *tmp;
     list_for_each_safe(pos, tmp, &r->scripts) {
         script_load(r, container_of(pos, struct redis_script, node), 1);
@@ -582,10 +594,13 @@ static void on_reply(redisAsyncContext *ac, void *reply_ptr, void *privdata)
             cmd_fail(cmd, -ENOTCONN);
         return;
     case CMD_SCRIPT_LOAD:
+    case CMD_SELECT:
     case CMD_INFO:
         break;
     }
     int rc = cmd->kind == CMD_INFO ? parse_run_id(r, reply) : 0;
+    if (cmd->kind == CMD_SELECT && reply->type == REDIS_REPLY_ERROR)
+        rc = -EPROTO; /* no such database */
     int handshake = cmd->handshake;
     cmd_free(cmd);
     if (!handshake || conn->state != CONN_HANDSHAKE)

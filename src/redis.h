@@ -40,6 +40,7 @@ struct redis_config {
     uint64_t command_timeout_ms; /* per command, per handshake step, per subscribe */
     uint64_t retry_first_ms;     /* first reconnect delay; doubles per failed attempt */
     uint64_t retry_max_ms;       /* cap of the delay; each delay is jittered into [d/2, d] */
+    int db;                      /* SELECTed first on every connect when not 0 */
 };
 
 struct redis_callbacks {

@@ -64,6 +64,22 @@ uint64_t run_count_outcome(enum run_state state)
     return outcomes[state];
 }
 
+void run_count_terminal(const char *event)
+{
+    for (int st = RUN_COMPLETED; st < RUN_STATES; st++)
+        if (strcmp(event, state_events[st]) == 0)
+            outcomes[st]++;
+}
+
+/* The state whose event is this terminal event (RUN_FAILED if none). */
+static enum run_state terminal_state_of(const char *event)
+{
+    for (int st = RUN_COMPLETED; st < RUN_STATES; st++)
+        if (event && strcmp(event, state_events[st]) == 0)
+            return (enum run_state)st;
+    return RUN_FAILED;
+}
+
 #define TO(state) (1u << (state))
 /* The states each state may go to (run.h draws this table); terminal
  * states go nowhere. */
@@ -93,10 +109,12 @@ static char *ms_text(char *out, size_t size, uint64_t ns)
 
 static void run_call_upstream(struct run *r);
 
-/* How run_transition() treats the upstream call when a run ends. */
+/* How run_transition() treats the upstream call when a run ends, and
+ * whether its event still has to be written. */
 enum run_call_end {
-    RUN_CALL_CANCEL = 0, /* still going (or none): cancel it */
-    RUN_CALL_FINISHED,   /* it ended by itself (on_end): only forget it */
+    RUN_CALL_CANCEL = 0,  /* still going (or none): cancel it */
+    RUN_CALL_FINISHED,    /* it ended by itself (on_end): only forget it */
+    RUN_ENDED_ELSEWHERE,  /* another node wrote the terminal event: cancel, write nothing */
 };
 
 /* A terminal transition's bookkeeping (run_transition only): the upstream
@@ -107,13 +125,12 @@ static void run_release(struct run *r, enum run_state to, json_t *data, enum run
                         uint64_t now_ns)
 {
     r->ended_at = time_wall_seconds();
-    if (r->call && call_end == RUN_CALL_CANCEL)
+    if (r->call && call_end != RUN_CALL_FINISHED)
         upstream_call_cancel(r->call);
     r->call = NULL;
     limiter_leave(&r->waiter);
     quota_run_end(r->host->user);
     active_runs--;
-    outcomes[to]++;
     metrics_observe(METRICS_RUN_DURATION, (double)(now_ns - r->registered_ns) / 1e9);
     if (to == RUN_COMPLETED)
         json_object_set_new(data, "duration_ms",
@@ -174,11 +191,14 @@ static void run_transition(struct run *r, enum run_state to, json_t *data, enum 
     char *text = json_dumps(data, JSON_COMPACT);
     /* The first event of a run is where a new subscriber's replay starts. */
     if (from == RUN_REGISTERED)
-        store_start_run(host->log, state_events[to], text, strlen(text));
+        store_start_run(host->log, r->id, state_events[to], text, strlen(text), r->on_registered,
+                        r->registered_arg);
+    else if (call_end == RUN_ENDED_ELSEWHERE)
+        ; /* already in the log */
     else if (is_terminal(to))
-        store_end_run(host->log, state_events[to], text, strlen(text));
+        store_end_run(host->log, r->id, state_events[to], text, strlen(text));
     else
-        store_append(host->log, state_events[to], text, strlen(text));
+        store_append(host->log, r->id, state_events[to], text, strlen(text));
     free(text);
     host->touch(host);
     run_log_transition(r, to, data, now_ns);
@@ -241,7 +261,7 @@ static void on_event(void *arg, const char *json, size_t len)
                   "after_ms", ms_text(ms, sizeof(ms), after_ns), NULL);
     }
     metrics_count_event();
-    store_append(r->host->log, "agent.event", json, len);
+    store_append(r->host->log, r->id, "agent.event", json, len);
     r->host->touch(r->host);
 }
 
@@ -391,9 +411,11 @@ struct run *run_create(struct run_host *host, json_t *new_message, json_t *state
     return r;
 }
 
-void run_begin(struct run *r)
+void run_begin(struct run *r, store_done_cb on_registered, void *arg)
 {
     struct run_host *host = r->host;
+    r->on_registered = on_registered;
+    r->registered_arg = arg;
     log_event(LOG_INFO, "run.registered", "app", host->app, "user", host->user, "session",
               host->session_id, "run", r->id, NULL);
     /* Over --max-runs-per-user the run fails at once rather than queue: a
@@ -421,6 +443,19 @@ void run_supersede(struct run *r, const char *by)
 void run_cancel(struct run *r, const char *reason)
 {
     run_transition(r, RUN_CANCELLED, json_pack("{s:s}", "reason", reason), RUN_CALL_CANCEL);
+}
+
+void run_end_elsewhere(struct run *r, const char *event)
+{
+    run_transition(r, terminal_state_of(event), NULL, RUN_ENDED_ELSEWHERE);
+}
+
+void run_fail_store_lost(struct run *r)
+{
+    run_transition(r, RUN_FAILED,
+                   failure("store_lost", "the store lost this run's events (Redis restarted "
+                                         "without persistence, or failed over)"),
+                   RUN_CALL_CANCEL);
 }
 
 void run_free(struct run *r)

@@ -25,6 +25,7 @@
 
 #include "common.h"
 #include "limiter.h"
+#include "store.h"
 
 struct store_log;
 struct upstream_call;
@@ -72,6 +73,8 @@ struct run {
     int holds_slot;           /* a limiter slot: set on RUNNING, given back at the end */
     struct upstream_call *call; /* while RUNNING */
     struct limiter_waiter waiter;
+    store_done_cb on_registered; /* run_begin()'s: the store registered the run */
+    void *registered_arg;
 };
 
 /* A warning is logged when a run's start delay passes this (0: never). */
@@ -84,12 +87,19 @@ struct run *run_create(struct run_host *host, struct json_t *new_message,
                        struct json_t *state_delta, int streaming);
 /* Takes a REGISTERED run out of that state: it starts (run.started), queues
  * for a slot (run.queued) or, over --max-runs-per-user, fails
- * (run.failed rate_limited). Never fails. */
-void run_begin(struct run *r);
+ * (run.failed rate_limited). on_registered(arg, status) runs once when the
+ * store has registered the run as the session's current one (store.h's
+ * store_done_cb; at once for the memory store). Never fails. */
+void run_begin(struct run *r, store_done_cb on_registered, void *arg);
 /* Ends an active run as superseded by the run with id by. */
 void run_supersede(struct run *r, const char *by);
 /* Ends an active run as cancelled with this reason ("client_request", ...). */
 void run_cancel(struct run *r, const char *reason);
+/* Ends an active run whose terminal event another node wrote (event, e.g.
+ * "run.superseded"; NULL: a failure), writing nothing (store_watch). */
+void run_end_elsewhere(struct run *r, const char *event);
+/* Ends an active run whose events the store lost: run.failed store_lost. */
+void run_fail_store_lost(struct run *r);
 /* Frees a run that is no longer active (its owner's call). */
 void run_free(struct run *r);
 
@@ -103,5 +113,9 @@ void run_status_json(const struct run *r, struct json_t *o);
 /* Counters for status and metrics. */
 size_t run_count_active(void);
 uint64_t run_count_outcome(enum run_state state);
+/* Counts the outcome of a terminal event this process wrote (the store's
+ * on_terminal, store.h): each run's outcome is counted once, by the node
+ * whose write the store accepted. */
+void run_count_terminal(const char *event);
 
 #endif

@@ -36,6 +36,7 @@ static struct list tombs_by_age;
 
 static void expiry_cb(uv_timer_t *t);
 static void session_touch_host(struct run_host *host);
+static const struct store_watch session_watch;
 static void session_remove(struct session *s, const char *reason, int publish_closed);
 static void tombstones_free_all(void);
 
@@ -126,7 +127,8 @@ int session_get_or_create(const char *app, const char *user, const char *id,
         return -EDQUOT;
     s = xcalloc(1, sizeof(*s) + len + 1);
     key_copy(s->key, key, len, &s->app, &s->user, &s->id);
-    s->log = store_open();
+    s->log = store_open(s->app, s->user, s->id);
+    store_watch(s->log, &session_watch, s);
     s->hub = hub_create(s->log);
     s->host = (struct run_host){.app = s->app, .user = s->user, .session_id = s->id,
                                 .log = s->log, .touch = session_touch_host};
@@ -170,14 +172,14 @@ static void session_retire_run(struct session *s, const char *by, const char *re
 }
 
 struct run *session_start_run(struct session *s, json_t *new_message, json_t *state_delta,
-                              int streaming)
+                              int streaming, store_done_cb on_registered, void *arg)
 {
     struct run *r = run_create(&s->host, new_message, state_delta, streaming);
     /* The old run ends (and gives its slot back) before the new one asks
      * for a slot, and nothing waits for its upstream to go away. */
     session_retire_run(s, r->id, NULL);
     s->run = r;
-    run_begin(r);
+    run_begin(r, on_registered, arg);
     return r;
 }
 
@@ -206,16 +208,63 @@ static void session_remove(struct session *s, const char *reason, int publish_cl
     if (publish_closed) {
         char data[64];
         int n = snprintf(data, sizeof(data), "{\"reason\":\"%s\"}", reason);
-        store_append(s->log, "session.closed", data, (size_t)n);
+        store_append(s->log, NULL, "session.closed", data, (size_t)n);
     }
     table_unlink(s);
     hub_destroy(s->hub);
     store_close(s->log);
-    log_event(LOG_INFO, "session.closed", "app", s->app, "user", s->user, "session", s->id,
-              "reason", reason, NULL);
+    if (reason) /* NULL: the store closed it (watch_closed logged it) */
+        log_event(LOG_INFO, "session.closed", "app", s->app, "user", s->user, "session", s->id,
+                  "reason", reason, NULL);
     quota_session_end(s->user);
     free(s);
 }
+
+/* ---- what a shared store tells the session (store_watch) ------------------ */
+
+static void watch_run_ended(void *arg, const char *run_id, const char *event)
+{
+    struct session *s = arg;
+    struct run *r = s->run;
+    if (r == NULL || !run_is_active(r) || strcmp(r->id, run_id) != 0)
+        return;
+    if (event)
+        run_end_elsewhere(r, event);
+    else
+        run_fail_store_lost(r);
+}
+
+/* Deleted or expired by a node (maybe this one): the session.closed is in
+ * the log, so the streams end after it; the run, if still active here,
+ * was cancelled there. */
+static void watch_closed(void *arg)
+{
+    struct session *s = arg;
+    if (s->run && run_is_active(s->run))
+        run_end_elsewhere(s->run, "run.cancelled");
+    log_event(LOG_INFO, "session.closed", "app", s->app, "user", s->user, "session", s->id,
+              "reason", "closed_in_store", NULL);
+    session_remove(s, NULL, 0);
+}
+
+static void watch_reset(void *arg)
+{
+    struct session *s = arg;
+    hub_reset(s->hub);
+}
+
+static size_t watch_subscribers(void *arg)
+{
+    struct session *s = arg;
+    return hub_subscriber_count(s->hub);
+}
+
+static const struct store_watch session_watch = {
+    .run_ended = watch_run_ended,
+    .closed = watch_closed,
+    .reset = watch_reset,
+    .subscribers = watch_subscribers,
+};
 
 /* ---- tombstones ----------------------------------------------------------- */
 
@@ -320,13 +369,20 @@ static void expiry_cb(uv_timer_t *t)
 {
     uint64_t now = time_mono_ms();
     size_t budget = sessions.count;
+    int shared = store_is_shared();
     tombstones_expire(now);
     while (!list_empty(&by_activity) && budget-- > 0) {
         struct session *s = container_of(by_activity.next, struct session, activity_link);
         if (now - s->last_activity_ms < config.ttl_ms)
             break;
-        if (hub_subscriber_count(s->hub) > 0) {
+        if (hub_subscriber_count(s->hub) > 0 || (shared && s->run && run_is_active(s->run))) {
             session_touch(s);
+            continue;
+        }
+        if (shared) {
+            /* Only this node's copy goes: the store expires the session
+             * itself, for every node. */
+            session_remove(s, "released", 0);
             continue;
         }
         log_event(LOG_INFO, "session.expired", "session", s->id, NULL);

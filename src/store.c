@@ -39,9 +39,19 @@ void store_init(const struct store_ops *ops, const struct store_config *cfg)
     ops->configure(cfg);
 }
 
-struct store_log *store_open(void)
+struct store_log *store_open(const char *app, const char *user, const char *session)
 {
-    return store_ops->open();
+    return store_ops->open(app, user, session);
+}
+
+const char *store_name(void)
+{
+    return store_ops->name;
+}
+
+int store_is_shared(void)
+{
+    return store_ops->shared;
 }
 
 void store_format_id(char *out, size_t size, uint32_t incarnation, uint64_t seq)

@@ -11,7 +11,13 @@
  * needs a frame longer (a subscriber's queue, a write in flight) takes its
  * own with frame_retain(). A log hands every frame it appends, in order, to
  * its one listener (the session's hub, hub.h): synchronously for the memory
- * store, when the store confirms the append for a remote one.
+ * store; for the Redis store (store_redis.c) when the event comes back
+ * from Redis, so that every node delivers the same sequence.
+ *
+ * A shared store can change a log under its session's feet (another node
+ * ends the run this node is running, deletes the session, or the store lost
+ * data): it tells the session through the log's watcher (struct
+ * store_watch). The memory store never does.
  *
  * Ids are "<incarnation as 8 hex digits>-<seq>": seq counts 1, 2, … within
  * a log; the incarnation is new for every log opened, so an id of a deleted
@@ -45,6 +51,10 @@ size_t frame_count(void);
 struct store_config {
     int history;          /* --history: frames kept per session */
     size_t history_bytes; /* --history-bytes: bytes kept per session (the newest frame always stays) */
+    /* Called once for every terminal event (run.completed, ...) this
+     * process wrote to a log, so that each run's outcome is counted once
+     * however many nodes share the store. */
+    void (*on_terminal)(const char *event);
 };
 
 /* What a log knows about itself (DESIGN.md's ids and retention). */
@@ -60,27 +70,73 @@ struct store_log;
 /* Called with every frame a log appends, in seq order. The frame is
  * borrowed: retain it to keep it. */
 typedef void (*store_listener_cb)(void *arg, struct frame *f);
+/* The end of an asynchronous store step: 0 done as asked, STORE_REFUSED
+ * (start_run: the cluster-wide --max-runs-per-user cap; the store wrote the
+ * run's run.failed rate_limited instead), or a negative errno (-ENOTCONN,
+ * -ETIMEDOUT, ...: the store is unavailable; nothing was written; for
+ * ready(): -ENOENT the session was deleted, -EDQUOT the user has
+ * --max-sessions-per-user sessions, -ECANCELED the log closed). */
+typedef void (*store_done_cb)(void *arg, int status);
+#define STORE_REFUSED 1
+
+/* What a shared store tells a log's session (store_watch()). Called from
+ * the loop at safe points, never from inside a store_* call. */
+struct store_watch {
+    /* The run run_id of this session, which this process runs, was ended
+     * by someone else: its terminal event is in the log (event: its type,
+     * "run.superseded", ...) or, event NULL, the store lost it (the session
+     * then writes run.failed store_lost). The run must stop without
+     * writing anything more. */
+    void (*run_ended)(void *arg, const char *run_id, const char *event);
+    /* The session was deleted or expired (its session.closed is in the
+     * log and was handed to the listener). */
+    void (*closed)(void *arg);
+    /* The log's events were replaced (the store lost data, or this process
+     * fell too far behind): what was handed to the listener so far does not
+     * continue, so every stream must end (clients reconnect and resume from
+     * their last id, or get stream.reset). */
+    void (*reset)(void *arg);
+    /* The session's subscribers on this node (shared task status, expiry). */
+    size_t (*subscribers)(void *arg);
+};
 
 /* A store's table of functions. A log is "struct store_log" to callers; an
  * implementation embeds it first in its own struct. Appends return the new
- * frame's seq (> 0) or a negative errno (the memory store never fails).
- * Loop thread only. */
+ * frame's seq (> 0), 0 when the store confirms later (a remote store), or
+ * a negative errno (the memory store never fails). Loop thread only. */
 struct store_ops {
     const char *name;
+    int shared; /* other processes share its logs (Redis): sessions are only copies here */
     /* Takes the limits; called once by store_init(). */
     void (*configure)(const struct store_config *cfg);
-    /* A new empty log with a fresh incarnation. Never fails. */
-    struct store_log *(*open)(void);
-    /* Frees the log and its references. Its listener must be gone. */
+    /* The log of session (app, user, session): a new empty one with a fresh
+     * incarnation for the memory store, the shared one (loading in the
+     * background) for a remote store. Never fails. */
+    struct store_log *(*open)(const char *app, const char *user, const char *session);
+    /* Frees the log and its references (a remote store's at a safe time).
+     * Its listener must be gone. */
     void (*close)(struct store_log *log);
     /* Sets (or with cb NULL clears) the one listener of log. */
     void (*listen)(struct store_log *log, store_listener_cb cb, void *arg);
-    /* Appends a run's first event: default replay begins at the latest one. */
-    int64_t (*start_run)(struct store_log *log, const char *event, const char *data, size_t len);
-    /* Appends an event (data is a JSON object text, copied into the frame). */
-    int64_t (*append)(struct store_log *log, const char *event, const char *data, size_t len);
-    /* Appends a run's terminal event. */
-    int64_t (*end_run)(struct store_log *log, const char *event, const char *data, size_t len);
+    /* Sets the watcher of log (NULL: none). The memory store ignores it. */
+    void (*watch)(struct store_log *log, const struct store_watch *w, void *arg);
+    /* 1 when read() and meta() show the log's retained events, so that a
+     * subscriber can be placed; else 0, and done(arg, status) runs once
+     * when it is (0) or cannot be (a negative errno). */
+    int (*ready)(struct store_log *log, store_done_cb done, void *arg);
+    /* Appends run_id's first event, replacing the session's current run
+     * (DESIGN.md): default replay begins at the latest one. done(arg,
+     * status) runs once, possibly before this returns, when the run is
+     * registered; the events of the run appended meanwhile follow it. */
+    int64_t (*start_run)(struct store_log *log, const char *run_id, const char *event,
+                         const char *data, size_t len, store_done_cb done, void *arg);
+    /* Appends an event of run_id (NULL: of no run, e.g. session.closed);
+     * data is a JSON object text, copied into the frame. */
+    int64_t (*append)(struct store_log *log, const char *run_id, const char *event,
+                      const char *data, size_t len);
+    /* Appends run_id's terminal event. */
+    int64_t (*end_run)(struct store_log *log, const char *run_id, const char *event,
+                       const char *data, size_t len);
     /* The frame with this seq (borrowed), or NULL when it is not (or no
      * longer) retained. Cheap: the fan-out calls it for every replayed frame. */
     struct frame *(*read)(const struct store_log *log, uint64_t seq);
@@ -94,11 +150,26 @@ struct store_log {
 /* The in-memory store (store_memory.c). */
 extern const struct store_ops store_memory_ops;
 
+/* A memory log used as another store's cache of a shared log
+ * (store_redis.c): the caller decides every frame's seq. store_memory_put()
+ * appends an event as (seq, epoch) and hands it to the listener; seq must
+ * be the newest + 1, except right after store_memory_restart(), which drops
+ * every frame and starts over at any (epoch, seq). */
+struct store_log *store_memory_open_cache(uint32_t epoch);
+void store_memory_put(struct store_log *log, uint64_t seq, const char *event, const char *data,
+                      size_t len, int run_start);
+void store_memory_restart(struct store_log *log, uint32_t epoch, uint64_t newest_seq,
+                          uint64_t run_start_seq);
+
 /* Chooses the store every store_open() uses and configures it. Call once,
  * before the first store_open(). */
 void store_init(const struct store_ops *ops, const struct store_config *cfg);
-/* A new log of the configured store. Never fails. */
-struct store_log *store_open(void);
+/* The log of a session, of the configured store. Never fails. */
+struct store_log *store_open(const char *app, const char *user, const char *session);
+/* The configured store's name ("memory", "redis"). */
+const char *store_name(void);
+/* 1 when the configured store is shared with other processes. */
+int store_is_shared(void);
 
 static inline void store_close(struct store_log *log)
 {
@@ -108,20 +179,28 @@ static inline void store_listen(struct store_log *log, store_listener_cb cb, voi
 {
     log->ops->listen(log, cb, arg);
 }
-static inline int64_t store_start_run(struct store_log *log, const char *event, const char *data,
-                                      size_t len)
+static inline void store_watch(struct store_log *log, const struct store_watch *w, void *arg)
 {
-    return log->ops->start_run(log, event, data, len);
+    log->ops->watch(log, w, arg);
 }
-static inline int64_t store_append(struct store_log *log, const char *event, const char *data,
-                                   size_t len)
+static inline int store_ready(struct store_log *log, store_done_cb done, void *arg)
 {
-    return log->ops->append(log, event, data, len);
+    return log->ops->ready(log, done, arg);
 }
-static inline int64_t store_end_run(struct store_log *log, const char *event, const char *data,
-                                    size_t len)
+static inline int64_t store_start_run(struct store_log *log, const char *run_id, const char *event,
+                                      const char *data, size_t len, store_done_cb done, void *arg)
 {
-    return log->ops->end_run(log, event, data, len);
+    return log->ops->start_run(log, run_id, event, data, len, done, arg);
+}
+static inline int64_t store_append(struct store_log *log, const char *run_id, const char *event,
+                                   const char *data, size_t len)
+{
+    return log->ops->append(log, run_id, event, data, len);
+}
+static inline int64_t store_end_run(struct store_log *log, const char *run_id, const char *event,
+                                    const char *data, size_t len)
+{
+    return log->ops->end_run(log, run_id, event, data, len);
 }
 static inline struct frame *store_read(const struct store_log *log, uint64_t seq)
 {

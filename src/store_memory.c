@@ -34,17 +34,22 @@ static void memory_configure(const struct store_config *cfg)
     config = *cfg;
 }
 
-static struct store_log *memory_open(void)
+struct store_log *store_memory_open_cache(uint32_t epoch)
+{
+    struct memory_log *m = xcalloc(1, sizeof(*m));
+    m->base.ops = &store_memory_ops;
+    m->epoch = epoch;
+    return &m->base;
+}
+
+static struct store_log *memory_open(const char *app, const char *user, const char *session)
 {
     if (!epoch_seeded) {
         if (uv_random(NULL, NULL, &epoch_next, sizeof(epoch_next), 0, NULL) != 0)
             epoch_next = (uint32_t)(uv_hrtime() ^ (uint64_t)uv_os_getpid());
         epoch_seeded = 1;
     }
-    struct memory_log *m = xcalloc(1, sizeof(*m));
-    m->base.ops = &store_memory_ops;
-    m->epoch = epoch_next++;
-    return &m->base;
+    return store_memory_open_cache(epoch_next++);
 }
 
 static struct frame *ring_at(const struct memory_log *m, size_t i)
@@ -102,6 +107,17 @@ static void memory_close(struct store_log *log)
     free(m);
 }
 
+void store_memory_restart(struct store_log *log, uint32_t epoch, uint64_t newest_seq,
+                          uint64_t run_start_seq)
+{
+    struct memory_log *m = (struct memory_log *)log;
+    while (m->count)
+        ring_evict_oldest(m);
+    m->epoch = epoch;
+    m->last_seq = newest_seq;
+    m->run_start_seq = run_start_seq;
+}
+
 static void memory_listen(struct store_log *log, store_listener_cb cb, void *arg)
 {
     struct memory_log *m = (struct memory_log *)log;
@@ -111,11 +127,10 @@ static void memory_listen(struct store_log *log, store_listener_cb cb, void *arg
 
 /* Encodes the event into a frame, retains it in the ring and hands it to
  * the listener. Returns its seq; cannot fail. */
-static int64_t memory_append_frame(struct memory_log *m, const char *event, const char *data,
-                                   size_t len, int run_start)
+static int64_t memory_put(struct memory_log *m, uint64_t seq, const char *event, const char *data,
+                          size_t len, int run_start)
 {
     char id[40];
-    uint64_t seq = m->last_seq + 1;
     store_format_id(id, sizeof(id), m->epoch, seq);
     buf_reset(&encode_scratch);
     sse_encode(&encode_scratch, id, event, data, len);
@@ -129,15 +144,47 @@ static int64_t memory_append_frame(struct memory_log *m, const char *event, cons
     return (int64_t)seq;
 }
 
-static int64_t memory_start_run(struct store_log *log, const char *event, const char *data,
-                                size_t len)
+void store_memory_put(struct store_log *log, uint64_t seq, const char *event, const char *data,
+                      size_t len, int run_start)
 {
-    return memory_append_frame((struct memory_log *)log, event, data, len, 1);
+    memory_put((struct memory_log *)log, seq, event, data, len, run_start);
 }
 
-static int64_t memory_append(struct store_log *log, const char *event, const char *data, size_t len)
+static void memory_watch(struct store_log *log, const struct store_watch *w, void *arg)
 {
-    return memory_append_frame((struct memory_log *)log, event, data, len, 0);
+    /* One process: nobody else changes its logs. */
+}
+
+static int memory_ready(struct store_log *log, store_done_cb done, void *arg)
+{
+    return 1;
+}
+
+static int64_t memory_start_run(struct store_log *log, const char *run_id, const char *event,
+                                const char *data, size_t len, store_done_cb done, void *arg)
+{
+    struct memory_log *m = (struct memory_log *)log;
+    int64_t seq = memory_put(m, m->last_seq + 1, event, data, len, 1);
+    if (done)
+        done(arg, 0);
+    return seq;
+}
+
+static int64_t memory_append(struct store_log *log, const char *run_id, const char *event,
+                             const char *data, size_t len)
+{
+    struct memory_log *m = (struct memory_log *)log;
+    return memory_put(m, m->last_seq + 1, event, data, len, 0);
+}
+
+/* Nothing to fence in one process: every terminal is written. */
+static int64_t memory_end_run(struct store_log *log, const char *run_id, const char *event,
+                              const char *data, size_t len)
+{
+    int64_t seq = memory_append(log, run_id, event, data, len);
+    if (config.on_terminal)
+        config.on_terminal(event);
+    return seq;
 }
 
 static struct frame *memory_read(const struct store_log *log, uint64_t seq)
@@ -166,9 +213,11 @@ const struct store_ops store_memory_ops = {
     .open = memory_open,
     .close = memory_close,
     .listen = memory_listen,
+    .watch = memory_watch,
+    .ready = memory_ready,
     .start_run = memory_start_run,
     .append = memory_append,
-    .end_run = memory_append, /* nothing to fence in one process */
+    .end_run = memory_end_run,
     .read = memory_read,
     .meta = memory_meta,
 };

@@ -105,7 +105,7 @@ static void load_without_env_or_flags_keeps_defaults(void)
  * (--listen and --admin-listen fill two each). */
 static void option_table_is_consistent(void)
 {
-    CHECK_EQ(RC_ARRAY_SIZE(option_table), 44);
+    CHECK_EQ(RC_ARRAY_SIZE(option_table), 47);
     for (size_t i = 0; i < RC_ARRAY_SIZE(option_table); i++) {
         const struct option *opt = &option_table[i];
         struct option_value v;

@@ -128,7 +128,7 @@ static void complete_writes(struct fake *c)
 
 static struct hub *hub_new(void)
 {
-    return hub_create(store_open());
+    return hub_create(store_open("app", "user", "session"));
 }
 
 static void hub_free(struct hub *h)
@@ -141,8 +141,8 @@ static void hub_free(struct hub *h)
 static uint64_t publish(struct hub *h, const char *event, const char *data, size_t len,
                         int run_start)
 {
-    int64_t seq = run_start ? store_start_run(h->log, event, data, len)
-                            : store_append(h->log, event, data, len);
+    int64_t seq = run_start ? store_start_run(h->log, "r1", event, data, len, NULL, NULL)
+                            : store_append(h->log, "r1", event, data, len);
     CHECK(seq > 0);
     return (uint64_t)seq;
 }

@@ -41,7 +41,7 @@ static void setup(int max_concurrent)
 {
     log_configure(LOG_ERROR, LOG_TEXT);
     uv_loop_init(&loop);
-    struct store_config stc = {.history = 1000, .history_bytes = 1 << 22};
+    struct store_config stc = {.history = 1000, .history_bytes = 1 << 22, .on_terminal = run_count_terminal};
     store_init(&store_memory_ops, &stc);
     struct hub_config hc = {.subscriber_buffer = 1 << 20, .retry_ms = 1000, .max_subscribers = 10};
     hub_init(&loop, &hc);
@@ -85,7 +85,7 @@ static struct session *new_session(const char *id)
 static struct run *start(struct session *s)
 {
     json_t *msg = json_pack("{s:s, s:[{s:s}]}", "role", "user", "parts", "text", "hi");
-    return session_start_run(s, msg, NULL, 1);
+    return session_start_run(s, msg, NULL, 1, NULL, NULL);
 }
 
 /* The event names in a session's log, space-separated. */

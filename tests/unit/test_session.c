@@ -53,32 +53,32 @@ static void record(const char *event, const char *data, size_t len)
     buf_printf(&appended, "%s %.*s\n", event, (int)len, data);
 }
 
-static int64_t recording_start_run(struct store_log *log, const char *event, const char *data,
-                                   size_t len)
+static int64_t recording_start_run(struct store_log *log, const char *run_id, const char *event,
+                                   const char *data, size_t len, store_done_cb done, void *arg)
 {
     record(event, data, len);
-    return store_memory_ops.start_run(log, event, data, len);
+    return store_memory_ops.start_run(log, run_id, event, data, len, done, arg);
 }
 
-static int64_t recording_append(struct store_log *log, const char *event, const char *data,
-                                size_t len)
+static int64_t recording_append(struct store_log *log, const char *run_id, const char *event,
+                                const char *data, size_t len)
 {
     record(event, data, len);
-    return store_memory_ops.append(log, event, data, len);
+    return store_memory_ops.append(log, run_id, event, data, len);
 }
 
-static int64_t recording_end_run(struct store_log *log, const char *event, const char *data,
-                                 size_t len)
+static int64_t recording_end_run(struct store_log *log, const char *run_id, const char *event,
+                                 const char *data, size_t len)
 {
     record(event, data, len);
-    return store_memory_ops.end_run(log, event, data, len);
+    return store_memory_ops.end_run(log, run_id, event, data, len);
 }
 
 static struct store_ops recording_ops;
 
-static struct store_log *recording_open(void)
+static struct store_log *recording_open(const char *app, const char *user, const char *session)
 {
-    struct store_log *log = store_memory_ops.open();
+    struct store_log *log = store_memory_ops.open(app, user, session);
     log->ops = &recording_ops; /* the memory store's functions, through ours */
     return log;
 }
@@ -153,7 +153,7 @@ static void setup(void)
     recording_ops.start_run = recording_start_run;
     recording_ops.append = recording_append;
     recording_ops.end_run = recording_end_run;
-    struct store_config stc = {.history = 100, .history_bytes = 1 << 20};
+    struct store_config stc = {.history = 100, .history_bytes = 1 << 20, .on_terminal = run_count_terminal};
     store_init(&recording_ops, &stc);
     struct hub_config hc = {.subscriber_buffer = 1 << 20, .retry_ms = 1000, .max_subscribers = 10};
     hub_init(&loop, &hc);
@@ -180,7 +180,7 @@ static void teardown(void)
     CHECK_EQ(frame_count(), 0);
     CHECK_EQ(hub_total_subscribers(), 0);
     CHECK_EQ(quota_user_count(), 0);
-    store_init(&store_memory_ops, &(struct store_config){.history = 100, .history_bytes = 1 << 20});
+    store_init(&store_memory_ops, &(struct store_config){.history = 100, .history_bytes = 1 << 20, .on_terminal = run_count_terminal});
 }
 
 /* Runs the loop until session_count() is want or deadline_ms passed.
@@ -268,7 +268,7 @@ static void active_run_is_cancelled_when_its_session_expires(void)
     setup();
     struct session *s = new_session("running");
     json_t *msg = json_pack("{s:s, s:[{s:s}]}", "role", "user", "parts", "text", "hi");
-    struct run *r = session_start_run(s, msg, NULL, 1);
+    struct run *r = session_start_run(s, msg, NULL, 1, NULL, NULL);
     CHECK_EQ(r->state, RUN_RUNNING);
     CHECK_EQ(calls_started, 1);
     CHECK_EQ(run_count_active(), 1);
