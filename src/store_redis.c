@@ -38,7 +38,7 @@
 #include "table.h"
 
 #define SCRIPT "rc"
-#define MAX_KEY (3 * 129)
+#define MAX_KEY (3 * 129 + 16)
 #define TICK_PROBES 1000 /* mirrors probed per tick, round robin */
 
 enum mirror_state {
@@ -55,6 +55,7 @@ struct redis_log {
     int refs;                 /* the session's (until close) + commands + writes + notes */
     int closed;
     enum mirror_state state;
+    int subscribed;           /* Redis confirmed the channel (and has not dropped it since) */
     int loaded;               /* cache holds the log: subscribers can be placed */
     int load_again;           /* a load was asked for while one was in flight */
     uint32_t epoch;           /* the cache's, once loaded */
@@ -469,6 +470,7 @@ static void mirror_load(struct redis_log *l)
 static void on_subscribed(void *arg, int subscribed)
 {
     struct redis_log *l = arg;
+    l->subscribed = subscribed;
     if (!subscribed) {
         if (l->state == MIRROR_LIVE)
             l->state = MIRROR_SUBSCRIBING;
@@ -535,6 +537,14 @@ static const struct redis_sub_callbacks sub_callbacks = {
 
 /* ---- store operations ------------------------------------------------------ */
 
+/* The session's name in Redis, S. The database number is part of it
+ * because pub/sub channels are not per database: two clusters on one
+ * Redis server in different databases must not hear each other. */
+static void session_key(char *S, const char *app, const char *user, const char *sid)
+{
+    snprintf(S, MAX_KEY, "%d/%s/%s/%s", rs.cfg.db, app, user, sid);
+}
+
 static void redis_configure(const struct store_config *cfg)
 {
     rs.store = *cfg;
@@ -550,7 +560,7 @@ static struct store_log *redis_open_log(const char *app, const char *user, const
     snprintf(l->app, sizeof(l->app), "%s", app);
     snprintf(l->user, sizeof(l->user), "%s", user);
     snprintf(l->sid, sizeof(l->sid), "%s", session);
-    snprintf(l->S, sizeof(l->S), "%s/%s/%s", app, user, session);
+    session_key(l->S, app, user, session);
     snprintf(l->channel, sizeof(l->channel), "rc:{%s}:c", l->S);
     list_init(&l->buffered);
     list_init(&l->waiters);
@@ -1026,6 +1036,10 @@ static void tick_cb(uv_timer_t *t)
         struct redis_log *l = container_of(first, struct redis_log, link);
         list_remove(first);
         list_insert_tail(&rs.probe_ring, first);
+        if (l->state == MIRROR_SUBSCRIBING && l->subscribed) {
+            mirror_load(l); /* its last load failed (Redis was down) */
+            continue;
+        }
         if (l->state != MIRROR_LIVE || !l->loaded)
             continue;
         char e[16];
@@ -1293,10 +1307,6 @@ static void request_send(int op, store_redis_result_cb cb, void *arg, int argc, 
     redis_eval(rs.redis, SCRIPT, on_request_reply, q, 0, NULL, argc, argv);
 }
 
-static void session_key(char *S, const char *app, const char *user, const char *sid)
-{
-    snprintf(S, MAX_KEY, "%s/%s/%s", app, user, sid);
-}
 
 void store_redis_status(const char *app, const char *user, const char *sid,
                         store_redis_result_cb cb, void *arg)

@@ -5,7 +5,8 @@
  * whatever the other nodes do at the same time. Time is only ever Redis's
  * TIME: node clocks are never compared.
  *
- * Keys (S = "app/user/session", also a Redis Cluster hash tag):
+ * Keys (S = "db/app/user/session", also a Redis Cluster hash tag; the
+ * database number keeps channels apart, pub/sub has no databases):
  *   rc:{S}:m  HASH    epoch, seq, run_start, app, user, sid, and the current
  *                     run: run, state, owner, k (its owner's last append
  *                     number), created, started, ended, events
