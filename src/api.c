@@ -278,21 +278,26 @@ static int last_event_id(const struct http_request *req, char *out, size_t size)
     return n < 0 ? -EINVAL : 1;
 }
 
-/* A GET of the stream on its way: in Redis mode it may wait for the
- * store (a deleted session's tombstone, the session's log loading). */
+/* A GET of the stream on its way. In Redis mode it may wait for the store
+ * at each step: is the session a deleted one (its tombstone), how many
+ * streams has the user on other nodes, is the session's log loaded. */
 struct stream_request {
     struct conn *c;
     struct route_params p;
     char id[256];
     int has_id, from_live;
     uint64_t deadline_ms;
+    enum { ASK_TOMBSTONE, ASK_USER_STREAMS, ASK_NOTHING } step;
+    int elsewhere; /* the user's streams on other nodes */
 };
+
+static void stream_step(struct stream_request *q);
 
 static void stream_subscribe(struct stream_request *q, struct session *s)
 {
     struct conn *c = q->c;
     void *counted;
-    if (quota_subscriber_begin(q->p.user, &counted) < 0) {
+    if (quota_subscriber_begin_shared(q->p.user, q->elsewhere, &counted) < 0) {
         conn_respond_error(c, 429, "too_many_user_subscribers",
                            "this user has --max-subscribers-per-user streams open",
                            "Retry-After: 1\r\n");
@@ -328,29 +333,50 @@ static void stream_on_ready(void *arg, int status)
     free(q);
 }
 
-static void stream_continue(struct stream_request *q)
-{
-    struct session *s;
-    if (get_or_create_session(q->c, &q->p, &s) < 0) {
-        free(q);
-        return;
-    }
-    if (store_ready(s->log, stream_on_ready, q))
-        stream_on_ready(q, 0);
-}
-
-static void stream_on_tomb(void *arg, int err, json_t *result)
+/* The store's answer to the step q asked about. */
+static void stream_on_store(void *arg, int err, json_t *result)
 {
     struct stream_request *q = arg;
     if (err < 0) {
         respond_store_unavailable(q->c);
         free(q);
-    } else if (json_is_true(json_object_get(result, "deleted"))) {
-        conn_respond(q->c, 204, NULL, NULL, NULL, 0);
-        free(q);
-    } else {
-        stream_continue(q);
+        return;
     }
+    if (q->step == ASK_TOMBSTONE && json_is_true(json_object_get(result, "deleted"))) {
+        conn_respond(q->c, 204, NULL, NULL, NULL, 0); /* as session_was_deleted() */
+        free(q);
+        return;
+    }
+    if (q->step == ASK_USER_STREAMS)
+        q->elsewhere = (int)json_integer_value(json_object_get(result, "elsewhere"));
+    q->step++;
+    stream_step(q);
+}
+
+static void stream_step(struct stream_request *q)
+{
+    const struct route_params *p = &q->p;
+    if (q->step == ASK_TOMBSTONE) {
+        if (shared_store && q->has_id && session_find(p->app, p->user, p->session) == NULL) {
+            store_redis_was_deleted(p->app, p->user, p->session, q->id, stream_on_store, q);
+            return;
+        }
+        q->step++;
+    }
+    if (q->step == ASK_USER_STREAMS) {
+        if (shared_store && quota_subscriber_cap() > 0) {
+            store_redis_user_subscribers(p->user, stream_on_store, q);
+            return;
+        }
+        q->step++;
+    }
+    struct session *s;
+    if (get_or_create_session(q->c, p, &s) < 0) {
+        free(q);
+        return;
+    }
+    if (store_ready(s->log, stream_on_ready, q))
+        stream_on_ready(q, 0);
 }
 
 static void handle_get_stream(struct conn *c, const struct http_request *req,
@@ -385,10 +411,7 @@ static void handle_get_stream(struct conn *c, const struct http_request *req,
     snprintf(q->id, sizeof(q->id), "%s", has_id ? id : "");
     q->from_live = from_live;
     q->deadline_ms = auth_grant_deadline_ms(grant);
-    if (shared_store && has_id && session_find(p->app, p->user, p->session) == NULL)
-        store_redis_was_deleted(p->app, p->user, p->session, id, stream_on_tomb, q);
-    else
-        stream_continue(q);
+    stream_step(q);
 }
 
 /* Redis mode: the answer to a cluster-wide request. */

@@ -100,11 +100,21 @@ void quota_run_end(const char *user)
 
 int quota_subscriber_begin(const char *user, void **handle)
 {
+    return quota_subscriber_begin_shared(user, 0, handle);
+}
+
+int quota_subscriber_cap(void)
+{
+    return limits.max_subscribers;
+}
+
+int quota_subscriber_begin_shared(const char *user, int elsewhere, void **handle)
+{
     *handle = NULL;
     if (limits.max_subscribers <= 0)
         return 0;
     struct user_entry *e = user_lookup(user, 1);
-    if (e->subscribers >= limits.max_subscribers) {
+    if (e->subscribers + elsewhere >= limits.max_subscribers) {
         user_release_if_idle(e);
         return -EDQUOT;
     }

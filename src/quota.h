@@ -27,6 +27,11 @@ void quota_run_end(const char *user);
  * quota_subscriber_end(). Returns 0, or -EDQUOT at the cap (nothing
  * counted, *handle NULL). */
 int quota_subscriber_begin(const char *user, void **handle);
+/* The same in Redis mode: the user has `elsewhere` streams on other nodes
+ * (as of their latest tick), which count toward the cap too. */
+int quota_subscriber_begin_shared(const char *user, int elsewhere, void **handle);
+/* --max-subscribers-per-user (0: none). */
+int quota_subscriber_cap(void);
 /* Forgets one stream counted by quota_subscriber_begin(); handle may be NULL
  * (nothing was counted). Fits hub_subscribe_options.on_leave. */
 void quota_subscriber_end(void *handle);

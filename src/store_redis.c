@@ -1226,7 +1226,7 @@ struct request {
     uint64_t sent_ns;
 };
 
-enum { REQ_STATUS, REQ_STATUS_ALL, REQ_CANCEL, REQ_DELETE, REQ_TOMB };
+enum { REQ_STATUS, REQ_STATUS_ALL, REQ_CANCEL, REQ_DELETE, REQ_TOMB, REQ_USER_SUBS };
 
 static json_t *time_or_null(const char *s)
 {
@@ -1262,6 +1262,8 @@ static void on_request_reply(void *arg, redisReply *reply, int err)
         const char *st = reply_status(reply);
         if (q->op == REQ_TOMB) {
             result = json_pack("{s:b}", "deleted", reply_int(reply) == 1);
+        } else if (q->op == REQ_USER_SUBS) {
+            result = json_pack("{s:I}", "elsewhere", (json_int_t)reply_int(reply));
         } else if (strcmp(st, "NOSESSION") == 0) {
             err = -ENOENT;
         } else if (strcmp(st, "NORUN") == 0) {
@@ -1360,4 +1362,10 @@ void store_redis_was_deleted(const char *app, const char *user, const char *sid,
     epoch_text(epoch, sizeof(epoch), incarnation);
     const char *args[] = {"tomb", S, epoch};
     request_send(REQ_TOMB, cb, arg, 3, args);
+}
+
+void store_redis_user_subscribers(const char *user, store_redis_result_cb cb, void *arg)
+{
+    const char *args[] = {"user_subs", user, rs.node_id};
+    request_send(REQ_USER_SUBS, cb, arg, 3, args);
 }

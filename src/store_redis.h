@@ -76,6 +76,10 @@ void store_redis_delete(const char *app, const char *user, const char *sid,
 void store_redis_was_deleted(const char *app, const char *user, const char *sid,
                              const char *last_event_id, store_redis_result_cb cb, void *arg);
 
+/* The user's event streams on the other nodes, as of their latest tick:
+ * result {"elsewhere": n} (--max-subscribers-per-user across the cluster). */
+void store_redis_user_subscribers(const char *user, store_redis_result_cb cb, void *arg);
+
 /* Counters for metrics. */
 struct store_redis_stats {
     int up;

@@ -271,6 +271,15 @@ const char store_redis_lua[] =
     "  end\n"
     "  return 0\n"
 
+    /* user_subs user node -> the user's subscribers on other live nodes
+     * (as of their latest tick) */
+    "elseif op == 'user_subs' then\n"
+    "  local n = 0\n"
+    "  for _, S in ipairs(redis.call('SMEMBERS', 'rc:u:' .. A[2] .. ':s')) do\n"
+    "    n = n + live_subscribers(S) - tonumber(redis.call('HGET', K(S, 's'), A[3]) or '0')\n"
+    "  end\n"
+    "  return n\n"
+
     /* status S -> OK fields | NOSESSION */
     "elseif op == 'status' then\n"
     "  if redis.call('EXISTS', K(A[2], 'm')) == 0 then return {'NOSESSION'} end\n"
