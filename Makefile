@@ -81,11 +81,11 @@ run: $(BUILD)/runcast
 run-cluster: $(BUILD)/runcast
 	@RUNCAST_BIN=$(BUILD)/runcast RUN_CLUSTER_DIR="$${RUN_CLUSTER_DIR:-$(BUILD)/cluster}" scripts/run-cluster
 
-# scripts/run-cluster's own tests (tests/integration/run_cluster.py): it
+# scripts/run-cluster's own tests (tests/cluster/test_run_cluster.py): it
 # starts, serves one session through nginx from three nodes, stops with
 # nothing left behind. They need a cluster-capable binary (--store).
 test-run-cluster: $(BUILD)/runcast
-	@RUNCAST_BIN=$(BUILD)/runcast timeout -k 5 600 python3 tests/integration/run_cluster.py
+	@RUNCAST_BIN=$${RUNCAST_BIN:-$(BUILD)/runcast} timeout -k 5 600 python3 tests/cluster/test_run_cluster.py
 
 # Every test: unit binaries, the integration suite against the real binary,
 # then the console's browser tests (tests/e2e: installs chromium and

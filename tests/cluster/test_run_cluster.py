@@ -1,16 +1,20 @@
 #!/usr/bin/env python3
-"""run_cluster.py: tests of scripts/run-cluster (what `make run-cluster`
-runs) against $RUNCAST_BIN, which must be cluster-capable (--store).
+"""test_run_cluster.py: tests of scripts/run-cluster (what `make
+run-cluster` runs) against $RUNCAST_BIN, which must be cluster-capable
+(--store).
 
-  RUNCAST_BIN=build/runcast python3 tests/integration/run_cluster.py [FILTER...]
+  RUNCAST_BIN=build/runcast python3 tests/cluster/test_run_cluster.py [FILTER...]
 
 Each test starts the script on free loopback ports (RUN_CLUSTER_* variables)
 with a fresh temporary directory, talks to the cluster through its nginx,
 and stops the script the way a person does (SIGTERM, or Ctrl-C on a
 terminal). Every process the script started must be gone when it has
 exited: its descendants, recorded while it ran, and any process whose
-command line names the test's ports or directory. Same output as run.py:
-one ok/FAIL line per test, then `run-cluster: N passed, M failed`."""
+command line names the test's ports or directory.
+
+The tests register with harness.test, so a suite that imports this module
+runs them; run on its own, it runs only them with tests/integration/run.py's
+runner: one ok/FAIL line per test, then `run-cluster: N passed, M failed`."""
 
 import fcntl
 import os
@@ -27,29 +31,18 @@ import threading
 import time
 
 sys.dont_write_bytecode = True  # keep the source tree clean
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 
 import harness  # noqa: E402
 from harness import (SseClient, eq, expect, fail, free_port, post_run, request, spath,  # noqa: E402
-                     wait_until)
-from run import run_one  # noqa: E402
+                     test, wait_until)
 from test_streams import check_same  # noqa: E402
 
-ROOT = os.path.abspath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
 SCRIPT = os.path.join(ROOT, "scripts", "run-cluster")
 READY_TIMEOUT = 60.0   # the script's own waits are 20 s per process
 STOP_TIMEOUT = 40.0    # the script's own limit is 20 s per process
 EXIT_TIMEOUT = 20.0    # a refusal, before anything runs long
-
-TESTS = []
-
-
-def test(timeout=120.0):
-    def deco(fn):
-        TESTS.append((fn.__name__, fn, timeout))
-        return fn
-    return deco
-
 
 # ---------------------------------------------------------------- processes
 
@@ -110,12 +103,13 @@ def listening(port):
 
 class Cluster:
     """scripts/run-cluster as a child of the test, on free ports, in a temp
-    directory. tty=True runs it on a pseudo-terminal of its own (as its
-    controlling terminal), so that ctrl_c() is a real Ctrl-C. Output (stdout
+    directory (or in directory, ports: [nginx, n1, n2, n3, redis]).
+    tty=True runs it on a pseudo-terminal of its own (as its controlling
+    terminal), so that stop("ctrl-c") is a real Ctrl-C. Output (stdout
     and stderr together) is collected on a thread."""
 
-    def __init__(self, t, env=None, tty=False, ports=None):
-        self.dir = tempfile.mkdtemp(prefix="runcast-cluster-")
+    def __init__(self, t, env=None, tty=False, ports=None, directory=None):
+        self.dir = directory or tempfile.mkdtemp(prefix="runcast-cluster-")
         self.port, n1, n2, n3, self.redis_port = ports or [free_port() for _ in range(5)]
         self.node_ports = [n1, n2, n3]
         penv = dict(os.environ)
@@ -274,8 +268,8 @@ def redis_config(port, name):
 
 # ---------------------------------------------------------------- tests
 
-@test()
-def run_cluster_serves_a_session_from_every_node_through_nginx_and_stops_clean(t):
+@test(timeout=120)
+def test_run_cluster_serves_a_session_from_every_node_through_nginx_and_stops_clean(t):
     c = Cluster(t)
     c.wait_ready()
     front = Via(c.port)
@@ -320,8 +314,40 @@ def run_cluster_serves_a_session_from_every_node_through_nginx_and_stops_clean(t
     expect(os.path.isdir(os.path.join(c.dir, "redis", "appendonlydir")), "Redis wrote no AOF in its directory")
 
 
-@test()
-def ctrl_c_on_the_terminal_stops_everything_and_exits_0(t):
+@test(timeout=120)
+def test_run_cluster_keeps_a_run_cut_by_stopping_in_redis_for_the_next_start(t):
+    """Redis stops last and keeps its append-only file: the owner's last
+    event (run.cancelled at shutdown) survives into the next start."""
+    c = Cluster(t, env={"RUNCAST_SHUTDOWN_GRACE": "0.5s"})
+    c.wait_ready()
+    sid = "restart"
+    path = spath(sid) + "/run"
+    a = SseClient(t, c.port, path)
+    a.wait_retry()
+    j, _, _ = post_run(Via(c.port), sid, "!events=600 !rate=20")
+    a.wait_for(lambda evs: len(evs) >= 3, 10, "the run under way")
+    eq(c.stop(), 0, "run-cluster's exit status after SIGTERM mid-run; output:\n" + c.text())
+    c.check_nothing_left()
+    seen = a.snapshot()
+    expect(not any(e.type == "run.cancelled" for e in seen), "the run ended before the stop")
+
+    again = Cluster(t, env={"RUNCAST_SHUTDOWN_GRACE": "0.5s"}, directory=c.dir,
+                    ports=[c.port] + c.node_ports + [c.redis_port])
+    again.wait_ready()
+    b = SseClient(t, again.port, path, headers={"Last-Event-ID": seen[-1].id})
+    end = b.wait_event("run.cancelled", 5, run_id=j["run_id"])
+    eq(end.json()["reason"], "shutdown", "run.cancelled reason")
+    rest = b.snapshot()
+    expect(rest[0].type != "stream.reset", "resume after a restart with AOF sent stream.reset: %r" % rest[:1])
+    expect(all(e.type == "agent.event" for e in rest[:-1]), "between the resume point and run.cancelled: %r"
+           % [e.type for e in rest])
+    b.close()
+    eq(again.stop(), 0, "exit status of the second run-cluster; output:\n" + again.text())
+    again.check_nothing_left()
+
+
+@test(timeout=120)
+def test_run_cluster_stops_on_ctrl_c_with_nothing_left_and_exits_0(t):
     c = Cluster(t, tty=True)
     c.wait_ready()
     eq(request(c.port, "GET", "/readyz").status, 200, "/readyz through nginx")
@@ -329,8 +355,8 @@ def ctrl_c_on_the_terminal_stops_everything_and_exits_0(t):
     c.check_nothing_left()
 
 
-@test()
-def a_node_that_dies_is_reported_the_rest_serve_on(t):
+@test(timeout=120)
+def test_run_cluster_reports_a_node_that_dies_and_serves_on(t):
     c = Cluster(t)
     pids = c.wait_ready()
     os.kill(pids["n2"], signal.SIGKILL)
@@ -341,8 +367,8 @@ def a_node_that_dies_is_reported_the_rest_serve_on(t):
     c.check_nothing_left()
 
 
-@test()
-def a_busy_port_is_refused_before_anything_starts(t):
+@test(timeout=120)
+def test_run_cluster_refuses_a_busy_port_before_starting_anything(t):
     ports = [free_port() for _ in range(5)]
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -354,16 +380,16 @@ def a_busy_port_is_refused_before_anything_starts(t):
     c.check_nothing_left()
 
 
-@test()
-def a_missing_binary_is_named(t):
+@test(timeout=120)
+def test_run_cluster_names_a_missing_binary(t):
     c = Cluster(t, env={"RUNCAST_BIN": "/nonexistent/runcast"})
     eq(c.wait_exit(EXIT_TIMEOUT), 1, "exit status; output:\n" + c.text())
     expect("no runcast binary at /nonexistent/runcast" in c.text(), "message; output:\n" + c.text())
     c.check_nothing_left()
 
 
-@test()
-def a_node_that_cannot_start_stops_what_had_started(t):
+@test(timeout=120)
+def test_run_cluster_stops_what_had_started_when_a_node_cannot_start(t):
     c = Cluster(t, env={"RUNCAST_BIN": "/bin/false"})
     eq(c.wait_exit(READY_TIMEOUT), 1, "exit status; output:\n" + c.text())
     expect(re.search(r"n1 \(pid \d+\) exited with status 1", c.text()) and
@@ -372,8 +398,12 @@ def a_node_that_cannot_start_stops_what_had_started(t):
 
 
 def main(argv):
+    """This module's tests only (importing the integration runner may
+    register the integration suite's too), with that runner's run_one."""
+    from run import run_one  # tests/integration/run.py
+    mine = [x for x in harness.TESTS if x[1].__module__ == __name__]
     filters = [a for a in argv if not a.startswith("-")]
-    selected = [x for x in TESTS if not filters or any(f in x[0] for f in filters)]
+    selected = [x for x in mine if not filters or any(f in x[0] for f in filters)]
     passed = failed = 0
     for name, fn, timeout in selected:
         errors, elapsed = run_one(name, fn, timeout)
