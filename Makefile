@@ -28,7 +28,7 @@ LIB_OBJ   += $(BUILD)/web_assets.o
 # Helpers the integration tests run (jwt-mint makes tokens with libjwt).
 TOOLS     := $(BUILD)/tests/jwt-mint
 
-.PHONY: all bootstrap run test unit integration e2e screenshot asan clean
+.PHONY: all bootstrap run run-cluster test-run-cluster test unit integration e2e screenshot asan clean
 all: $(BUILD)/runcast $(UNIT_BIN) $(TOOLS)
 
 bootstrap:
@@ -74,6 +74,18 @@ run: $(BUILD)/runcast
 	@echo "  curl -s localhost:8000/task-status"
 	@echo "Stop with Ctrl-C."
 	$(BUILD)/runcast --listen 127.0.0.1:8000 --upstream demo
+
+# Cluster mode on this machine: a private redis-server, three nodes and a
+# private nginx on 127.0.0.1:8000 in front of them (README, "Cluster mode").
+# Ports, directory and binaries: see scripts/run-cluster's header.
+run-cluster: $(BUILD)/runcast
+	@RUNCAST_BIN=$(BUILD)/runcast RUN_CLUSTER_DIR="$${RUN_CLUSTER_DIR:-$(BUILD)/cluster}" scripts/run-cluster
+
+# scripts/run-cluster's own tests (tests/cluster/test_run_cluster.py): it
+# starts, serves one session through nginx from three nodes, stops with
+# nothing left behind. They need a cluster-capable binary (--store).
+test-run-cluster: $(BUILD)/runcast
+	@RUNCAST_BIN=$${RUNCAST_BIN:-$(BUILD)/runcast} timeout -k 5 600 python3 tests/cluster/test_run_cluster.py
 
 # Every test: unit binaries, the integration suite against the real binary,
 # then the console's browser tests (tests/e2e: installs chromium and
