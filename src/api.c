@@ -375,7 +375,7 @@ static void stream_step(struct stream_request *q)
         free(q);
         return;
     }
-    if (store_ready(s->log, stream_on_ready, q))
+    if (store_ready(s->log, q->has_id ? q->id : NULL, stream_on_ready, q))
         stream_on_ready(q, 0);
 }
 

@@ -121,9 +121,11 @@ struct store_ops {
     /* Sets the watcher of log (NULL: none). The memory store ignores it. */
     void (*watch)(struct store_log *log, const struct store_watch *w, void *arg);
     /* 1 when read() and meta() show the log's retained events, so that a
-     * subscriber can be placed; else 0, and done(arg, status) runs once
-     * when it is (0) or cannot be (a negative errno). */
-    int (*ready)(struct store_log *log, store_done_cb done, void *arg);
+     * subscriber resuming after last_event_id (NULL: none) can be placed;
+     * else 0, and done(arg, status) runs once when it is (0) or cannot be
+     * (a negative errno). A remote store's copy may lag: an id it has not
+     * seen yet makes it catch up first, rather than reset the client. */
+    int (*ready)(struct store_log *log, const char *last_event_id, store_done_cb done, void *arg);
     /* Appends run_id's first event, replacing the session's current run
      * (DESIGN.md): default replay begins at the latest one. done(arg,
      * status) runs once, possibly before this returns, when the run is
@@ -183,9 +185,10 @@ static inline void store_watch(struct store_log *log, const struct store_watch *
 {
     log->ops->watch(log, w, arg);
 }
-static inline int store_ready(struct store_log *log, store_done_cb done, void *arg)
+static inline int store_ready(struct store_log *log, const char *last_event_id,
+                              store_done_cb done, void *arg)
 {
-    return log->ops->ready(log, done, arg);
+    return log->ops->ready(log, last_event_id, done, arg);
 }
 static inline int64_t store_start_run(struct store_log *log, const char *run_id, const char *event,
                                       const char *data, size_t len, store_done_cb done, void *arg)

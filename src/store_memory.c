@@ -155,7 +155,8 @@ static void memory_watch(struct store_log *log, const struct store_watch *w, voi
     /* One process: nobody else changes its logs. */
 }
 
-static int memory_ready(struct store_log *log, store_done_cb done, void *arg)
+static int memory_ready(struct store_log *log, const char *last_event_id, store_done_cb done,
+                        void *arg)
 {
     return 1;
 }

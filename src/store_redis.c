@@ -436,8 +436,10 @@ static void on_loaded(void *arg, redisReply *reply, int err)
             mirror_apply(l, s, flag[0], type, run, data, data_len);
     }
     l->state = MIRROR_LIVE;
-    waiters_finish(l, 0);
-    if (!mirror_drain_buffer(l) || l->load_again) {
+    int again = !mirror_drain_buffer(l) || l->load_again;
+    if (!l->load_again) /* else they wait for the load asked for after they came */
+        waiters_finish(l, 0);
+    if (again) {
         l->load_again = 0;
         mirror_load(l);
     }
@@ -615,10 +617,23 @@ static void redis_watch(struct store_log *log, const struct store_watch *w, void
     l->watch_arg = arg;
 }
 
-static int redis_ready(struct store_log *log, store_done_cb done, void *arg)
+/* 1 when the cache already holds last_event_id (or no id is given);
+ * an id of another epoch or past the newest event may be one this copy
+ * has not caught up with yet: that one is not reset before a load. */
+static int cache_places(const struct redis_log *l, const char *last_event_id)
+{
+    uint32_t epoch;
+    uint64_t seq;
+    if (last_event_id == NULL || store_parse_id(last_event_id, &epoch, &seq) < 0)
+        return 1;
+    return epoch == l->epoch && seq <= cache_newest(l);
+}
+
+static int redis_ready(struct store_log *log, const char *last_event_id, store_done_cb done,
+                       void *arg)
 {
     struct redis_log *l = (struct redis_log *)log;
-    if (l->loaded)
+    if (l->loaded && (cache_places(l, last_event_id) || !redis_is_up(rs.redis)))
         return 1;
     struct waiter *w = xmalloc(sizeof(*w));
     w->done = done;
@@ -626,8 +641,8 @@ static int redis_ready(struct store_log *log, store_done_cb done, void *arg)
     list_insert_tail(&l->waiters, &w->link);
     if (!redis_is_up(rs.redis))
         waiters_finish(l, -ENOTCONN);
-    else if (l->state == MIRROR_SUBSCRIBING && redis_is_up(rs.redis))
-        mirror_load(l); /* a load that failed earlier: try again; the channel confirms later anyway */
+    else if (l->state != MIRROR_SUBSCRIBING || l->subscribed)
+        mirror_load(l); /* LOADING: once more after this one */
     return 0;
 }
 
