@@ -19,13 +19,12 @@
  *
  * In READING the conn parses what it has read and hands one request at a
  * time to the request callback. The callback normally answers before it
- * returns (the gateway always does); it may also answer later, a demo-only
- * feature (src/demo/stream.c, for !delay; see server.h): the conn then "owes
- * an answer" (conn->awaiting), parses nothing more until it comes, and its
- * memory stays valid until the owner answers (conn_respond*() on a closed
- * conn is a no-op, conn_stream_begin() fails), calls conn_close(), or
- * server_close() runs, even if the peer left meanwhile. Every line that
- * reads `awaiting` exists for the demo agent alone.
+ * returns; it may also answer later (the gateway in Redis mode, the demo's
+ * !delay; see server.h): the conn then "owes an answer" (conn->awaiting),
+ * parses nothing more until it comes, and its memory stays valid until the
+ * owner answers (conn_respond*() on a closed conn is a no-op,
+ * conn_stream_begin() fails), calls conn_close(), or server_close() runs,
+ * even if the peer left meanwhile.
  *
  * Timers. One uv_timer_t per conn, whose meaning is conn->timer_mode: the
  * keep-alive idle timeout between requests, the head timeout from the first
@@ -154,7 +153,7 @@ struct conn {
     unsigned paused : 1;      /* we stopped reading (flow control) */
     unsigned in_dispatch : 1; /* the request callback is running */
     unsigned answered : 1;    /* the request being dispatched was answered */
-    unsigned awaiting : 1;    /* owes a deferred answer (demo-only, see above) */
+    unsigned awaiting : 1;    /* owes a deferred answer (see above) */
     unsigned close_after : 1; /* close once the current answer is sent */
     unsigned http10 : 1;
     unsigned keep_alive10 : 1;   /* HTTP/1.0 with Connection: keep-alive */
@@ -605,7 +604,7 @@ static void conn_close_handles(struct conn *c, int reset)
         uv_close(timer, conn_on_handle_closed);
 }
 
-/* The owner of a deferred answer (demo-only) answered or let go: a conn
+/* The owner of a deferred answer answered or let go: a conn
  * that closed meanwhile may now go. */
 static void conn_settle_answer(struct conn *c)
 {
@@ -730,7 +729,7 @@ static int conn_take_answer(struct conn *c)
     return 0;
 }
 
-/* After a deferred answer (demo-only), pipelined requests waiting in the
+/* After a deferred answer, pipelined requests waiting in the
  * buffer go next, from a tick of their own (never from inside the caller's
  * call). */
 static void conn_after_deferred_answer(struct conn *c, int was_dispatching)

@@ -4,8 +4,15 @@
  * the request callback one at a time, in order (pipelined requests wait in the
  * read buffer), so answers are always in request order. The callback answers
  * with one of the conn_respond*() functions or turns the connection into a
- * stream with conn_stream_begin() before it returns; the gateway always
- * does. Answering later is a demo-only feature (see the last section).
+ * stream with conn_stream_begin(), before it returns or later.
+ *
+ * Deferred answers. A request callback may return without answering (the
+ * gateway in Redis mode, until the store replies; the demo agent's !delay):
+ * the conn then "owes an answer", parses nothing more until it comes, and
+ * stays valid, even after the peer left, until the owner answers
+ * (conn_respond*() on a closed conn is a no-op, conn_stream_begin() fails),
+ * calls conn_close(), or server_close() takes it. There is no function for
+ * it: not answering is the request.
  *
  * A server has no global state: runcast's API and the demo agent each run one,
  * on different loops (threads).
@@ -131,14 +138,7 @@ const char *conn_peer(const struct conn *c);
  * runs its own server on its own loop. They stay in the server because each
  * one is made of the conn's internals (its state, chunk framing, write queue
  * and the rule that frees its memory); moving them into src/demo/ would mean
- * exporting those internals for one client.
- *
- * Deferred answers. A request callback may return without answering (the
- * demo's !delay): the conn then "owes an answer", parses nothing more until
- * it comes, and stays valid, even after the peer left, until the owner
- * answers (conn_respond*() on a closed conn is a no-op, conn_stream_begin()
- * fails), calls conn_close(), or server_close() takes it. There is no
- * function for it: not answering is the request. */
+ * exporting those internals for one client. */
 
 /* Copies data into one queued write (a chunk on a chunked stream): the demo's
  * paced frames, written piece by piece. len 0 writes nothing and only checks
