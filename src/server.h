@@ -134,11 +134,10 @@ const char *conn_peer(const struct conn *c);
 
 /* ---- demo-only: what only the demo agent (src/demo/) uses ---------------
  *
- * The gateway never uses these; they serve the built-in demo agent, which
- * runs its own server on its own loop. They stay in the server because each
- * one is made of the conn's internals (its state, chunk framing, write queue
- * and the rule that frees its memory); moving them into src/demo/ would mean
- * exporting those internals for one client. */
+ * The gateway never uses this; it serves the built-in demo agent, which
+ * runs its own server on its own loop. It stays in the server because it is
+ * made of the conn's internals (its state, chunk framing and write queue);
+ * moving it into src/demo/ would mean exporting those for one client. */
 
 /* Copies data into one queued write (a chunk on a chunked stream): the demo's
  * paced frames, written piece by piece. len 0 writes nothing and only checks
