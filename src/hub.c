@@ -648,9 +648,10 @@ uint64_t hub_dropped_total(enum hub_drop_reason reason)
 void hub_reset(struct hub *h)
 {
     struct list *pos, *tmp;
-    list_for_each_safe(pos, tmp, &h->subscribers)
-        container_of(pos, struct subscriber, hub_link)->ops->cut(
-            container_of(pos, struct subscriber, hub_link)->transport, 0);
+    list_for_each_safe(pos, tmp, &h->subscribers) {
+        struct subscriber *s = container_of(pos, struct subscriber, hub_link);
+        s->ops->cut(s->transport, 0); /* the transport unsubscribes s */
+    }
     struct store_meta m;
     store_meta(h->log, &m);
     h->newest_seq = m.newest_seq;
