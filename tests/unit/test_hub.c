@@ -516,6 +516,37 @@ static void destroy_flushes_everything_before_closing(void)
     teardown();
 }
 
+/* A log whose events were replaced (a remote store lost data): every
+ * stream is cut, none ended normally, and new subscribers are placed in
+ * the new log from the hub's fresh view of it. */
+static void reset_cuts_every_stream(void)
+{
+    setup(1000, 1 << 22, 1 << 20);
+    struct hub *h = hub_new();
+    struct fake a = {0}, b = {0}, late = {0};
+    a.take = b.take = late.take = 1 << 20;
+    CHECK_EQ(subscribe(h, &a, NULL, 1), 0);
+    CHECK_EQ(subscribe(h, &b, NULL, 1), 0);
+    publish_n(h, "agent.event", 3);
+    flush();
+    store_memory_restart(h->log, 0xabcdef01u, 40, 0);
+    hub_reset(h);
+    CHECK_EQ(hub_subscriber_count(h), 0);
+    CHECK_EQ(a.close_calls, 1);
+    CHECK_EQ(b.close_calls, 1);
+    CHECK_EQ(a.ended + b.ended, 0);
+    CHECK_EQ(count(&a, "event: agent.event"), 3);
+    CHECK_EQ(subscribe(h, &late, NULL, 1), 0);
+    store_memory_put(h->log, 41, "agent.event", "{}", 2, 0);
+    flush();
+    CHECK_EQ(count(&late, "id: abcdef01-41\n"), 1);
+    hub_free(h);
+    buf_free(&a.wire);
+    buf_free(&b.wire);
+    buf_free(&late.wire);
+    teardown();
+}
+
 /* A stream written in the middle of a period is not due when an idle one
  * is; each due stream gets one comment line (no blank line: it dispatches
  * nothing) and moves to the tail; the timer then waits for the next one. */
@@ -891,5 +922,6 @@ int main(void)
     RUN_TEST(subscriber_limit_is_enforced);
     RUN_TEST(stream_ends_at_its_deadline_after_what_it_was_given);
     RUN_TEST(one_heap_orders_every_deadline);
+    RUN_TEST(reset_cuts_every_stream);
     return test_report("test_hub");
 }
