@@ -319,6 +319,7 @@ class Cluster:
         self.db = db
         self.nodes = []
         self.restarts = 0
+        ctx.clusters = getattr(ctx, "clusters", []) + [self]
         ctx.closers.append(self._thaw_all)
         for i in range(n):
             self.add("n%d" % (i + 1))
@@ -709,6 +710,7 @@ class Checker:
         self.ctx = ctx
         self.subs = []
         self.runs = {}   # (app, user, sid) -> run ids the test started
+        ctx.checkers = getattr(ctx, "checkers", []) + [self]
 
     def sub(self, node, sid, **kw):
         return Sub(self, node, sid, **kw)
@@ -757,3 +759,37 @@ def same_sequence(subs, what):
                  % (what, subs[0].label, len(seqs[0]), s.label, len(q), n,
                     seqs[0][n] if n < len(seqs[0]) else None, q[n] if n < len(q) else None))
     return seqs[0]
+
+
+# ---------------------------------------------------------------- diagnostics
+
+def describe_event(e):
+    d = data_of(e) or {}
+    if e.type == "agent.event":
+        return None
+    extra = ",".join("%s=%s" % (k, d[k]) for k in ("code", "reason", "by") if k in d)
+    return "%s %s%s%s" % (e.id or "-", e.type, " " + d["run_id"] if d.get("run_id") else "",
+                           " " + extra if extra else "")
+
+
+def diagnose(ctx, log_lines=12):
+    """What a failed test's subscribers received (every event but agent
+    events, which are counted) and each node's last warn/error log lines."""
+    out = []
+    for chk in getattr(ctx, "checkers", []):
+        for s in chk.subs:
+            out.append("  %s (session %s):" % (s.label, s.sid))
+            for i, seg in enumerate(s.segments):
+                evs = seg.events()
+                agents = sum(1 for e in evs if e.type == "agent.event")
+                shown = [x for x in (describe_event(e) for e in evs) if x]
+                out.append("    conn %d on %s%s, %d events (%d agent)%s: %s"
+                           % (i + 1, seg.node.name, " from " + seg.resume_id if seg.resume_id else "",
+                              len(evs), agents, " EOF" if seg.client.eof else "",
+                              "; ".join(shown[-12:]) if shown else "-"))
+    for c in getattr(ctx, "clusters", []):
+        for node in c.nodes:
+            lines = node.log_lines(lambda r: r.get("level") in ("warn", "error"), log_lines)
+            out.append("  %r: %s" % (node, "last warn/error log lines:" if lines else "no warn/error log lines"))
+            out += ["    | " + l[:400] for l in lines]
+    return "\n".join(out)

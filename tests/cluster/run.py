@@ -50,6 +50,19 @@ def preflight():
     sys.stdout.flush()
 
 
+def with_diagnostics(fn):
+    """A failing test's message gets what its subscribers received and the
+    nodes' warn/error log lines (cluster.diagnose)."""
+    def wrapped(ctx):
+        try:
+            fn(ctx)
+        except harness.TestFailure as e:
+            raise harness.TestFailure("%s\n  --- diagnostics\n%s" % (e, cluster.diagnose(ctx)))
+    return wrapped
+
+
 if __name__ == "__main__":
+    import cluster  # noqa: E402
+    harness.TESTS[:] = [(name, with_diagnostics(fn), timeout) for name, fn, timeout in harness.TESTS]
     preflight()
     sys.exit(load_runner().main(sys.argv[1:], suite="cluster"))

@@ -3,6 +3,7 @@ redis-server and runcast nodes (--node-lease 2s). Every wait has a deadline;
 every subscriber feeds the Checker, which each test runs at its end."""
 
 import subprocess
+import threading
 import time
 
 import harness
@@ -174,7 +175,22 @@ def test_per_user_run_cap_holds_across_nodes(t):
     freed = chk.post(C, "s2", "after !events=5 !rate=100", user="alice")
     eq(freed["status"], "running", "alice's run on n3 after her active run was cancelled")
     eq(terminal(w2, freed["run_id"], 5)[0], "run.completed", "that run's terminal")
-    chk.verify()
+    # Three POSTs for alice at once, one per node: exactly one gets the slot.
+    results = {}
+
+    def post_on(node, sid):
+        results[sid] = chk.post(node, sid, LONG, user="alice")["status"]
+    threads = [threading.Thread(target=post_on, args=(n, "race%d" % i)) for i, n in enumerate((A, B, C))]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(10)
+    eq(sorted(results.values()), ["failed", "failed", "running"], "statuses of three simultaneous POSTs")
+    for sid, st in results.items():
+        if st == "running":
+            eq(C.delete(spath(sid, user="alice") + "/run").status, 200, "DELETE the running one")
+    wait_until(lambda: C.get("/task-status").json()["total_tasks"] == 0, 3, "no active run left")
+    chk.verify(require_terminal=False)
 
 
 # ---------------------------------------------------------------- the same sequence everywhere
@@ -247,13 +263,16 @@ def test_kill_9_of_the_owner_fails_its_run_node_lost_within_the_lease(t):
     A, B, C = c.nodes
     chk = Checker(t)
     sa, sb, sc = (chk.sub(n, "s", label="sub@" + n.name) for n in (A, B, C))
+    w2 = chk.sub(C, "s2", label="s2@n3")
     r = chk.post(A, "s", LONG)["run_id"]
+    r_2 = chk.post(A, "s2", LONG)["run_id"]
     sb.wait_agent_events(3, 5)
+    w2.wait_agent_events(3, 5)
     t_kill = time.monotonic()
     A.kill9()
     limit = c.lease_s + 1.5
-    for s in (sb, sc):
-        e = s.wait_terminal(r, limit + 1.0)
+    for s, run in ((sb, r), (sc, r), (w2, r_2)):
+        e = s.wait_terminal(run, limit + 1.0)
         eq((e.type, (data_of(e) or {}).get("code")), ("run.failed", "node_lost"), "%s: terminal" % s.label)
         expect(e.at - t_kill <= limit, "%s: node_lost %.2fs after kill -9 (lease %.1fs + 1.5s)"
                % (s.label, e.at - t_kill, c.lease_s))
@@ -265,7 +284,7 @@ def test_kill_9_of_the_owner_fails_its_run_node_lost_within_the_lease(t):
         eq((st["run_id"], st["status"], st["has_task"]), (r, "failed", False), "task-status on %s" % n.name)
         eq(n.get("/task-status").json()["total_tasks"], 0, "total_tasks on %s" % n.name)
     reaped = sum(metric_sum(n.metrics(), "runcast_runs_reaped_total") for n in (B, C))
-    eq(reaped, 1, "runcast_runs_reaped_total summed over the live nodes")
+    eq(reaped, 2, "runcast_runs_reaped_total summed over the live nodes (each run counted once)")
     r2 = chk.post(B, "s", "after !events=5 !rate=100")["run_id"]
     for s in (sa, sb, sc):
         eq(terminal(s, r2, 5)[0], "run.completed", "%s: the next run" % s.label)
@@ -306,6 +325,34 @@ def test_sigstopped_owner_past_its_lease_is_fenced_after_sigcont(t):
     chk.verify()   # nothing of r after its node_lost, on any node
 
 
+@test(timeout=45)
+def test_woken_owner_cannot_write_into_the_run_that_replaced_its_own(t):
+    """The frozen owner's run is reaped and a new run of the same session
+    starts on another node; when the owner wakes up, its late appends are
+    fenced: the new run's events arrive whole and alone."""
+    c = Cluster(t, 3)
+    A, B, C = c.nodes
+    chk = Checker(t)
+    subs = [chk.sub(n, "s", label="sub@" + n.name) for n in (A, B, C)]
+    r = chk.post(A, "s", "old !events=400 !rate=50")["run_id"]
+    subs[1].wait_agent_events(3, 5)
+    A.freeze()
+    for s in subs[1:]:
+        typ, d = terminal(s, r, c.lease_s + 2.5)
+        eq((typ, d.get("code")), ("run.failed", "node_lost"), "%s: the frozen owner's run" % s.label)
+    rb = chk.post(B, "s", "new !events=40 !rate=20")["run_id"]
+    subs[2].wait_for(lambda evs: any(e.type == "run.started" and (data_of(e) or {}).get("run_id") == rb
+                                     for e in evs), 3, "the new run started")
+    A.thaw()
+    wait_call_state(A, "s", "old", "client_gone", 5, "the fenced run's upstream torn down")
+    for s in subs:
+        typ, d = terminal(s, rb, 6)
+        eq((typ, d.get("events")), ("run.completed", 40), "%s: the new run's terminal" % s.label)
+        eq(events_of_invocation(s, invocation_of(s, rb)), list(range(40)), "%s: the new run's agent events" % s.label)
+    same_sequence(subs, "the three nodes' streams")
+    chk.verify()
+
+
 @test(timeout=40)
 def test_node_restarted_under_its_node_id_still_ends_the_dead_process_runs(t):
     """A process restarted at once with the same --node-id (a supervisor's
@@ -342,6 +389,10 @@ def test_redis_restart_without_persistence_resets_streams_and_ends_runs_store_lo
     for s in subs:
         s.wait_terminal(r0, 5)
     before = subs[1].last_id()
+    idle = chk.sub(B, "idle", label="idle@n2")
+    ri = chk.post(C, "idle", "idle !events=3 !rate=100")["run_id"]
+    idle.wait_terminal(ri, 5)
+    idle.close()
     r1 = chk.post(A, "s", LONG)["run_id"]
     for s in subs:
         s.wait_agent_events(8, 5)
@@ -361,6 +412,10 @@ def test_redis_restart_without_persistence_resets_streams_and_ends_runs_store_lo
     first = z.wait_for(lambda evs: evs and evs[0], 5, "the first event")
     eq(first.type, "stream.reset", "first event when resuming from before the data loss")
     eq(terminal(z, r1, 5)[1].get("code"), "store_lost", "z: r1's failure code")
+    # A session without an active run lost its log too: resuming it says so.
+    idle.reconnect(A)
+    first = idle.cur.wait_for(lambda evs: evs and evs[0], 5, "an event after the reconnect")
+    eq(first.type, "stream.reset", "first event when resuming the idle session after the data loss")
     wait_call_state(A, "s", "long", "client_gone", 5, "lost run's upstream torn down")
     for n in (A, B, C):
         eq(n.readyz(), (200, {"status": "ready"}), "/readyz on %s" % n.name)
@@ -372,8 +427,7 @@ def test_redis_restart_without_persistence_resets_streams_and_ends_runs_store_lo
     chk.verify()
 
 
-@test(timeout=45)
-def test_redis_restart_with_aof_loses_nothing_and_resets_nothing(t):
+def aof_restart_test(t, crash):
     c = Cluster(t, 3, aof=True)
     A, B, C = c.nodes
     chk = Checker(t)
@@ -384,8 +438,12 @@ def test_redis_restart_with_aof_loses_nothing_and_resets_nothing(t):
     before = subs[1].last_id()
     r1 = chk.post(A, "s", "during !events=60 !rate=20")["run_id"]
     for s in subs:
-        s.wait_agent_events(5, 5)
-    c.redis.restart()
+        s.wait_agent_events(5 + 5, 5)
+    if crash:
+        c.redis.kill9()
+        c.redis.start()
+    else:
+        c.redis.restart()
     for s in subs:
         typ, d = terminal(s, r1, 12)
         eq((typ, d.get("events")), ("run.completed", 60), "%s: r1's terminal" % s.label)
@@ -399,6 +457,16 @@ def test_redis_restart_with_aof_loses_nothing_and_resets_nothing(t):
     eq(chk.resets(), [], "stream.reset events")
     same_sequence(subs, "the three nodes' streams")
     chk.verify()
+
+
+@test(timeout=45)
+def test_redis_restart_with_aof_loses_nothing_and_resets_nothing(t):
+    aof_restart_test(t, crash=False)
+
+
+@test(timeout=45)
+def test_redis_kill_9_with_aof_appendfsync_always_loses_nothing(t):
+    aof_restart_test(t, crash=True)
 
 
 # ---------------------------------------------------------------- Redis pauses and faults
@@ -478,7 +546,8 @@ def test_redis_down_gives_503s_keeps_streams_open_and_recovers_without_restarts(
     for n in c.nodes:
         r = n.post_json(spath("s2") + "/run", {"message": "refused"})
         check_error(r, 503, "POST run on %s while Redis is down" % n.name, code="store_unavailable")
-        expect(r.header("Retry-After") is not None, "POST 503 on %s: no Retry-After header" % n.name)
+        expect((r.header("Retry-After") or "").isdigit(), "POST 503 on %s: Retry-After %r (want seconds)"
+               % (n.name, r.header("Retry-After")))
         eq(n.get("/healthz").status, 200, "/healthz on %s while Redis is down" % n.name)
         eq(metric(n.metrics(), "runcast_store_up"), 0.0, "runcast_store_up on %s while down" % n.name)
     for s in (sa, sb):

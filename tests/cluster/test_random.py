@@ -15,7 +15,7 @@ import time
 from harness import TestFailure, eq, expect, spath, test, wait_until
 from cluster import Checker, Cluster, data_of, is_terminal_of, status_of
 
-STEPS = int(os.environ.get("RUNCAST_CLUSTER_STEPS") or 100)
+STEPS = int(os.environ.get("RUNCAST_CLUSTER_STEPS") or 150)
 
 
 def seed_of():
