@@ -45,7 +45,13 @@ def random_ops(t, rng):
     def up():
         return c.alive()
 
+    # One anchor per session stays subscribed from its first event to the end,
+    # always resuming with its Last-Event-ID (it has one from the first run
+    # on), so that every run posted must reach some stream.
     anchors = [chk.sub(rng.choice(up()), sid, label="anchor-" + sid) for sid in sids]
+    for a in anchors:
+        j = chk.post(rng.choice(up()), a.sid, "first !events=2 !rate=100")
+        a.wait_terminal(j["run_id"], 5)
     active = list(anchors)   # subs still connected (or to reconnect)
     dead = None              # (node, step) of the killed node not yet replaced
     frozen = None            # (node, step) of the SIGSTOPped node
@@ -129,7 +135,10 @@ def random_ops(t, rng):
                 expect(not (e.type == "run.failed" and d.get("code") == "store_lost"),
                        "run %s failed store_lost (Redis kept its data)" % d.get("run_id"))
     except TestFailure as e:
-        raise TestFailure("%s\n  operations:\n    %s" % (e, "\n    ".join(log[-60:])))
+        shown = log if os.environ.get("RUNCAST_CLUSTER_VERBOSE") else log[-60:]
+        raise TestFailure("%s\n  operations%s:\n    %s"
+                          % (e, "" if shown is log else " (the last 60; all: RUNCAST_CLUSTER_VERBOSE=1)",
+                             "\n    ".join(shown)))
     if os.environ.get("RUNCAST_CLUSTER_VERBOSE"):
         print("     operations:\n       " + "\n       ".join(log))
 
