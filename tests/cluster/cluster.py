@@ -8,6 +8,7 @@ Built on tests/integration/harness.py (Daemon, SseClient, Ctx, wait_until):
                 CLIENT PAUSE, CLIENT KILL TYPE pubsub. Never a system service.
   Node          one runcast process in cluster mode: kill -9, SIGSTOP/SIGCONT
   Cluster       N nodes with distinct --node-id on one RedisServer
+  LatencyProxy  a TCP proxy that delays a node's Redis traffic
   Sub           a logical subscriber of one session: an SseClient, and after
                 reconnect(node) another one resuming with its Last-Event-ID
   Checker       fed by every Sub: per session, ids strictly increasing and
@@ -21,12 +22,14 @@ treat them as opaque strings.
 
 import json
 import os
+import queue
 import re
 import shutil
 import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 
 import harness
@@ -225,17 +228,91 @@ class RedisServer:
         return problems
 
 
+# ---------------------------------------------------------------- latency
+
+class LatencyProxy:
+    """A TCP proxy on a free loopback port that delays every byte by
+    delay_s in each direction (there is no tc netem here): a node whose
+    --store points at it sees a slow Redis, and lags behind the others."""
+
+    def __init__(self, ctx, target_port, delay_s):
+        self.target_port = target_port
+        self.delay_s = delay_s
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(64)
+        self.port = self.listener.getsockname()[1]
+        self.socks = []
+        self.closed = False
+        ctx.closers.append(self.close)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def url(self, db=None):
+        return "redis://127.0.0.1:%d%s" % (self.port, "" if db is None else "/%d" % db)
+
+    def _accept(self):
+        while not self.closed:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), 2)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            self.socks += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                q = queue.Queue()
+                threading.Thread(target=self._read, args=(a, q), daemon=True).start()
+                threading.Thread(target=self._write, args=(b, q), daemon=True).start()
+
+    def _read(self, sock, q):
+        while True:
+            try:
+                data = sock.recv(65536)
+            except OSError:
+                data = b""
+            q.put((time.monotonic() + self.delay_s, data))
+            if not data:
+                return
+
+    def _write(self, sock, q):
+        while True:
+            due, data = q.get()
+            left = due - time.monotonic()
+            if left > 0:
+                time.sleep(left)
+            try:
+                if not data:
+                    sock.shutdown(socket.SHUT_WR)
+                    return
+                sock.sendall(data)
+            except OSError:
+                return
+
+    def close(self):
+        self.closed = True
+        for sock in [self.listener] + self.socks:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+
 # ---------------------------------------------------------------- nodes
 
 class Node:
     """One runcast process in cluster mode. `name` is its --node-id."""
 
-    def __init__(self, cluster, name, args=(), env=None):
+    def __init__(self, cluster, name, args=(), env=None, store=None):
         self.cluster = cluster
         self.name = name
         self.frozen = False
         self.dead = False
-        argv = ["--store", cluster.redis.url(cluster.db), "--node-id", name,
+        argv = ["--store", store or cluster.redis.url(cluster.db), "--node-id", name,
                 "--node-lease", cluster.lease] + list(cluster.args) + list(args)
         self.d = Daemon(cluster.ctx, argv, env=env)
 
@@ -326,8 +403,10 @@ class Cluster:
         for node in self.nodes:
             self.wait_ready(node)
 
-    def add(self, name, args=(), env=None):
-        node = Node(self, name, args, env)
+    def add(self, name, args=(), env=None, store=None):
+        """Starts one more node (store: another Redis URL, e.g. a
+        LatencyProxy's)."""
+        node = Node(self, name, args, env, store)
         self.nodes.append(node)
         return node
 
@@ -636,13 +715,13 @@ def check_session(name, traces, noted_runs=(), require_terminal=True):
                 if life is None:
                     life = Lifecycle(where, problems, inv_map)
                 life.where = where
-            reset = False
+            reset = None
             for e in events:
                 if e.type == "stream.reset":
                     if e.has_id and e.id:
                         problems.append("%s: stream.reset carries an id %r" % (where, e.id))
-                    reset = True
-                    life.forget_position()
+                    reset = e.data
+                    life = Lifecycle(where, problems, inv_map)   # the stream starts over
                     continue
                 if not e.has_id or not e.id:
                     continue
@@ -651,10 +730,11 @@ def check_session(name, traces, noted_runs=(), require_terminal=True):
                     problems.append("%s: id %r of %s is not <8 hex>-<seq>" % (where, e.id, e.type))
                     continue
                 if prev is not None:
-                    if reset:
+                    if reset is not None:
                         if p[0] == prev[0] and p[1] <= prev[1]:
-                            problems.append("%s: after stream.reset id %s does not follow %s (same epoch, not greater)"
-                                            % (where, e.id, prev[2]))
+                            problems.append("%s: stream.reset %s, then id %s after %s: the same epoch and not "
+                                            "greater (%s was placeable: events repeated)"
+                                            % (where, reset, e.id, prev[2], prev[2]))
                     elif p[0] != prev[0]:
                         problems.append("%s: id %s (%s) follows %s: epoch changed without stream.reset"
                                         % (where, e.id, e.type, prev[2]))
@@ -663,7 +743,7 @@ def check_session(name, traces, noted_runs=(), require_terminal=True):
                     elif p[1] != prev[1] + 1:
                         problems.append("%s: id %s (%s) follows %s: gap of %d without stream.reset"
                                         % (where, e.id, e.type, prev[2], p[1] - prev[1] - 1))
-                reset = False
+                reset = None
                 prev = (p[0], p[1], e.id)
                 life.feed(e)
                 seen = union.get(e.id)

@@ -7,7 +7,7 @@ import os
 import signal
 
 from harness import Event, TestFailure, eq, expect, fail, test, wait_until
-from cluster import Checker, Resp, RedisServer, check_session, parse_id, post, same_sequence
+from cluster import Checker, LatencyProxy, Resp, RedisServer, check_session, parse_id, post, same_sequence
 
 EP1 = "0000abcd"
 EP2 = "1234beef"
@@ -169,6 +169,21 @@ def test_redis_fixture_pauses_and_kills_pubsub_clients(t):
         pass
     os.kill(r.proc.pid, signal.SIGCONT)
     eq(r.call("PING"), "PONG", "PING after SIGCONT")
+
+
+@test(timeout=10)
+def test_latency_proxy_delays_redis_traffic_both_ways(t):
+    import time
+    r = RedisServer(t)
+    p = LatencyProxy(t, r.port, 0.1)
+    conn = Resp(p.port)
+    t0 = time.monotonic()
+    eq(conn.call("PING"), "PONG", "PING through the proxy")
+    took = time.monotonic() - t0
+    expect(0.2 <= took < 1.0, "a round trip through a 100 ms proxy took %.3fs" % took)
+    eq(conn.call("SET", "k", "v" * 100000), "OK", "a large SET through the proxy")
+    eq(len(conn.call("GET", "k")), 100000, "a large GET through the proxy")
+    conn.close()
 
 
 class _MemNode:

@@ -8,8 +8,8 @@ import time
 
 import harness
 from harness import TERMINAL, Daemon, check_error, eq, expect, fail, spath, test, wait_until
-from cluster import (Checker, Cluster, agent_seqs, data_of, metric, metric_sum, post, same_sequence,
-                     status_of)
+from cluster import (Checker, Cluster, LatencyProxy, agent_seqs, data_of, metric, metric_sum, post,
+                     same_sequence, status_of)
 
 LONG = "long !events=400 !rate=20"   # 20 s: a run that some fault must end
 
@@ -222,6 +222,32 @@ def test_resume_on_another_node_with_last_event_id_is_gap_free(t):
     eq([e.key() for e in z.events() if e.has_id], want[5:], "replay after the 5th event, on n2")
     chk.verify()
     eq(chk.resets(), [], "stream.reset events")
+
+
+@test(timeout=40)
+def test_resume_on_a_lagging_node_continues_without_reset(t):
+    """A client resumes on a node whose copy of the session is behind the
+    id it holds (that node's Redis traffic is 150 ms late each way, as it is
+    for a moment after a node wakes up or on a slow link): the id is this
+    session's and still stored, so the stream continues without
+    stream.reset."""
+    c = Cluster(t, 2)
+    A, B = c.nodes
+    slow = LatencyProxy(t, c.redis.port, 0.15)
+    C = c.add("n3-slow", store=slow.url())
+    c.wait_ready(C, timeout=10)
+    chk = Checker(t)
+    obs = chk.sub(C, "s", label="observer@n3-slow")    # n3 follows the session
+    x = chk.sub(B, "s", label="x")
+    r = chk.post(A, "s", "lag !events=150 !rate=50")["run_id"]
+    for k in (20, 60, 100):
+        x.wait_agent_events(k, 5)
+        x.reconnect(C if x.cur_node is B else B)
+    for s in (obs, x):
+        eq(terminal(s, r, 8)[0], "run.completed", "%s: terminal" % s.label)
+    eq(chk.resets(), [], "stream.reset events")
+    same_sequence([obs, x], "the observer and the resumed subscriber")
+    chk.verify()
 
 
 @test(timeout=40)
