@@ -230,14 +230,23 @@ class RedisServer:
 
 # ---------------------------------------------------------------- latency
 
+# A RESP command (SUBSCRIBE, PSUBSCRIBE, SSUBSCRIBE) in a client's bytes.
+SUBSCRIBE_RE = re.compile(rb"\*[0-9]+\r\n\$[0-9]+\r\n[PpSs]?[Ss][Uu][Bb][Ss][Cc][Rr][Ii][Bb][Ee]\r\n")
+
+
 class LatencyProxy:
     """A TCP proxy on a free loopback port that delays every byte by
     delay_s in each direction (there is no tc netem here): a node whose
-    --store points at it sees a slow Redis, and lags behind the others."""
+    --store points at it sees a slow Redis, and lags behind the others.
+    wedge_pubsub() silently stops forwarding on the connections that sent a
+    SUBSCRIBE, in both directions, and keeps them open (a wedged pub/sub
+    connection: nothing arrives, nothing fails)."""
 
-    def __init__(self, ctx, target_port, delay_s):
+    def __init__(self, ctx, target_port, delay_s=0.0):
         self.target_port = target_port
         self.delay_s = delay_s
+        self.pubsub = set()     # ids of connection pairs that sent SUBSCRIBE
+        self.wedged = set()
         self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.listener.bind(("127.0.0.1", 0))
@@ -264,27 +273,37 @@ class LatencyProxy:
                 client.close()
                 continue
             self.socks += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
+            pair = id(client)
+            for a, b, sniff in ((client, upstream, True), (upstream, client, False)):
                 q = queue.Queue()
-                threading.Thread(target=self._read, args=(a, q), daemon=True).start()
-                threading.Thread(target=self._write, args=(b, q), daemon=True).start()
+                threading.Thread(target=self._read, args=(a, q, pair, sniff), daemon=True).start()
+                threading.Thread(target=self._write, args=(b, q, pair), daemon=True).start()
 
-    def _read(self, sock, q):
+    def _read(self, sock, q, pair, sniff):
         while True:
             try:
                 data = sock.recv(65536)
             except OSError:
                 data = b""
+            if sniff and SUBSCRIBE_RE.search(data):
+                self.pubsub.add(pair)
             q.put((time.monotonic() + self.delay_s, data))
             if not data:
                 return
 
-    def _write(self, sock, q):
+    def wedge_pubsub(self):
+        """Wedges every pub/sub connection open now; returns how many."""
+        self.wedged |= self.pubsub
+        return len(self.pubsub)
+
+    def _write(self, sock, q, pair):
         while True:
             due, data = q.get()
             left = due - time.monotonic()
             if left > 0:
                 time.sleep(left)
+            if pair in self.wedged:
+                continue
             try:
                 if not data:
                     sock.shutdown(socket.SHUT_WR)

@@ -2,6 +2,8 @@
 redis-server and runcast nodes (--node-lease 2s). Every wait has a deadline;
 every subscriber feeds the Checker, which each test runs at its end."""
 
+import os
+import signal
 import subprocess
 import threading
 import time
@@ -191,6 +193,32 @@ def test_per_user_run_cap_holds_across_nodes(t):
             eq(C.delete(spath(sid, user="alice") + "/run").status, 200, "DELETE the running one")
     wait_until(lambda: C.get("/task-status").json()["total_tasks"] == 0, 3, "no active run left")
     chk.verify(require_terminal=False)
+
+
+@test(timeout=40)
+def test_delete_session_on_c_closes_it_on_every_node(t):
+    c = Cluster(t, 3)
+    A, B, C = c.nodes
+    chk = Checker(t)
+    subs = [chk.sub(n, "s", label="sub@" + n.name) for n in (A, B, C)]
+    r = chk.post(A, "s", LONG)["run_id"]
+    subs[1].wait_agent_events(3, 5)
+    resp = C.delete(spath("s"))
+    eq(resp.status, 200, "DELETE session on n3")
+    for s in subs:
+        typ, d = terminal(s, r, 3)
+        eq((typ, d.get("reason")), ("run.cancelled", "session_deleted"), "%s: terminal" % s.label)
+        s.wait_event("session.closed", 3)
+        s.cur.wait_eof(3)
+        eq(s.events()[-1].type, "session.closed", "%s: last event" % s.label)
+    wait_call_state(A, "s", "long", "client_gone", 3, "deleted session's run torn down")
+    last = subs[0].last_id()
+    for n in (A, B, C):
+        eq(status_of(n, "s"), None, "task-status on %s after the DELETE" % n.name)
+    r204 = B.get(spath("s") + "/run", headers={"Last-Event-ID": last})
+    eq(r204.status, 204, "resuming the deleted session on n2 with its last id")
+    check_error(A.delete(spath("s")), 404, "second DELETE session on n1")
+    chk.verify()
 
 
 # ---------------------------------------------------------------- the same sequence everywhere
@@ -497,7 +525,7 @@ def test_redis_kill_9_with_aof_appendfsync_always_loses_nothing(t):
 
 # ---------------------------------------------------------------- Redis pauses and faults
 
-def pause_test(t, pause_ms):
+def pause_test(t, pause_ms, sigstop=False):
     c = Cluster(t, 3)
     A, B, C = c.nodes
     chk = Checker(t)
@@ -505,7 +533,13 @@ def pause_test(t, pause_ms):
     r = chk.post(A, "s", "paused !events=80 !rate=20")["run_id"]
     for s in subs:
         s.wait_agent_events(5, 5)
-    c.redis.pause(pause_ms, "ALL")
+    if sigstop:
+        os.kill(c.redis.proc.pid, signal.SIGSTOP)
+        t.closers.insert(0, lambda: os.kill(c.redis.proc.pid, signal.SIGCONT))
+        time.sleep(pause_ms / 1000.0)   # the fault's length, not a wait for a result
+        os.kill(c.redis.proc.pid, signal.SIGCONT)
+    else:
+        c.redis.pause(pause_ms, "ALL")
     for s in subs:
         typ, d = terminal(s, r, 12)
         eq((typ, d.get("code"), d.get("events")), ("run.completed", None, 80), "%s: terminal" % s.label)
@@ -524,6 +558,14 @@ def test_client_pause_1000ms_all_shorter_than_the_lease_causes_no_node_lost(t):
 @test(timeout=40)
 def test_client_pause_1500ms_all_shorter_than_the_lease_causes_no_node_lost(t):
     pause_test(t, 1500)
+
+
+@test(timeout=40)
+def test_redis_sigstopped_for_1500ms_causes_no_node_lost(t):
+    """A frozen Redis answers nothing at all (CLIENT PAUSE still reads and
+    queues): the nodes' command deadlines fire, they reconnect, and the run
+    still completes whole."""
+    pause_test(t, 1500, sigstop=True)
 
 
 @test(timeout=40)
@@ -552,6 +594,33 @@ def test_client_kill_type_pubsub_mid_run_loses_no_event(t):
     same_sequence(subs, "every stream")
     chk.verify()
     eq(chk.resets(), [], "stream.reset events")
+
+
+@test(timeout=40)
+def test_wedged_pubsub_connection_still_delivers_every_event(t):
+    """n3's pub/sub connection goes silent without closing (Centrifugo's
+    silent wedge): n3's subscribers must still get every event, and n3 must
+    not look healthy while delivering nothing."""
+    c = Cluster(t, 2)
+    A, B = c.nodes
+    proxy = LatencyProxy(t, c.redis.port)
+    C = c.add("n3-proxied", store=proxy.url())
+    c.wait_ready(C)
+    chk = Checker(t)
+    obs = chk.sub(B, "s", label="observer@n2")
+    w = chk.sub(C, "s", label="sub@n3-proxied")
+    r0 = chk.post(A, "s", "before !events=5 !rate=100")["run_id"]
+    w.wait_terminal(r0, 5)
+    expect(proxy.wedge_pubsub() >= 1, "n3's pub/sub connection not seen on the proxy")
+    r1 = chk.post(A, "s", "wedged !events=40 !rate=20")["run_id"]
+    obs.wait_terminal(r1, 5)
+    typ, d = terminal(w, r1, c.lease_s + 3)
+    eq((typ, d.get("events")), ("run.completed", 40), "the wedged node's subscriber: terminal")
+    eq(events_of_invocation(w, invocation_of(w, r1)), list(range(40)), "its agent events")
+    r2 = chk.post(B, "s", "after !events=5 !rate=100")["run_id"]
+    eq(terminal(w, r2, c.lease_s + 3)[0], "run.completed", "the next run on the wedged node's subscriber")
+    same_sequence([obs, w], "the two streams")
+    chk.verify()
 
 
 @test(timeout=50)
