@@ -114,9 +114,10 @@ class RedisServer:
     loses everything). The port stays the same across restarts. Stopped and
     its directory removed after the test's daemons stopped (ctx.after)."""
 
-    def __init__(self, ctx, aof=False, port=None):
+    def __init__(self, ctx, aof=False, port=None, args=()):
         self.ctx = ctx
         self.aof = aof
+        self.args = list(args)
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="runcast-redis-")
         self.proc = None
@@ -133,7 +134,7 @@ class RedisServer:
                 "--save", "", "--appendonly", "yes" if self.aof else "no",
                 "--appendfsync", "always", "--dir", self.dir, "--daemonize", "no",
                 "--logfile", os.path.join(self.dir, "redis.log"),
-                "--maxmemory-policy", "noeviction"]
+                "--maxmemory-policy", "noeviction", "--enable-debug-command", "local"] + self.args
         self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL, start_new_session=True)
         self.starts += 1
@@ -199,6 +200,16 @@ class RedisServer:
 
     def run_id(self):
         return self.info("server")["run_id"]
+
+    def fill(self, keys):
+        """Adds `keys` filler keys and rewrites the AOF, so that the next
+        start spends a while LOADING (answering -LOADING to every command)."""
+        eq(self.call("DEBUG", "POPULATE", keys, "filler"), "OK", "DEBUG POPULATE")
+        if self.aof:
+            self.call("BGREWRITEAOF")
+            wait_until(lambda: self.info("persistence").get("aof_rewrite_in_progress") == "0"
+                       and self.info("persistence").get("aof_rewrite_scheduled") == "0", 30,
+                       "the AOF rewrite", interval=0.05)
 
     def pause(self, ms, mode="ALL"):
         eq(self.call("CLIENT", "PAUSE", ms, mode), "OK", "CLIENT PAUSE reply")
@@ -888,7 +899,13 @@ def diagnose(ctx, log_lines=12):
                               "; ".join(shown[-12:]) if shown else "-"))
     for c in getattr(ctx, "clusters", []):
         for node in c.nodes:
-            lines = node.log_lines(lambda r: r.get("level") in ("warn", "error"), log_lines)
-            out.append("  %r: %s" % (node, "last warn/error log lines:" if lines else "no warn/error log lines"))
-            out += ["    | " + l[:400] for l in lines]
+            lines = node.log_lines(lambda r: r.get("level") in ("warn", "error"), 1000)
+            out.append("  %r: %s" % (node, "%d warn/error log lines, the last %d kinds:" % (len(lines), log_lines)
+                                     if lines else "no warn/error log lines"))
+            kinds = {}
+            for l in lines:   # one line per kind (its text without the time), with a count
+                key = re.sub(r'"ts":[0-9.]+,?', "", l)
+                kinds[key] = (kinds.get(key, (0, l))[0] + 1, l)
+            for n, l in list(kinds.values())[-log_lines:]:
+                out.append("    | %s%s" % (l[:400], "  (x%d)" % n if n > 1 else ""))
     return "\n".join(out)
