@@ -28,7 +28,7 @@ LIB_OBJ   += $(BUILD)/web_assets.o
 # Helpers the integration tests run (jwt-mint makes tokens with libjwt).
 TOOLS     := $(BUILD)/tests/jwt-mint
 
-.PHONY: all bootstrap run run-cluster test-run-cluster test unit integration e2e screenshot asan clean
+.PHONY: all bootstrap run run-cluster test test-cluster test-run-cluster unit integration e2e screenshot asan clean
 all: $(BUILD)/runcast $(UNIT_BIN) $(TOOLS)
 
 bootstrap:
@@ -102,6 +102,14 @@ e2e: $(BUILD)/runcast
 # that lays out the console at laptop width.
 screenshot: $(BUILD)/runcast
 	@E2E_DOCS_SCREENSHOT=1 RUNCAST_BIN=$(BUILD)/runcast UNIT_BINS= scripts/run-tests --e2e-only 'laptop width'
+
+# The cluster-mode fault tests (tests/cluster/): private redis-servers and
+# several nodes on loopback ports; RUNCAST_BIN overrides the binary,
+# CLUSTER_FILTER picks tests by name, RUNCAST_CLUSTER_SEED replays the
+# randomized one.
+CLUSTER_FILTER ?=
+test-cluster: $(BUILD)/runcast
+	@RUNCAST_BIN=$${RUNCAST_BIN:-$(BUILD)/runcast} timeout -k 5 600 python3 tests/cluster/run.py $(CLUSTER_FILTER)
 
 unit: all
 	@RUNCAST_BIN=$(BUILD)/runcast UNIT_BINS="$(UNIT_BIN)" scripts/run-tests --unit-only

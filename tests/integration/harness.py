@@ -865,6 +865,9 @@ class Ctx:
         self.name = name
         self.daemons = []
         self.closers = []
+        # Run after the daemons stopped (a store they use, e.g. the cluster
+        # suite's redis-server); each returns a list of problems or None.
+        self.after = []
 
     def daemon(self, *args, upstream="demo", env=None):
         return Daemon(self, args, upstream=upstream, env=env)
@@ -891,6 +894,11 @@ class Ctx:
                 problems += d.stop()
             except Exception as e:  # never let cleanup hang the suite
                 problems.append("stopping %s: %r" % (d.name(), e))
+        for fn in self.after:
+            try:
+                problems += fn() or []
+            except Exception as e:
+                problems.append("cleanup: %r" % e)
         return problems
 
 

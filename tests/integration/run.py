@@ -7,7 +7,11 @@ build/runcast).
 A FILTER selects the tests whose name contains it (any of them). Each test
 runs with its own daemon(s) under an overall timeout; the runner prints one
 ok/FAIL line per test and ends with exactly one line
-`integration: N passed, M failed`. Exit status 1 on any failure."""
+`integration: N passed, M failed`. Exit status 1 on any failure.
+
+The test modules are imported only when this file runs as a script, so that
+another suite (tests/cluster/run.py) can load this runner and call
+main(argv, suite=...) over its own tests."""
 
 import os
 import sys
@@ -19,13 +23,6 @@ sys.dont_write_bytecode = True  # keep the source tree clean
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import harness  # noqa: E402
-import test_runs  # noqa: E402,F401
-import test_streams  # noqa: E402,F401
-import test_http  # noqa: E402,F401
-import test_controls  # noqa: E402,F401
-import test_hostile  # noqa: E402,F401
-import test_auth  # noqa: E402,F401
-import test_adk  # noqa: E402,F401
 
 
 def run_one(name, fn, timeout):
@@ -61,7 +58,7 @@ def run_one(name, fn, timeout):
     return errors, elapsed
 
 
-def main(argv):
+def main(argv, suite="integration"):
     filters = [a for a in argv if not a.startswith("-")]
     if not os.path.exists(harness.RUNCAST_BIN):
         print("run.py: binary %s not found" % harness.RUNCAST_BIN, file=sys.stderr)
@@ -82,9 +79,16 @@ def main(argv):
     if harness.SKIPPED:
         print("left out under valgrind (timing-sensitive, they run in make test and make asan): %d: %s"
               % (len(harness.SKIPPED), ", ".join(harness.SKIPPED)))
-    print("integration: %d passed, %d failed" % (passed, failed))
+    print("%s: %d passed, %d failed" % (suite, passed, failed))
     return 1 if failed or not selected else 0
 
 
 if __name__ == "__main__":
+    import test_runs  # noqa: E402,F401
+    import test_streams  # noqa: E402,F401
+    import test_http  # noqa: E402,F401
+    import test_controls  # noqa: E402,F401
+    import test_hostile  # noqa: E402,F401
+    import test_auth  # noqa: E402,F401
+    import test_adk  # noqa: E402,F401
     sys.exit(main(sys.argv[1:]))
