@@ -570,6 +570,7 @@ static void metrics_snapshot_take(struct metrics_snapshot *snap)
         snap->store_reconnects = st.reconnects;
         snap->store_fenced_appends = st.fenced_appends;
         snap->runs_reaped = st.runs_reaped;
+        snap->store_pubsub_resets = st.pubsub_resets;
     }
 }
 

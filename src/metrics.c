@@ -144,6 +144,9 @@ void metrics_render(struct buf *out, const struct metrics_snapshot *snap)
     render_header(out, "runcast_store_fenced_appends_total", "counter",
                   "Writes refused because their run was no longer this node's.");
     buf_printf(out, "runcast_store_fenced_appends_total %" PRIu64 "\n", snap->store_fenced_appends);
+    render_header(out, "runcast_store_pubsub_resets_total", "counter",
+                  "Pub/sub connections to Redis replaced because they stopped delivering.");
+    buf_printf(out, "runcast_store_pubsub_resets_total %" PRIu64 "\n", snap->store_pubsub_resets);
     render_header(out, "runcast_runs_reaped_total", "counter",
                   "Runs of other nodes this node ended as node_lost.");
     buf_printf(out, "runcast_runs_reaped_total %" PRIu64 "\n", snap->runs_reaped);

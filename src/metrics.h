@@ -49,7 +49,7 @@ struct metrics_snapshot {
     uint64_t log_lines_dropped;
     /* Redis mode only (store_redis set): the store's numbers. */
     int store_redis, store_up;
-    uint64_t store_reconnects, store_fenced_appends, runs_reaped;
+    uint64_t store_reconnects, store_fenced_appends, runs_reaped, store_pubsub_resets;
 };
 
 /* Appends the whole exposition to out: this module's histograms and

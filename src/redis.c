@@ -544,7 +544,18 @@ static int parse_run_id(struct redis *r, const redisReply *reply)
         return -EPROTO;
     memcpy(r->run_id, p, 40);
     r->run_id[40] = '\0';
+    /* A restarted Redis still loading its data answers INFO but refuses
+     * everything else: not up yet. */
+    if (strstr(reply->str, "\nloading:1") != NULL)
+        return -EAGAIN;
     return 0;
+}
+
+/* "-LOADING": Redis (re)started and is reading its data back; it refuses
+ * every command until it is done. */
+static int is_loading(const redisReply *reply)
+{
+    return reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "LOADING", 7) == 0;
 }
 
 static int is_noscript(const redisReply *reply)
@@ -576,6 +587,14 @@ static void on_reply(redisAsyncContext *ac, void *reply_ptr, void *privdata)
         return;
     }
     conn_arm_deadline(conn);
+    if (is_loading(reply)) {
+        /* Not an answer: the command did not run. Treated as a lost
+         * connection, so the owner's retry waits for a Redis that is ready
+         * (reconnect with backoff, the handshake checks INFO's loading). */
+        cmd_fail(cmd, -EAGAIN);
+        conn_drop(conn, -EAGAIN);
+        return;
+    }
     switch (cmd->kind) {
     case CMD_USER:
         cmd_deliver(r, cmd, reply);
@@ -994,6 +1013,12 @@ void redis_close(struct redis *r, void (*done)(void *arg), void *arg)
 int redis_is_up(const struct redis *r)
 {
     return r->commands.state == CONN_UP;
+}
+
+void redis_reset_pubsub(struct redis *r)
+{
+    if (r->pubsub.state == CONN_UP)
+        conn_drop(&r->pubsub, -ETIMEDOUT);
 }
 
 const char *redis_server_run_id(const struct redis *r)

@@ -128,6 +128,12 @@ int redis_subscribe(struct redis *r, const char *channel, const struct redis_sub
  * on. Returns 0, or -ENOENT. Safe from inside its own callbacks. */
 int redis_unsubscribe(struct redis *r, const char *channel);
 
+/* Drops the pub/sub connection if it is up, as if it had failed: it is
+ * re-established (with backoff) and every subscription confirmed again.
+ * For an owner that found it wedged (it stopped delivering while still
+ * connected, which no deadline of this client sees). */
+void redis_reset_pubsub(struct redis *r);
+
 /* Copies the counters into out. */
 void redis_stats(const struct redis *r, struct redis_stats *out);
 

@@ -140,6 +140,8 @@ static struct {
     uv_idle_t notes_idle;
     uv_timer_t tick_timer;
     int tick_in_flight;
+    char probe_channel[160];   /* the node's own: each tick publishes on it */
+    int probes_unseen;         /* ticks answered since the last probe came back */
     int was_up;                /* up once: the next up is a reconnect */
     int stopping;
     uv_timer_t stop_timer;
@@ -931,6 +933,22 @@ static struct redis_log *log_find(const char *S)
     return e ? container_of(e, struct redis_log, entry) : NULL;
 }
 
+/* A tick's probe came back through the pub/sub connection. */
+static void on_probe(void *arg, const char *payload, size_t len)
+{
+    rs.probes_unseen = 0;
+}
+
+static void on_probe_subscribed(void *arg, int subscribed)
+{
+    rs.probes_unseen = 0;
+}
+
+static const struct redis_sub_callbacks probe_callbacks = {
+    .on_subscribed = on_probe_subscribed,
+    .on_message = on_probe,
+};
+
 static void on_tick(void *arg, redisReply *reply, int err)
 {
     uint64_t sent_ns = (uint64_t)(uintptr_t)arg;
@@ -938,6 +956,7 @@ static void on_tick(void *arg, redisReply *reply, int err)
     if (err)
         return;
     count_reply(sent_ns);
+    rs.probes_unseen++;
     if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 4) {
         log_script_error("tick", reply);
         return;
@@ -994,6 +1013,15 @@ static void tick_cb(uv_timer_t *t)
 {
     if (rs.tick_in_flight || !redis_is_up(rs.redis))
         return;
+    /* Three ticks answered and none of their probes delivered: the pub/sub
+     * connection is wedged (connected, silent; Centrifugo's bug). A new
+     * one resubscribes, and every copy catches up from the log. */
+    if (rs.probes_unseen >= 3) {
+        log_event(LOG_WARN, "store.pubsub_wedged", NULL);
+        rs.stats.pubsub_resets++;
+        rs.probes_unseen = 0;
+        redis_reset_pubsub(rs.redis);
+    }
     char lease[24], limit[24], ttl[24], stall[24], maxlen[24], num[24];
     u64_text(lease, sizeof(lease), rs.cfg.lease_ms);
     u64_text(limit, sizeof(limit), 1000);
@@ -1008,6 +1036,7 @@ static void tick_cb(uv_timer_t *t)
     arg_add(&a, ttl, 0);
     arg_add(&a, stall, 0);
     arg_add(&a, maxlen, 0);
+    arg_add(&a, rs.probe_channel + strlen("rc:probe:"), 0);
     /* The runs this node runs. */
     int count_at = a.n;
     arg_add(&a, "0", 0);
@@ -1163,6 +1192,8 @@ int store_redis_start(uv_loop_t *loop, const struct store_redis_config *cfg)
     if (rs.redis == NULL)
         return err;
     redis_script_add(rs.redis, SCRIPT, store_redis_lua);
+    snprintf(rs.probe_channel, sizeof(rs.probe_channel), "rc:probe:%d:%s", cfg->db, rs.node_id);
+    redis_subscribe(rs.redis, rs.probe_channel, &probe_callbacks, NULL);
     /* Ticks often enough that a lease lapses within about a second of its
      * end and that a stall of half a lease is told from a normal gap. */
     uint64_t every = cfg->lease_ms / 4;

@@ -86,6 +86,7 @@ struct store_redis_stats {
     uint64_t reconnects;       /* times the connection came back after being lost */
     uint64_t fenced_appends;   /* writes refused because the run was no longer this node's */
     uint64_t runs_reaped;      /* runs this node ended as node_lost */
+    uint64_t pubsub_resets;    /* pub/sub connections dropped as wedged */
     uint64_t commands;         /* replies received */
     uint64_t command_latency_us; /* their total latency */
     size_t mirrors;            /* logs mirrored */

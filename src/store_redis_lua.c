@@ -302,14 +302,16 @@ const char store_redis_lua[] =
     "  end\n"
     "  return {'OK', #active, running, queued, redis.call('ZCARD', 'rc:sessions'), list}\n"
 
-    /* tick node lease limit ttl stall maxlen
+    /* tick node lease limit ttl stall maxlen probe
      *      nruns [S run epoch]... nsubs [S count]... nprobe [S epoch seq]...
      * Every node's periodic step: renews its lease; reports which of the
      * runs it runs are no longer its own (epoch "" = not yet confirmed);
      * ends runs Redis says it owns that it does not run; records its
      * subscriber counts; reports mirrored logs that moved on (a lost
      * message leaves no gap to notice); fails the runs of nodes whose lease
-     * lapsed (node_lost); expires idle sessions. A Redis stall longer than
+     * lapsed (node_lost); expires idle sessions; publishes on the node's
+     * probe channel (is its pub/sub connection still delivering?). A Redis
+     * stall longer than
      * `stall` (no tick from any node) extends every lease by its length, so
      * a paused Redis does not reap every node when it wakes.
      * -> {lost: S run event ...} {reaped: S run node ...} {probe: S ...}
@@ -326,7 +328,8 @@ const char store_redis_lua[] =
     "  end\n"
     "  redis.call('SET', 'rc:tick', now)\n"
     "  redis.call('ZADD', 'rc:nodes', now + lease, node)\n"
-    "  local i = 8\n"
+    "  redis.call('PUBLISH', 'rc:probe:' .. A[8], now)\n"
+    "  local i = 9\n"
     "  local lost, mine = {}, {}\n"
     "  for _ = 1, tonumber(A[i]) do\n"
     "    local S, run, ep = A[i + 1], A[i + 2], A[i + 3]\n"

@@ -634,6 +634,9 @@ def test_wedged_pubsub_connection_still_delivers_every_event(t):
     expect_whole_run(w, r1, 40)
     r2 = chk.post(B, "s", "after !events=5 !rate=100")["run_id"]
     eq(terminal(w, r2, c.lease_s + 3)[0], "run.completed", "the next run on the wedged node's subscriber")
+    obs.wait_terminal(r2, 5)
+    eq(metric(C.metrics(), "runcast_store_pubsub_resets_total"), 1.0,
+       "n3 replaced its wedged pub/sub connection once")
     same_sequence([obs, w], "the two streams")
     chk.verify()
 

@@ -397,29 +397,6 @@ def test_run_cluster_stops_what_had_started_when_a_node_cannot_start(t):
     c.check_nothing_left()
 
 
-def main(argv):
-    """This module's tests only (importing the integration runner may
-    register the integration suite's too), with that runner's run_one."""
-    from run import run_one  # tests/integration/run.py
-    mine = [x for x in harness.TESTS if x[1].__module__ == __name__]
-    filters = [a for a in argv if not a.startswith("-")]
-    selected = [x for x in mine if not filters or any(f in x[0] for f in filters)]
-    passed = failed = 0
-    for name, fn, timeout in selected:
-        errors, elapsed = run_one(name, fn, timeout)
-        if errors:
-            failed += 1
-            print("FAIL %s (%.2fs)" % (name, elapsed))
-            for e in errors:
-                for line in e.splitlines():
-                    print("     " + line)
-        else:
-            passed += 1
-            print("ok   %s (%.2fs)" % (name, elapsed))
-        sys.stdout.flush()
-    print("run-cluster: %d passed, %d failed" % (passed, failed))
-    return 1 if failed or not selected else 0
-
-
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    import run  # tests/integration/run.py: only this module's tests are registered
+    sys.exit(run.main(sys.argv[1:], suite="run-cluster"))
