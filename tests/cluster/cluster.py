@@ -1,11 +1,7 @@
 """cluster.py: fixtures for runcast's cluster-mode fault tests (CLUSTER.md).
 
-Built on tests/integration/harness.py (Daemon, SseClient, Ctx, wait_until):
-  Resp          a tiny RESP client over a raw socket (no Python redis library)
-  RedisServer   a private redis-server on a free loopback port, in a temporary
-                directory: --save "" and --appendonly no|yes (appendfsync
-                always); start/stop/restart on the same port, kill -9,
-                CLIENT PAUSE, CLIENT KILL TYPE pubsub. Never a system service.
+Built on tests/integration/harness.py (Daemon, SseClient, Ctx, wait_until,
+and its Resp and RedisServer):
   Node          one runcast process in cluster mode: kill -9, SIGSTOP/SIGCONT
   Cluster       N nodes with distinct --node-id on one RedisServer
   LatencyProxy  a TCP proxy that delays a node's Redis traffic
@@ -24,19 +20,16 @@ import json
 import os
 import queue
 import re
-import shutil
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 
 import harness
-from harness import (TERMINAL, Daemon, SseClient, TestFailure, eq, expect, fail, free_port,
-                     request, spath, wait_until)
+from harness import (TERMINAL, Daemon, RedisServer, Resp, RespError, SseClient, TestFailure, eq,
+                     expect, fail, free_port, request, spath, wait_until)
 
-REDIS_SERVER = os.environ.get("REDIS_SERVER") or shutil.which("redis-server") or "/usr/bin/redis-server"
 LEASE = os.environ.get("RUNCAST_CLUSTER_LEASE", "2s")
 
 
@@ -50,193 +43,6 @@ def seconds(d):
 
 
 LEASE_S = seconds(LEASE)
-
-
-# ---------------------------------------------------------------- RESP
-
-class RespError(Exception):
-    pass
-
-
-class Resp:
-    """One connection to Redis speaking RESP2. call() returns str (simple and
-    bulk strings, utf-8), int, None or a list; an error reply raises RespError."""
-
-    def __init__(self, port, timeout=3.0):
-        self.sock = socket.create_connection(("127.0.0.1", port), timeout)
-        self.file = self.sock.makefile("rb")
-
-    def call(self, *args):
-        out = [b"*%d\r\n" % len(args)]
-        for a in args:
-            a = a if isinstance(a, bytes) else str(a).encode()
-            out.append(b"$%d\r\n%s\r\n" % (len(a), a))
-        self.sock.sendall(b"".join(out))
-        return self._reply()
-
-    def _reply(self):
-        line = self.file.readline()
-        if not line.endswith(b"\r\n"):
-            raise ConnectionError("redis closed the connection")
-        kind, rest = line[:1], line[1:-2]
-        if kind == b"+":
-            return rest.decode()
-        if kind == b"-":
-            raise RespError(rest.decode())
-        if kind == b":":
-            return int(rest)
-        if kind == b"$":
-            n = int(rest)
-            if n < 0:
-                return None
-            data = self.file.read(n + 2)
-            if len(data) != n + 2:
-                raise ConnectionError("redis closed the connection mid-reply")
-            return data[:-2].decode("utf-8", "replace")
-        if kind == b"*":
-            n = int(rest)
-            return None if n < 0 else [self._reply() for _ in range(n)]
-        raise RespError("bad RESP line %r" % line)
-
-    def close(self):
-        try:
-            self.file.close()
-            self.sock.close()
-        except OSError:
-            pass
-
-
-# ---------------------------------------------------------------- redis-server
-
-class RedisServer:
-    """A private redis-server. aof=True: --appendonly yes --appendfsync always
-    (a restart loses nothing); aof=False: no persistence at all (a restart
-    loses everything). The port stays the same across restarts. Stopped and
-    its directory removed after the test's daemons stopped (ctx.after)."""
-
-    def __init__(self, ctx, aof=False, port=None, args=()):
-        self.ctx = ctx
-        self.aof = aof
-        self.args = list(args)
-        self.port = port or free_port()
-        self.dir = tempfile.mkdtemp(prefix="runcast-redis-")
-        self.proc = None
-        self.starts = 0
-        ctx.after.append(self._cleanup)
-        self.start()
-
-    def url(self, db=None):
-        return "redis://127.0.0.1:%d%s" % (self.port, "" if db is None else "/%d" % db)
-
-    def start(self, timeout=5.0):
-        expect(self.proc is None or self.proc.poll() is not None, "redis-server already running")
-        argv = [REDIS_SERVER, "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "yes" if self.aof else "no",
-                "--appendfsync", "always", "--dir", self.dir, "--daemonize", "no",
-                "--logfile", os.path.join(self.dir, "redis.log"),
-                "--maxmemory-policy", "noeviction", "--enable-debug-command", "local"] + self.args
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     stderr=subprocess.DEVNULL, start_new_session=True)
-        self.starts += 1
-        deadline = time.monotonic() + timeout
-        while True:
-            if self.proc.poll() is not None:
-                fail("redis-server on port %d exited (rc=%s) at start; log:\n%s"
-                     % (self.port, self.proc.returncode, self.log_tail()))
-            try:
-                if self.call("PING") == "PONG":
-                    return
-            except (OSError, ConnectionError, RespError):
-                pass
-            if time.monotonic() >= deadline:
-                fail("redis-server on port %d not answering PING within %.1fs; log:\n%s"
-                     % (self.port, timeout, self.log_tail()))
-            time.sleep(0.02)
-
-    def running(self):
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout=5.0):
-        """SIGTERM (with AOF: fsynced and closed), then wait for the exit."""
-        if not self.running():
-            return
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(5)
-            fail("redis-server did not exit within %.1fs of SIGTERM" % timeout)
-
-    def kill9(self):
-        if self.running():
-            self.proc.kill()
-            self.proc.wait(5)
-
-    def restart(self):
-        """Stop and start again on the same port; returns (old, new) run_id."""
-        old = self.run_id()
-        self.stop()
-        self.start()
-        return old, self.run_id()
-
-    def call(self, *args, db=None, timeout=3.0):
-        """One command on a fresh connection (SELECT db first when given)."""
-        r = Resp(self.port, timeout)
-        try:
-            if db is not None:
-                r.call("SELECT", db)
-            return r.call(*args)
-        finally:
-            r.close()
-
-    def info(self, section="server"):
-        out = {}
-        for line in self.call("INFO", section).splitlines():
-            k, sep, v = line.partition(":")
-            if sep:
-                out[k.strip()] = v.strip()
-        return out
-
-    def run_id(self):
-        return self.info("server")["run_id"]
-
-    def fill(self, keys):
-        """Adds `keys` filler keys and rewrites the AOF, so that the next
-        start spends a while LOADING (answering -LOADING to every command)."""
-        eq(self.call("DEBUG", "POPULATE", keys, "filler"), "OK", "DEBUG POPULATE")
-        if self.aof:
-            self.call("BGREWRITEAOF")
-            wait_until(lambda: self.info("persistence").get("aof_rewrite_in_progress") == "0"
-                       and self.info("persistence").get("aof_rewrite_scheduled") == "0", 30,
-                       "the AOF rewrite", interval=0.05)
-
-    def pause(self, ms, mode="ALL"):
-        eq(self.call("CLIENT", "PAUSE", ms, mode), "OK", "CLIENT PAUSE reply")
-
-    def kill_pubsub(self):
-        """CLIENT KILL TYPE pubsub; returns how many connections were killed."""
-        return self.call("CLIENT", "KILL", "TYPE", "pubsub")
-
-    def pubsub_clients(self):
-        out = self.call("CLIENT", "LIST", "TYPE", "pubsub")
-        return [l for l in out.splitlines() if l.strip()]
-
-    def log_tail(self, n=15):
-        try:
-            with open(os.path.join(self.dir, "redis.log"), errors="replace") as f:
-                lines = f.read().splitlines()[-n:]
-        except OSError:
-            lines = []
-        return "\n".join("    | " + l for l in lines)
-
-    def _cleanup(self):
-        problems = []
-        if self.running():
-            self.proc.kill()
-            self.proc.wait(5)
-        shutil.rmtree(self.dir, ignore_errors=True)
-        return problems
 
 
 # ---------------------------------------------------------------- latency

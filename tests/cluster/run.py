@@ -37,7 +37,7 @@ def load_runner():
 
 
 def preflight():
-    from cluster import REDIS_SERVER
+    from harness import REDIS_SERVER
     if not (os.path.exists(REDIS_SERVER) or shutil.which(REDIS_SERVER)):
         print("cluster: redis-server not found (%s); scripts/bootstrap installs it" % REDIS_SERVER)
     try:

@@ -511,6 +511,34 @@ static void pubsub_delivers_once_and_resubscribes_after_client_kill(void)
 /* hiredis 0.14 keeps one callback per channel and drops it when the
  * UNSUBSCRIBE is acknowledged: a SUBSCRIBE sent before that ack would be
  * left without one. redis.c waits for the ack and subscribes again. */
+/* The owner finds the pub/sub connection wedged and replaces it: the
+ * subscription is lost once and confirmed again on a new connection, the
+ * command connection never notices, and delivery goes on. */
+static void reset_pubsub_resubscribes_on_a_new_connection(void)
+{
+    test_begin();
+    fixture_open();
+    struct sub_counts c = {0};
+    struct redis_sub_callbacks cb = {.on_subscribed = on_subscribed, .on_message = on_message};
+    CHECK_EQ(redis_subscribe(fx.r, "rc:{s2}:c", &cb, &c), 0);
+    CHECK(wait_for(&c.subscribed, 1, WAIT_MS));
+    struct result id1 = command_sync("CLIENT LIST TYPE pubsub", NULL, NULL);
+
+    redis_reset_pubsub(fx.r);
+    CHECK_EQ(c.unsubscribed, 1);
+    CHECK(wait_for(&c.subscribed, 2, WAIT_MS));
+    struct result id2 = command_sync("CLIENT LIST TYPE pubsub", NULL, NULL);
+    CHECK(strcmp(id1.str, id2.str) != 0); /* another connection */
+    struct result pub = command_sync("PUBLISH %s %s", "rc:{s2}:c", "after");
+    CHECK_EQ(pub.integer, 1);
+    CHECK(wait_for(&c.messages, 1, WAIT_MS));
+    CHECK_STREQ(c.last, "after");
+    CHECK_EQ(fx.ups, 1);
+    CHECK_EQ(fx.downs, 0);
+    fixture_close();
+    test_end();
+}
+
 static void resubscribe_before_unsubscribe_ack_keeps_delivering(void)
 {
     test_begin();
@@ -598,6 +626,7 @@ int main(void)
     RUN_TEST(evalsha_survives_script_flush);
     RUN_TEST(pubsub_delivers_once_and_resubscribes_after_client_kill);
     RUN_TEST(resubscribe_before_unsubscribe_ack_keeps_delivering);
+    RUN_TEST(reset_pubsub_resubscribes_on_a_new_connection);
     RUN_TEST(close_cancels_commands_in_flight);
     return test_report("test_redis");
 }
