@@ -61,17 +61,29 @@ static void on_server_closed(void *arg)
 
 /* The end of the grace period: what still runs is cancelled (run.cancelled
  * "shutdown"), every stream gets its last events and ends, handles close. */
-static void finish_shutdown(void)
+static void close_everything(void *arg)
 {
-    uv_timer_stop(&drain_timer);
-    limiter_shutdown();
     session_table_shutdown("shutdown");
-    if (shared_store) /* the runs' last writes land first */
+    if (shared_store) /* the runs' last writes are confirmed by now, or given up */
         store_redis_stop(2000, NULL, NULL);
     if (admin_server)
         server_close(admin_server, on_admin_server_closed, NULL);
     else
         server_close(server, on_server_closed, NULL);
+}
+
+static void finish_shutdown(void)
+{
+    uv_timer_stop(&drain_timer);
+    limiter_shutdown();
+    if (!shared_store) {
+        close_everything(NULL);
+        return;
+    }
+    /* The runs' run.cancelled go to Redis and come back to this node's
+     * streams before they end, as in memory mode. */
+    session_table_end_runs("shutdown");
+    store_redis_settle(2000, close_everything, NULL);
 }
 
 /* Polled while draining: a safe point outside every run's callbacks. */

@@ -502,7 +502,8 @@ static void conn_on_read_end(struct conn *c, ssize_t err)
         if (err != UV_EOF) {
             conn_begin_close(c, 1);
         } else if (c->awaiting) {
-            c->close_after = 1; /* answer the pending request, then close */
+            /* The pending request is answered, then the complete requests
+             * behind it (TIMER_PROCESS), then the conn closes. */
         } else {
             if (c->rbuf.len && !c->paused)
                 conn_process(c, NULL, 0); /* complete requests still get answered */
@@ -568,6 +569,9 @@ static void conn_on_timer(uv_timer_t *timer)
     case TIMER_PROCESS:
         if (c->state == CONN_READING)
             conn_process(c, NULL, 0);
+        /* A half-closed client whose last complete request was answered. */
+        if (c->eof && c->state == CONN_READING && !c->awaiting && !c->paused)
+            conn_begin_close(c, 0);
         break;
     case TIMER_SEND:
     case TIMER_CLOSE:

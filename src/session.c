@@ -88,6 +88,13 @@ void session_table_shutdown(const char *reason)
     tombstones_free_all();
 }
 
+void session_table_end_runs(const char *reason)
+{
+    for (struct session *s = session_first(); s; s = session_next(s))
+        if (s->run && run_is_active(s->run))
+            run_cancel(s->run, reason);
+}
+
 struct session *session_find(const char *app, const char *user, const char *id)
 {
     char key[KEY_MAX];
@@ -213,7 +220,7 @@ static void session_remove(struct session *s, const char *reason, int publish_cl
     table_unlink(s);
     hub_destroy(s->hub);
     store_close(s->log);
-    if (reason) /* NULL: the store closed it (watch_closed logged it) */
+    if (reason) /* NULL: only this node's copy goes (its caller logged why) */
         log_event(LOG_INFO, "session.closed", "app", s->app, "user", s->user, "session", s->id,
                   "reason", reason, NULL);
     quota_session_end(s->user);
@@ -237,13 +244,13 @@ static void watch_run_ended(void *arg, const char *run_id, const char *event)
 /* Deleted or expired by a node (maybe this one): the session.closed is in
  * the log, so the streams end after it; the run, if still active here,
  * was cancelled there. */
-static void watch_closed(void *arg)
+static void watch_closed(void *arg, const char *reason)
 {
     struct session *s = arg;
     if (s->run && run_is_active(s->run))
         run_end_elsewhere(s->run, "run.cancelled");
     log_event(LOG_INFO, "session.closed", "app", s->app, "user", s->user, "session", s->id,
-              "reason", "closed_in_store", NULL);
+              "reason", reason, NULL);
     session_remove(s, NULL, 0);
 }
 
@@ -370,19 +377,22 @@ static void expiry_cb(uv_timer_t *t)
     uint64_t now = time_mono_ms();
     size_t budget = sessions.count;
     int shared = store_is_shared();
+    /* A shared store expires sessions itself (session.closed comes through
+     * the log); this node's copy of one it no longer serves goes later. */
+    uint64_t ttl = shared ? 2 * config.ttl_ms : config.ttl_ms;
     tombstones_expire(now);
     while (!list_empty(&by_activity) && budget-- > 0) {
         struct session *s = container_of(by_activity.next, struct session, activity_link);
-        if (now - s->last_activity_ms < config.ttl_ms)
+        if (now - s->last_activity_ms < ttl)
             break;
         if (hub_subscriber_count(s->hub) > 0 || (shared && s->run && run_is_active(s->run))) {
             session_touch(s);
             continue;
         }
         if (shared) {
-            /* Only this node's copy goes: the store expires the session
-             * itself, for every node. */
-            session_remove(s, "released", 0);
+            log_event(LOG_INFO, "session.released", "app", s->app, "user", s->user, "session",
+                      s->id, NULL);
+            session_remove(s, NULL, 0);
             continue;
         }
         log_event(LOG_INFO, "session.expired", "session", s->id, NULL);

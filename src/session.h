@@ -50,6 +50,11 @@ void session_table_init(uv_loop_t *loop, const struct session_config *cfg);
  * stops the expiry timer. */
 void session_table_shutdown(const char *reason);
 
+/* Cancels every active run (reason), keeping sessions and streams: in Redis
+ * mode, before session_table_shutdown(), so that the streams get the
+ * run.cancelled back from Redis before they end. */
+void session_table_end_runs(const char *reason);
+
 /* The session, or NULL. Parameters must already be valid path parameters. */
 struct session *session_find(const char *app, const char *user, const char *id);
 /* Finds or creates. Returns 0 and *out; -ENOSPC at --max-sessions,

@@ -88,9 +88,9 @@ struct store_watch {
      * then writes run.failed store_lost). The run must stop without
      * writing anything more. */
     void (*run_ended)(void *arg, const char *run_id, const char *event);
-    /* The session was deleted or expired (its session.closed is in the
-     * log and was handed to the listener). */
-    void (*closed)(void *arg);
+    /* The session was deleted or expired (its session.closed, whose
+     * reason is given, is in the log and was handed to the listener). */
+    void (*closed)(void *arg, const char *reason);
     /* The log's events were replaced (the store lost data, or this process
      * fell too far behind): what was handed to the listener so far does not
      * continue, so every stream must end (clients reconnect and resume from

@@ -74,6 +74,7 @@ struct redis_log {
     uint64_t run_k;           /* its last append number */
     int run_lost;             /* the store lost it: its store_lost write may re-create S */
     int subscribers_sent;     /* the count the latest tick recorded */
+    uint64_t written_seq;     /* the newest seq this node's writes got (in epoch) */
     char app[129], user[129], sid[129];
     char channel[MAX_KEY + 16];
     char S[MAX_KEY];          /* "app/user/session" */
@@ -145,6 +146,10 @@ static struct {
     int was_up;                /* up once: the next up is a reconnect */
     int stopping;
     uv_timer_t stop_timer;
+    uv_timer_t settle_timer;
+    uint64_t settle_deadline_ms;
+    void (*settle_done)(void *arg);
+    void *settle_arg;
     void (*stop_done)(void *arg);
     void *stop_arg;
     size_t outbox_count;
@@ -256,7 +261,7 @@ static void notes_run(uv_idle_t *idle)
             if (n->kind == NOTE_RUN_ENDED)
                 l->watch->run_ended(l->watch_arg, n->run_id, n->has_event ? n->event : NULL);
             else if (n->kind == NOTE_CLOSED)
-                l->watch->closed(l->watch_arg);
+                l->watch->closed(l->watch_arg, n->event);
             else
                 l->watch->reset(l->watch_arg);
         }
@@ -321,10 +326,15 @@ static void mirror_apply(struct redis_log *l, uint64_t seq, char flag, const cha
                          const char *run, const char *data, size_t len)
 {
     store_memory_put(l->cache, seq, type, data, len, flag == 's');
-    if (flag == 't')
+    if (flag == 't') {
         note_run_ended(l, run, type);
-    else if (strcmp(type, "session.closed") == 0 && !l->closed)
-        note_add(l, NOTE_CLOSED);
+    } else if (strcmp(type, "session.closed") == 0 && !l->closed) {
+        struct note *n = note_add(l, NOTE_CLOSED);
+        json_t *o = json_loadb(data, len, 0, NULL);
+        const char *reason = json_string_value(json_object_get(o, "reason"));
+        snprintf(n->event, sizeof(n->event), "%s", reason ? reason : "closed");
+        json_decref(o);
+    }
 }
 
 static uint64_t cache_newest(const struct redis_log *l)
@@ -738,6 +748,17 @@ static void write_fenced(struct write *w, const char *epoch_text_, const char *e
     }
 }
 
+/* A write of l got seq in epoch: l's streams are settled once its copy
+ * has it. */
+static void note_written(struct redis_log *l, const redisReply *reply)
+{
+    uint32_t epoch;
+    uint64_t seq = (uint64_t)reply_int(reply_at(reply, 2));
+    if (parse_epoch(reply_str(reply_at(reply, 1)), &epoch) == 0 && epoch == l->epoch &&
+        seq > l->written_seq)
+        l->written_seq = seq;
+}
+
 static void on_start_reply(struct write *w, redisReply *reply)
 {
     struct redis_log *l = w->log;
@@ -746,6 +767,7 @@ static void on_start_reply(struct write *w, redisReply *reply)
     uint32_t epoch = 0;
     parse_epoch(reply_str(reply_at(reply, 1)), &epoch);
     if (strcmp(st, "OK") == 0 || strcmp(st, "REFUSED") == 0 || strcmp(st, "DUP") == 0) {
+        note_written(l, reply);
         if (strcmp(w->run_id, l->run_id) == 0)
             l->run_epoch = epoch;
         const char *superseded = reply_str(reply_at(reply, 3));
@@ -770,6 +792,8 @@ static void on_start_reply(struct write *w, redisReply *reply)
 static void on_append_reply(struct write *w, redisReply *reply)
 {
     const char *st = reply_status(reply);
+    if (strcmp(st, "OK") == 0)
+        note_written(w->log, reply);
     if (strcmp(st, "OK") == 0 || strcmp(st, "DUP") == 0) {
         if (w->terminal) {
             if (rs.store.on_terminal)
@@ -949,6 +973,22 @@ static const struct redis_sub_callbacks probe_callbacks = {
     .on_message = on_probe,
 };
 
+/* A log line about session S ("db/app/user/session"), with its parts. */
+static void log_session_event(const char *event, const char *S)
+{
+    char copy[MAX_KEY];
+    snprintf(copy, sizeof(copy), "%s", S);
+    char *part[4] = {copy, "", "", ""};
+    for (int i = 1; i < 4 && part[i - 1]; i++) {
+        char *slash = strchr(part[i - 1], '/');
+        if (slash == NULL)
+            break;
+        *slash = '\0';
+        part[i] = slash + 1;
+    }
+    log_event(LOG_INFO, event, "app", part[1], "user", part[2], "session", part[3], NULL);
+}
+
 static void on_tick(void *arg, redisReply *reply, int err)
 {
     uint64_t sent_ns = (uint64_t)(uintptr_t)arg;
@@ -973,7 +1013,7 @@ static void on_tick(void *arg, redisReply *reply, int err)
         rs.stats.runs_reaped++;
         if (rs.store.on_terminal)
             rs.store.on_terminal("run.failed");
-        log_event(LOG_WARN, "run.ended", "session", reply_str(reaped->element[i]), "run",
+        log_event(LOG_WARN, "run.reaped", "session", reply_str(reaped->element[i]), "run",
                   reply_str(reaped->element[i + 1]), "outcome", "failed", "code", "node_lost", "node",
                   reply_str(reaped->element[i + 2]), NULL);
     }
@@ -982,9 +1022,12 @@ static void on_tick(void *arg, redisReply *reply, int err)
         if (l && l->state == MIRROR_LIVE)
             mirror_load(l);
     }
-    for (long long n = reply_int(reply->element[3]); n > 0; n--)
-        if (rs.store.on_terminal)
+    const redisReply *expired = reply->element[3];
+    for (size_t i = 0; i + 1 < expired->elements; i += 2) {
+        if (reply_str(expired->element[i + 1])[0] && rs.store.on_terminal)
             rs.store.on_terminal("run.cancelled");
+        log_session_event("session.expired", reply_str(expired->element[i]));
+    }
 }
 
 /* Appends the tick's arguments for one list of triples or pairs. */
@@ -1178,6 +1221,7 @@ int store_redis_start(uv_loop_t *loop, const struct store_redis_config *cfg)
     uv_idle_init(loop, &rs.notes_idle);
     uv_timer_init(loop, &rs.tick_timer);
     uv_timer_init(loop, &rs.stop_timer);
+    uv_timer_init(loop, &rs.settle_timer);
     uint64_t command_timeout = cfg->lease_ms > 2000 ? cfg->lease_ms : 2000;
     struct redis_config rc = {
         .connect_timeout_ms = 2000,
@@ -1215,6 +1259,7 @@ static void on_redis_closed(void *arg)
     uv_close((uv_handle_t *)&rs.notes_idle, NULL);
     uv_close((uv_handle_t *)&rs.tick_timer, NULL);
     uv_close((uv_handle_t *)&rs.stop_timer, NULL);
+    uv_close((uv_handle_t *)&rs.settle_timer, NULL);
     table_free(&rs.logs);
     buf_free(&rs.scratch);
     rs.redis = NULL;
@@ -1244,6 +1289,34 @@ static void stop_timeout_cb(uv_timer_t *t)
         log_event(LOG_WARN, "store.unflushed", "writes",
                   u64_text((char[24]){0}, 24, rs.outbox_count), NULL);
     stop_finish();
+}
+
+static int settled(void)
+{
+    if (rs.outbox_count > 0 && redis_is_up(rs.redis))
+        return 0;
+    for (struct list *pos = rs.probe_ring.next; pos != &rs.probe_ring; pos = pos->next) {
+        struct redis_log *l = container_of(pos, struct redis_log, link);
+        if (l->loaded && l->written_seq > cache_newest(l) && l->subscribed)
+            return 0;
+    }
+    return 1;
+}
+
+static void settle_cb(uv_timer_t *t)
+{
+    if (!settled() && time_mono_ms() < rs.settle_deadline_ms)
+        return;
+    uv_timer_stop(&rs.settle_timer);
+    rs.settle_done(rs.settle_arg);
+}
+
+void store_redis_settle(uint64_t timeout_ms, void (*done)(void *arg), void *arg)
+{
+    rs.settle_done = done;
+    rs.settle_arg = arg;
+    rs.settle_deadline_ms = time_mono_ms() + timeout_ms;
+    uv_timer_start(&rs.settle_timer, settle_cb, 0, 10);
 }
 
 void store_redis_stop(uint64_t timeout_ms, void (*done)(void *arg), void *arg)
@@ -1279,9 +1352,14 @@ static json_t *time_or_null(const char *s)
     return s[0] ? json_real(strtod(s, NULL)) : json_null();
 }
 
-/* A status script's fields as DESIGN.md's per-session object. */
+static struct redis_log *log_find(const char *S);
+
+/* A status script's fields as DESIGN.md's per-session object. Subscribers:
+ * the other nodes' as of their latest tick, plus this node's, exactly. */
 static json_t *status_object(const redisReply *f)
 {
+    struct redis_log *l = log_find(reply_str(reply_at(f, 10)));
+    long long mine = l && l->watch ? (long long)l->watch->subscribers(l->watch_arg) : 0;
     const char *run = reply_str(reply_at(f, 3)), *state = reply_str(reply_at(f, 4));
     int active = strcmp(state, "queued") == 0 || strcmp(state, "running") == 0;
     json_t *o = json_object();
@@ -1295,7 +1373,7 @@ static json_t *status_object(const redisReply *f)
     json_object_set_new(o, "started_at", time_or_null(reply_str(reply_at(f, 6))));
     json_object_set_new(o, "ended_at", time_or_null(reply_str(reply_at(f, 7))));
     json_object_set_new(o, "events", json_integer(reply_int(reply_at(f, 8))));
-    json_object_set_new(o, "subscribers", json_integer(reply_int(reply_at(f, 9))));
+    json_object_set_new(o, "subscribers", json_integer(reply_int(reply_at(f, 9)) + mine));
     return o;
 }
 
@@ -1361,16 +1439,16 @@ void store_redis_status(const char *app, const char *user, const char *sid,
 {
     char S[MAX_KEY];
     session_key(S, app, user, sid);
-    const char *args[] = {"status", S};
-    request_send(REQ_STATUS, cb, arg, 2, args);
+    const char *args[] = {"status", S, rs.node_id};
+    request_send(REQ_STATUS, cb, arg, 3, args);
 }
 
 void store_redis_status_all(int all, long limit, store_redis_result_cb cb, void *arg)
 {
     char lim[24];
     u64_text(lim, sizeof(lim), (uint64_t)limit);
-    const char *args[] = {"status_all", all ? "1" : "0", lim};
-    request_send(REQ_STATUS_ALL, cb, arg, 3, args);
+    const char *args[] = {"status_all", all ? "1" : "0", lim, rs.node_id};
+    request_send(REQ_STATUS_ALL, cb, arg, 4, args);
 }
 
 void store_redis_cancel(const char *app, const char *user, const char *sid, const char *reason,

@@ -47,6 +47,10 @@ void store_redis_default_node_id(char *out, size_t size, int port);
 /* Connects (in the background) and starts the node's tick. Call once,
  * before store_init(&store_redis_ops, ...). Returns 0 or a negative errno. */
 int store_redis_start(uv_loop_t *loop, const struct store_redis_config *cfg);
+/* Calls done(arg) once every write this node queued is confirmed and the
+ * events it wrote are back in its copies (so streams can be given them),
+ * or after timeout_ms. */
+void store_redis_settle(uint64_t timeout_ms, void (*done)(void *arg), void *arg);
 /* Stops the tick, waits (at most timeout_ms) until every write this node
  * queued is confirmed, then closes the connections and calls done(arg). */
 void store_redis_stop(uint64_t timeout_ms, void (*done)(void *arg), void *arg);

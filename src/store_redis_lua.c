@@ -100,21 +100,24 @@ const char store_redis_lua[] =
     "  redis.call('ZREM', 'rc:sessions', S)\n"
     "  redis.call('SREM', 'rc:u:' .. user .. ':s', S)\n"
     "end\n"
-    /* Subscribers of S on nodes whose lease holds. */
-    "local function live_subscribers(S)\n"
+    /* Subscribers of S on nodes whose lease holds, but for node `except`
+     * (the asking node counts its own, exactly). */
+    "local function live_subscribers(S, except)\n"
     "  local h = redis.call('HGETALL', K(S, 's'))\n"
     "  local n = 0\n"
     "  for i = 1, #h, 2 do\n"
     "    local lease = redis.call('ZSCORE', 'rc:nodes', h[i])\n"
-    "    if lease and tonumber(lease) >= now then n = n + tonumber(h[i + 1]) end\n"
+    "    if h[i] ~= except and lease and tonumber(lease) >= now then n = n + tonumber(h[i + 1]) end\n"
     "  end\n"
     "  return n\n"
     "end\n"
-    "local function status(S)\n"
+    /* S's task status fields; the last is the subscribers of other nodes. */
+    "local function status(S, except)\n"
     "  local f = redis.call('HMGET', K(S, 'm'), 'app', 'user', 'sid', 'run', 'state', 'created',\n"
     "                       'started', 'ended', 'events')\n"
     "  for i = 1, 9 do f[i] = f[i] or '' end\n"
-    "  f[10] = live_subscribers(S)\n"
+    "  f[10] = live_subscribers(S, except)\n"
+    "  f[11] = S\n"
     "  return f\n"
     "end\n"
     "local op = A[1]\n"
@@ -276,16 +279,16 @@ const char store_redis_lua[] =
     "elseif op == 'user_subs' then\n"
     "  local n = 0\n"
     "  for _, S in ipairs(redis.call('SMEMBERS', 'rc:u:' .. A[2] .. ':s')) do\n"
-    "    n = n + live_subscribers(S) - tonumber(redis.call('HGET', K(S, 's'), A[3]) or '0')\n"
+    "    n = n + live_subscribers(S, A[3])\n"
     "  end\n"
     "  return n\n"
 
-    /* status S -> OK fields | NOSESSION */
+    /* status S node -> OK fields | NOSESSION */
     "elseif op == 'status' then\n"
     "  if redis.call('EXISTS', K(A[2], 'm')) == 0 then return {'NOSESSION'} end\n"
-    "  return {'OK', status(A[2])}\n"
+    "  return {'OK', status(A[2], A[3])}\n"
 
-    /* status_all all limit -> OK active running queued sessions list */
+    /* status_all all limit node -> OK active running queued sessions list */
     "elseif op == 'status_all' then\n"
     "  local running, queued = 0, 0\n"
     "  local active = redis.call('ZRANGE', 'rc:active', 0, -1)\n"
@@ -298,7 +301,7 @@ const char store_redis_lua[] =
     "  if limit > 0 then\n"
     "    local from = A[2] == '1' and redis.call('ZRANGE', 'rc:sessions', 0, limit - 1) or\n"
     "                 redis.call('ZRANGE', 'rc:active', 0, limit - 1)\n"
-    "    for _, S in ipairs(from) do table.insert(list, status(S)) end\n"
+    "    for _, S in ipairs(from) do table.insert(list, status(S, A[4])) end\n"
     "  end\n"
     "  return {'OK', #active, running, queued, redis.call('ZCARD', 'rc:sessions'), list}\n"
 
@@ -315,7 +318,7 @@ const char store_redis_lua[] =
      * `stall` (no tick from any node) extends every lease by its length, so
      * a paused Redis does not reap every node when it wakes.
      * -> {lost: S run event ...} {reaped: S run node ...} {probe: S ...}
-     *    expired_cancelled */
+     *    {expired: S cancelled_run_or_"" ...} */
     "elseif op == 'tick' then\n"
     "  local node, lease, limit = A[2], tonumber(A[3]), tonumber(A[4])\n"
     "  local ttl, stall, maxlen = tonumber(A[5]), tonumber(A[6]), tonumber(A[7])\n"
@@ -379,15 +382,16 @@ const char store_redis_lua[] =
     "    redis.call('DEL', 'rc:n:' .. d)\n"
     "    redis.call('ZREM', 'rc:nodes', d)\n"
     "  end\n"
-    "  local expired = 0\n"
+    "  local expired = {}\n"
     "  if ttl > 0 then\n"
     "    for _, S in ipairs(redis.call('ZRANGEBYSCORE', 'rc:sessions', '-inf', '(' .. (now - ttl),\n"
     "                                  'LIMIT', 0, limit)) do\n"
-    "      if live_subscribers(S) > 0 or redis.call('EXISTS', K(S, 'm')) == 0 then\n"
+    "      if live_subscribers(S, '') > 0 or redis.call('EXISTS', K(S, 'm')) == 0 then\n"
     "        keep(S, ttl)\n"
     "        if redis.call('EXISTS', K(S, 'm')) == 0 then redis.call('ZREM', 'rc:sessions', S) end\n"
     "      else\n"
-    "        if cancel_active(S, 'session_expired', maxlen) then expired = expired + 1 end\n"
+    "        table.insert(expired, S)\n"
+    "        table.insert(expired, cancel_active(S, 'session_expired', maxlen) or '')\n"
     "        close(S, 'session_expired', maxlen, 0)\n"
     "      end\n"
     "    end\n"

@@ -79,6 +79,10 @@ def main(argv, suite="integration"):
     if harness.SKIPPED:
         print("left out under valgrind (timing-sensitive, they run in make test and make asan): %d: %s"
               % (len(harness.SKIPPED), ", ".join(harness.SKIPPED)))
+    for name, why in harness.MEMORY_ONLY:
+        print("memory mode only (run by make test): %s: %s" % (name, why))
+    if harness.STORE != "memory":
+        suite += " (--store %s)" % harness.STORE
     print("%s: %d passed, %d failed" % (suite, passed, failed))
     return 1 if failed or not selected else 0
 
