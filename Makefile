@@ -28,7 +28,7 @@ LIB_OBJ   += $(BUILD)/web_assets.o
 # Helpers the integration tests run (jwt-mint makes tokens with libjwt).
 TOOLS     := $(BUILD)/tests/jwt-mint
 
-.PHONY: all bootstrap run run-cluster test test-cluster test-run-cluster unit integration e2e screenshot asan clean
+.PHONY: all bootstrap run run-cluster test test-cluster test-redis-mode test-run-cluster unit integration e2e screenshot asan clean
 all: $(BUILD)/runcast $(UNIT_BIN) $(TOOLS)
 
 bootstrap:
@@ -110,6 +110,14 @@ screenshot: $(BUILD)/runcast
 CLUSTER_FILTER ?=
 test-cluster: $(BUILD)/runcast
 	@RUNCAST_BIN=$${RUNCAST_BIN:-$(BUILD)/runcast} timeout -k 5 600 python3 tests/cluster/run.py $(CLUSTER_FILTER)
+	@$(MAKE) --no-print-directory test-redis-mode
+
+# The integration suite again, every daemon with --store redis:// on a
+# private redis-server (RUNCAST_TEST_STORE=redis): the API, the events and
+# their order hold in cluster mode too. Tests of memory mode alone are
+# listed with the reason (@test(memory_only=...)).
+test-redis-mode: $(BUILD)/runcast
+	@RUNCAST_TEST_STORE=redis RUNCAST_BIN=$${RUNCAST_BIN:-$(BUILD)/runcast} timeout -k 5 900 python3 tests/integration/run.py
 
 unit: all
 	@RUNCAST_BIN=$(BUILD)/runcast UNIT_BINS="$(UNIT_BIN)" scripts/run-tests --unit-only

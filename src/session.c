@@ -90,9 +90,14 @@ void session_table_shutdown(const char *reason)
 
 void session_table_end_runs(const char *reason)
 {
-    for (struct session *s = session_first(); s; s = session_next(s))
+    struct session *next;
+    /* Ending a run touches its session (to the tail of the list): the next
+     * one is taken first. */
+    for (struct session *s = session_first(); s; s = next) {
+        next = session_next(s);
         if (s->run && run_is_active(s->run))
             run_cancel(s->run, reason);
+    }
 }
 
 struct session *session_find(const char *app, const char *user, const char *id)
