@@ -29,12 +29,10 @@
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
-#include <unistd.h>
 
 #include "log.h"
 #include "metrics.h"
 #include "redis.h"
-#include "sse.h"
 #include "table.h"
 
 #define SCRIPT "rc"
@@ -77,7 +75,7 @@ struct redis_log {
     uint64_t written_seq;     /* the newest seq this node's writes got (in epoch) */
     char app[129], user[129], sid[129];
     char channel[MAX_KEY + 16];
-    char S[MAX_KEY];          /* "app/user/session" */
+    char S[MAX_KEY];          /* "db/app/user/session": its name in Redis */
 };
 
 /* A channel message: "<epoch>|<seq>|<flag>|<type>|<run>|<data>", parsed. */
@@ -154,7 +152,6 @@ static struct {
     void *stop_arg;
     size_t outbox_count;
     struct store_redis_stats stats;
-    struct buf scratch;
 } rs;
 
 static void log_unref(struct redis_log *l);
@@ -1261,7 +1258,6 @@ static void on_redis_closed(void *arg)
     uv_close((uv_handle_t *)&rs.stop_timer, NULL);
     uv_close((uv_handle_t *)&rs.settle_timer, NULL);
     table_free(&rs.logs);
-    buf_free(&rs.scratch);
     rs.redis = NULL;
     if (rs.stop_done)
         rs.stop_done(rs.stop_arg);
