@@ -122,8 +122,10 @@ test-redis-mode: $(BUILD)/runcast
 unit: all
 	@RUNCAST_BIN=$(BUILD)/runcast UNIT_BINS="$(UNIT_BIN)" scripts/run-tests --unit-only
 
+# The whole suite, then the cluster fault tests, on an ASan/UBSan build.
 asan:
 	$(MAKE) BUILD=build-asan OPT=-O1 SAN="-fsanitize=address,undefined -fno-omit-frame-pointer -fno-sanitize-recover=undefined" test
+	@RUNCAST_BIN=build-asan/runcast timeout -k 5 600 python3 tests/cluster/run.py
 
 clean:
 	rm -rf build build-asan
