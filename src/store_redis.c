@@ -109,7 +109,7 @@ struct write {
     void *done_arg;
     uint64_t sent_ns;
     int argc;
-    char **argv;
+    const char **argv; /* into the same allocation as the write */
 };
 
 /* Something to tell a session at the next safe point. */
@@ -670,15 +670,25 @@ static void redis_meta(const struct store_log *log, struct store_meta *out)
 static struct write *write_new(struct redis_log *l, enum write_kind kind, const char *run_id,
                                const char *event, int argc, const char **argv)
 {
-    struct write *w = xcalloc(1, sizeof(*w));
+    /* One allocation: the write, its argument vector, the arguments. */
+    size_t bytes = sizeof(struct write) + (size_t)argc * sizeof(char *);
+    for (int i = 0; i < argc; i++)
+        bytes += strlen(argv[i]) + 1;
+    struct write *w = xmalloc(bytes);
+    memset(w, 0, sizeof(*w));
     w->log = l;
     w->kind = kind;
     snprintf(w->run_id, sizeof(w->run_id), "%s", run_id ? run_id : "");
     snprintf(w->event, sizeof(w->event), "%s", event);
     w->argc = argc;
-    w->argv = xcalloc((size_t)argc, sizeof(*w->argv));
-    for (int i = 0; i < argc; i++)
-        w->argv[i] = xstrdup(argv[i]);
+    w->argv = (const char **)(w + 1);
+    char *text = (char *)(w->argv + argc);
+    for (int i = 0; i < argc; i++) {
+        size_t n = strlen(argv[i]) + 1;
+        memcpy(text, argv[i], n);
+        w->argv[i] = text;
+        text += n;
+    }
     l->refs++;
     rs.outbox_count++;
     list_insert_tail(&l->outbox, &w->link);
@@ -691,9 +701,6 @@ static void write_free(struct write *w)
     list_remove(&w->link);
     if (l->closed && list_empty(&l->outbox))
         list_remove(&l->link); /* out of closing */
-    for (int i = 0; i < w->argc; i++)
-        free(w->argv[i]);
-    free(w->argv);
     free(w);
     rs.outbox_count--;
     log_unref(l);
@@ -848,7 +855,7 @@ static void write_send(struct write *w)
         return;
     w->in_flight = 1;
     w->sent_ns = time_mono_ns();
-    redis_eval(rs.redis, SCRIPT, on_write_reply, w, 0, NULL, w->argc, (const char **)w->argv);
+    redis_eval(rs.redis, SCRIPT, on_write_reply, w, 0, NULL, w->argc, w->argv);
 }
 
 /* Queues a write behind the log's others and sends it if nothing stands
@@ -859,7 +866,7 @@ static void write_queue(struct write *w)
     if (!redis_is_up(rs.redis)) {
         if (w->kind == WRITE_START) { /* not retried: see on_write_reply */
             w->in_flight = 1;
-            redis_eval(rs.redis, SCRIPT, on_write_reply, w, 0, NULL, w->argc, (const char **)w->argv);
+            redis_eval(rs.redis, SCRIPT, on_write_reply, w, 0, NULL, w->argc, w->argv);
         }
         return;
     }
