@@ -157,6 +157,8 @@ static struct store_meta meta_of(const struct hub *h)
 static uv_loop_t loop;
 static uint64_t heartbeat_ms; /* the next setup()'s --heartbeat; 0: none */
 
+static int max_subscribers = 10;
+
 static void setup(int history, size_t history_bytes, size_t subscriber_buffer)
 {
     struct store_config store_cfg = {.history = history, .history_bytes = history_bytes};
@@ -165,7 +167,7 @@ static void setup(int history, size_t history_bytes, size_t subscriber_buffer)
         .subscriber_buffer = subscriber_buffer,
         .heartbeat_ms = heartbeat_ms,
         .retry_ms = 3000,
-        .max_subscribers = 10,
+        .max_subscribers = max_subscribers,
     };
     uv_loop_init(&loop);
     hub_init(&loop, &cfg);
@@ -513,6 +515,43 @@ static void destroy_flushes_everything_before_closing(void)
     CHECK_EQ(count(&c, "event: session.closed"), 1);
     complete_writes(&c);
     buf_free(&c.wire);
+    teardown();
+}
+
+/* Many streams due at once get their keepalives HEARTBEAT_BATCH per loop
+ * iteration, oldest first, the timer re-armed at once for the rest. */
+static void heartbeat_burst_is_spread_over_iterations(void)
+{
+    enum { N = 2 * HEARTBEAT_BATCH + 10 };
+    heartbeat_ms = 1000;
+    max_subscribers = N;
+    setup(100, 1 << 20, 1 << 20);
+    struct hub *h = hub_new();
+    static struct fake f[N];
+    memset(f, 0, sizeof(f));
+    for (int i = 0; i < N; i++) {
+        f[i].take = 1 << 20;
+        CHECK_EQ(subscribe(h, &f[i], NULL, 1), 0);
+    }
+    age_streams(1100);
+    int sent[3];
+    for (int round = 0; round < 3; round++) {
+        heartbeat_cb(&heartbeat_timer);
+        sent[round] = 0;
+        for (int i = 0; i < N; i++)
+            sent[round] += count(&f[i], ": keepalive\n");
+        if (round < 2)
+            CHECK_EQ(uv_timer_get_due_in(&heartbeat_timer), 0);
+    }
+    CHECK_EQ(sent[0], HEARTBEAT_BATCH);
+    CHECK_EQ(sent[1], 2 * HEARTBEAT_BATCH);
+    CHECK_EQ(sent[2], N);
+    CHECK_EQ(count(&f[0], ": keepalive\n"), 1); /* the oldest first */
+    CHECK(uv_timer_get_due_in(&heartbeat_timer) > 800);
+    hub_free(h);
+    for (int i = 0; i < N; i++)
+        buf_free(&f[i].wire);
+    max_subscribers = 10;
     teardown();
 }
 
@@ -923,5 +962,6 @@ int main(void)
     RUN_TEST(stream_ends_at_its_deadline_after_what_it_was_given);
     RUN_TEST(one_heap_orders_every_deadline);
     RUN_TEST(reset_cuts_every_stream);
+    RUN_TEST(heartbeat_burst_is_spread_over_iterations);
     return test_report("test_hub");
 }
