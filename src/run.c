@@ -190,9 +190,12 @@ static void run_transition(struct run *r, enum run_state to, json_t *data, enum 
 
     char *text = json_dumps(data, JSON_COMPACT);
     /* The first event of a run is where a new subscriber's replay starts. */
-    if (from == RUN_REGISTERED)
+    if (from == RUN_REGISTERED) {
         store_start_run(host->log, r->id, state_events[to], text, strlen(text), r->on_registered,
                         r->registered_arg);
+        if (is_terminal(to)) /* refused at once: no store counts a run's first event */
+            run_count_terminal(state_events[to]);
+    }
     else if (call_end == RUN_ENDED_ELSEWHERE)
         ; /* already in the log */
     else if (is_terminal(to))

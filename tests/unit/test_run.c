@@ -4,6 +4,7 @@
 #include "../../src/run.c"
 
 #include "session.h"
+#include "quota.h"
 #include "test.h"
 
 /* ---- fake upstream ------------------------------------------------------- */
@@ -255,6 +256,24 @@ static void agent_error_carries_detail(void)
     teardown();
 }
 
+/* A run refused at once (--max-runs-per-user) is a run that ended: its
+ * run.failed is its first event, written and counted once. */
+static void run_refused_at_once_is_counted(void)
+{
+    setup(4);
+    quota_init(1, 0, 0);
+    uint64_t failed_before = run_count_outcome(RUN_FAILED);
+    start(new_session("one"));
+    struct session *s = new_session("two");
+    struct run *r = start(s);
+    CHECK_EQ(r->state, RUN_FAILED);
+    CHECK_EQ(run_count_outcome(RUN_FAILED) - failed_before, 1);
+    CHECK_EQ(run_start_seq(s), 1);
+    CHECK(strstr(store_read(s->log, 1)->data, "\"code\":\"rate_limited\"") != NULL);
+    teardown();
+    quota_init(0, 0, 0);
+}
+
 int main(void)
 {
     RUN_TEST(run_starts_at_once_when_a_slot_is_free);
@@ -263,5 +282,6 @@ int main(void)
     RUN_TEST(queued_run_starts_when_a_slot_frees);
     RUN_TEST(every_path_releases_its_slot_exactly_once);
     RUN_TEST(agent_error_carries_detail);
+    RUN_TEST(run_refused_at_once_is_counted);
     return test_report("test_run");
 }
