@@ -254,9 +254,7 @@ static void watch_closed(void *arg, const char *reason)
     struct session *s = arg;
     if (s->run && run_is_active(s->run))
         run_end_elsewhere(s->run, "run.cancelled");
-    log_event(LOG_INFO, "session.closed", "app", s->app, "user", s->user, "session", s->id,
-              "reason", reason, NULL);
-    session_remove(s, NULL, 0);
+    session_remove(s, reason, 0);
 }
 
 static void watch_reset(void *arg)
