@@ -154,6 +154,7 @@ struct redis_poll {
     redisAsyncContext *ac; /* NULL once hiredis has let go (cleanup) */
     struct redis *r;
     int events;            /* UV_READABLE/UV_WRITABLE that hiredis asked for */
+    int in_write;          /* inside hiredis's write handler */
 };
 
 static void handle_closed(struct redis *r);
@@ -165,15 +166,23 @@ static void poll_cb(uv_poll_t *handle, int status, int events)
         events = p->events;
     if (p->ac != NULL && (events & UV_READABLE))
         redisAsyncHandleRead(p->ac);
-    if (p->ac != NULL && (events & UV_WRITABLE))
+    if (p->ac != NULL && (events & UV_WRITABLE)) {
+        p->in_write = 1;
         redisAsyncHandleWrite(p->ac);
+        p->in_write = 0;
+    }
     /* libuv stopped the handle on the error; hiredis may still want it. */
     if (status < 0 && p->ac != NULL && p->events != 0 && !uv_is_active((uv_handle_t *)handle))
         uv_poll_start(handle, p->events, poll_cb);
 }
 
+/* uv_poll_start() costs an epoll_ctl even when the mask does not change,
+ * and hiredis asks to read again after every write: only changes go to
+ * libuv. */
 static void poll_update(struct redis_poll *p, int events)
 {
+    if (events == p->events && (events == 0 || uv_is_active((uv_handle_t *)&p->handle)))
+        return;
     p->events = events;
     if (events != 0)
         uv_poll_start(&p->handle, events, poll_cb);
@@ -193,9 +202,21 @@ static void poll_del_read(void *privdata)
     poll_update(p, p->events & ~UV_READABLE);
 }
 
+/* hiredis has bytes to send. Once connected they are written at once (a
+ * write(2) per command): waiting for writability instead costs two
+ * uv_poll_start() per command, each an epoll_ctl pair in libuv (4.6
+ * epoll_ctl per event in the fan-out benchmark). Only a connect in
+ * progress, a full socket buffer or an error wait for the loop (the error
+ * then comes out of hiredis's own write handler). */
 static void poll_add_write(void *privdata)
 {
     struct redis_poll *p = privdata;
+    redisAsyncContext *ac = p->ac;
+    if (ac != NULL && (ac->c.flags & REDIS_CONNECTED) && !p->in_write) {
+        int done = 0;
+        if (redisBufferWrite(&ac->c, &done) == REDIS_OK && done)
+            return;
+    }
     poll_update(p, p->events | UV_WRITABLE);
 }
 

@@ -172,12 +172,21 @@ static void epoch_text(char *out, size_t size, uint32_t epoch)
     snprintf(out, size, "%08" PRIx32, epoch);
 }
 
+/* A random non-zero 32-bit epoch: xorshift64 seeded once from the kernel
+ * (one getrandom(2) per process, not one per run). */
 static uint32_t epoch_random(void)
 {
-    uint32_t e = 0;
-    while (e == 0)
-        if (uv_random(NULL, NULL, &e, sizeof(e), 0, NULL) != 0)
-            e = (uint32_t)(uv_hrtime() ^ (uint64_t)uv_os_getpid());
+    static uint64_t state;
+    while (state == 0)
+        if (uv_random(NULL, NULL, &state, sizeof(state), 0, NULL) != 0)
+            state = uv_hrtime() ^ ((uint64_t)uv_os_getpid() << 32);
+    uint32_t e;
+    do {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        e = (uint32_t)(state >> 32);
+    } while (e == 0);
     return e;
 }
 
@@ -907,17 +916,19 @@ static int64_t redis_start_run(struct store_log *log, const char *run_id, const 
 static int64_t redis_write_event(struct redis_log *l, const char *run_id, const char *event,
                                  const char *data, size_t len, int terminal)
 {
-    char k[24], ttl[24], maxlen[24], epoch[16];
+    char k[24], ttl[24], maxlen[24], epoch[16] = "";
     int own = run_id && strcmp(run_id, l->run_id) == 0;
+    /* The lost arguments only for the store_lost of a run the store lost. */
+    int lost = own && l->run_lost && terminal;
     u64_text(k, sizeof(k), own ? ++l->run_k : 0);
     u64_text(ttl, sizeof(ttl), rs.cfg.session_ttl_ms);
     u64_text(maxlen, sizeof(maxlen), (uint64_t)rs.store.history);
-    epoch_text(epoch, sizeof(epoch), epoch_random());
+    if (lost) /* uv_random is a getrandom(2): only when needed */
+        epoch_text(epoch, sizeof(epoch), epoch_random());
     char *text = xstrndup(data, len);
     const char *args[] = {"append", l->S, run_id ? run_id : "", k, terminal ? "t" : "-", event,
                           text, ttl, maxlen, epoch, rs.node_id, l->user, l->app, l->sid};
-    /* The lost arguments only for the store_lost of a run the store lost. */
-    int argc = own && l->run_lost && terminal ? 14 : 9;
+    int argc = lost ? 14 : 9;
     struct write *w = write_new(l, WRITE_APPEND, run_id, event, argc, args);
     free(text);
     w->terminal = terminal;
