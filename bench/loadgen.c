@@ -26,9 +26,18 @@
  *           event's id and read the log to its end.
  *
  * Server CPU is read from /proc/<pid>/task/<tid>/schedstat (ns on CPU,
- * summed over threads) at both ends of the measured window; RSS from
+ * summed over threads) at both ends of the measured window, in total and per
+ * --server-pid (a cluster: every node and redis-server); RSS from
  * /proc/<pid>/status. The result is one JSON object on stdout. Every phase
- * has a deadline, so a run always stops by itself.
+ * has a deadline, so a run always stops by itself; SIGTERM ends the current
+ * phase early and still prints the result (an idle-only generator holding
+ * subscribers for another's measurement is stopped that way).
+ *
+ * Cluster mode: --sub-ports spreads each session's subscribers over several
+ * nodes and --post-ports the storm's POST connections; POSTs of fanout go
+ * to --port, the node that then owns the runs. In storm mode every run id
+ * is tracked from its 202 to its terminal events, so "exactly one terminal
+ * event per accepted run" is checked run by run.
  *
  * Build: cc -O2 -o loadgen loadgen.c   (see bench/Makefile)
  */
@@ -59,6 +68,7 @@
 #endif
 
 #define MAX_PIDS 8
+#define MAX_PORTS 16
 #define READ_SIZE (64 * 1024)
 #define MAX_LINE (4 * 1024 * 1024)
 
@@ -273,6 +283,8 @@ static struct {
     int pub_inflight;
     double poll_interval;
     int serve_upstream;         /* fanout on runcast: be its upstream on this port */
+    int sub_ports[MAX_PORTS], nsub_ports;   /* subscribers spread over these (cluster) */
+    int post_ports[MAX_PORTS], npost_ports; /* storm: POST connections spread over these */
 } opt = {
     .mode = MODE_FANOUT,
     .target = TARGET_RUNCAST,
@@ -387,16 +399,20 @@ static uint64_t self_cpu_ns(void)
 
 struct cpu_mark {
     uint64_t server_ns, aux_ns, self_ns, at_us;
+    uint64_t each_ns[MAX_PIDS]; /* per server pid, in --server-pid order */
 };
 
 static struct cpu_mark cpu_mark_now(void)
 {
     struct cpu_mark m = {
-        .server_ns = pids_cpu_ns(opt.server_pids, opt.nserver),
         .aux_ns = pids_cpu_ns(opt.aux_pids, opt.naux),
         .self_ns = self_cpu_ns(),
         .at_us = mono_us(),
     };
+    for (int i = 0; i < opt.nserver; i++) {
+        m.each_ns[i] = proc_cpu_ns(opt.server_pids[i]);
+        m.server_ns += m.each_ns[i];
+    }
     return m;
 }
 
@@ -427,6 +443,7 @@ struct conn {
     enum conn_kind kind;
     enum conn_state state;
     int session;          /* index in the session table, -1 for none */
+    int port;             /* the server port a subscriber connects to */
     int idle;             /* an idle subscriber (excluded from latency) */
     int replay;           /* a replay subscriber: done at run.completed */
     int probe;            /* the replay probe */
@@ -442,7 +459,8 @@ struct conn {
     int ev_data;
     enum ev_type ev_type;
     int64_t ev_sent_at, ev_seq;
-    char ev_run_id[40];
+    char ev_run_id[40];   /* storm: the run id of a terminal event */
+    int ev_term;          /* enum term_kind of a terminal event, or -1 */
     char first_id[64], last_id[64];
     int64_t last_seq;     /* last agent event seq, -1 before the first */
     uint64_t events;      /* every event with data */
@@ -476,6 +494,21 @@ static uint64_t post_cap, posted, post_answered, post_accepted;
 static struct hist post_latency, upstream_delay;
 static uint64_t *post_issued_mono;
 static uint64_t terminal_seen;
+
+/* storm: every run id seen, from its POST's 202 and from its terminal
+ * events, so that "exactly one terminal event per accepted run" is checked
+ * run by run rather than as two totals. Open addressing, never shrinks. */
+enum term_kind { TERM_COMPLETED, TERM_FAILED, TERM_CANCELLED, TERM_TIMED_OUT, TERM_SUPERSEDED, TERM_KINDS };
+static const char *const term_names[TERM_KINDS] = {"completed", "failed", "cancelled", "timed_out",
+                                                   "superseded"};
+struct run_slot {
+    char id[40];
+    uint8_t accepted;
+    uint32_t terminals;
+};
+static struct run_slot *run_table;
+static size_t run_table_cap;
+static uint64_t terminals_by_kind[TERM_KINDS];
 static uint64_t debug_polls, debug_matched;
 static uint64_t max_post_backlog;
 
@@ -567,7 +600,7 @@ static void session_name(char *out, size_t size, int session)
 static void sub_start(struct conn *c, int n)
 {
     c->t_start_us = mono_us();
-    int fd = tcp_connect(opt.port, n);
+    int fd = tcp_connect(c->port, n);
     if (fd < 0) {
         err.connect++;
         c->state = CS_CLOSED;
@@ -622,6 +655,53 @@ static enum ev_type classify(const char *v, size_t n)
     return EV_OTHER;
 }
 
+/* The enum term_kind of a terminal event name (classify said EV_TERMINAL). */
+static int term_kind(const char *v, size_t n)
+{
+    for (int i = 0; i < TERM_KINDS; i++)
+        if (n == 4 + strlen(term_names[i]) && memcmp(v + 4, term_names[i], n - 4) == 0)
+            return i;
+    return -1;
+}
+
+/* The slot of run id [id, id+n) in run_table, created empty if new. */
+static struct run_slot *run_slot(const char *id, size_t n)
+{
+    if (n >= sizeof(run_table[0].id))
+        n = sizeof(run_table[0].id) - 1;
+    uint64_t h = 1469598103934665603ull;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ (uint8_t)id[i]) * 1099511628211ull;
+    for (size_t probes = 0; probes < run_table_cap; probes++) {
+        struct run_slot *s = &run_table[(h + probes) & (run_table_cap - 1)];
+        if (s->id[0] == '\0') {
+            memcpy(s->id, id, n);
+            s->id[n] = '\0';
+            return s;
+        }
+        if (strlen(s->id) == n && memcmp(s->id, id, n) == 0)
+            return s;
+    }
+    die("the run table is full");
+    return NULL;
+}
+
+/* Copies the value of "run_id":"..." in [p, p+n) into out (size 40), or "". */
+static void find_run_id(const char *p, size_t n, char *out)
+{
+    static const char KEY[] = "\"run_id\":\"";
+    out[0] = '\0';
+    const char *k = memmem(p, n, KEY, sizeof(KEY) - 1);
+    if (k == NULL)
+        return;
+    k += sizeof(KEY) - 1;
+    const char *q = memchr(k, '"', (size_t)(p + n - k));
+    if (q == NULL || q - k >= 40)
+        return;
+    memcpy(out, k, (size_t)(q - k));
+    out[q - k] = '\0';
+}
+
 /* One dispatched SSE event of subscriber c. */
 static void sub_dispatch(struct conn *c)
 {
@@ -646,6 +726,11 @@ static void sub_dispatch(struct conn *c)
         other_events++;
         if (c->ev_type == EV_TERMINAL) {
             terminal_seen++;
+            if (run_table && c->ev_term >= 0) {
+                terminals_by_kind[c->ev_term]++;
+                if (c->ev_run_id[0])
+                    run_slot(c->ev_run_id, strlen(c->ev_run_id))->terminals++;
+            }
             if (c->replay || c->probe) {
                 uint64_t t = mono_us();
                 if (c->probe) {
@@ -666,6 +751,8 @@ static void sub_dispatch(struct conn *c)
     c->ev_type = EV_MESSAGE;
     c->ev_sent_at = -1;
     c->ev_seq = -1;
+    c->ev_term = -1;
+    c->ev_run_id[0] = '\0';
 }
 
 static const char K_SENT[] = "\"sent_at_us\":";
@@ -728,6 +815,8 @@ static void sub_line(struct conn *c, const char *p, size_t n)
         return;
     if (n >= 5 && memcmp(p, "data:", 5) == 0) {
         c->ev_data = 1;
+        if (c->ev_type == EV_TERMINAL && run_table)
+            find_run_id(p, n, c->ev_run_id);
         if (c->ev_type == EV_AGENT || c->ev_type == EV_MESSAGE) {
             const char *end = p + n;
             int64_t s = -1;
@@ -749,6 +838,8 @@ static void sub_line(struct conn *c, const char *p, size_t n)
             vn--;
         }
         c->ev_type = classify(v, vn);
+        if (c->ev_type == EV_TERMINAL)
+            c->ev_term = term_kind(v, vn);
         return;
     }
     if (n >= 3 && memcmp(p, "id:", 3) == 0) {
@@ -976,6 +1067,14 @@ static void client_response(struct conn *c, int status, const char *body, size_t
         post_answered++;
         if (status == 202) {
             post_accepted++;
+            if (run_table) {
+                char id[40];
+                find_run_id(body, body_len, id);
+                if (id[0])
+                    run_slot(id, strlen(id))->accepted = 1;
+                else
+                    err.post++;
+            }
         } else {
             err.post++;
             if (err.post <= 3)
@@ -1358,10 +1457,24 @@ static int subs_open(void)
     return open_count;
 }
 
-static struct conn *sub_new(int session, int idle)
+/* The port of the rank-th subscriber of a session: --sub-ports round robin
+ * (so each session's subscribers are spread over the nodes), else --port. */
+static int sub_port(int rank)
+{
+    return opt.nsub_ports ? opt.sub_ports[rank % opt.nsub_ports] : opt.port;
+}
+
+/* The port of the n-th storm POST connection: --post-ports round robin. */
+static int post_port(int n)
+{
+    return opt.npost_ports ? opt.post_ports[n % opt.npost_ports] : opt.port;
+}
+
+static struct conn *sub_new(int session, int idle, int port)
 {
     struct conn *c = xcalloc(1, sizeof(*c));
     c->kind = KIND_SUB;
+    c->port = port;
     c->fd = -1;
     c->state = CS_CLOSED;
     c->session = session;
@@ -1369,6 +1482,7 @@ static struct conn *sub_new(int session, int idle)
     c->last_seq = -1;
     c->ev_sent_at = -1;
     c->ev_seq = -1;
+    c->ev_term = -1;
     return c;
 }
 
@@ -1464,6 +1578,10 @@ static void emit_cpu(struct bytes *o, struct cpu_mark a, struct cpu_mark b, uint
                  events ? server / ((double)events / 1e6) : 0,
                  server > 0 ? (double)events / server : 0, self, wall > 0 ? self / wall : 0,
                  aux, wall > 0 ? aux / wall : 0);
+    bytes_printf(o, ",\"server_cpu_s_each\":[");
+    for (int i = 0; i < opt.nserver; i++)
+        bytes_printf(o, "%s%.4f", i ? "," : "", (double)(b.each_ns[i] - a.each_ns[i]) / 1e9);
+    bytes_printf(o, "]");
 }
 
 static int run_fanout(void)
@@ -1473,9 +1591,10 @@ static int run_fanout(void)
     subs = xcalloc((size_t)nsubs, sizeof(*subs));
     /* Interleave sessions so each source address carries some of every one. */
     for (int i = 0; i < total_active; i++)
-        subs[i] = sub_new(i % opt.sessions, 0);
+        subs[i] = sub_new(i % opt.sessions, 0, sub_port(i / opt.sessions));
     for (int i = 0; i < opt.idle; i++)
-        subs[total_active + i] = sub_new(opt.sessions + i % opt.idle_sessions, 1);
+        subs[total_active + i] = sub_new(opt.sessions + i % opt.idle_sessions, 1,
+                                         sub_port(i / opt.idle_sessions));
     channel_seq = xcalloc((size_t)opt.sessions + 1, sizeof(*channel_seq));
     if (opt.serve_upstream)
         upstream_listen();
@@ -1576,10 +1695,16 @@ static void storm_tick(void)
     uint64_t due = (uint64_t)((double)(now_mono - storm_start) / 1e6 * opt.rate);
     if (due > post_cap)
         due = post_cap;
-    for (int i = 0; i < nclients && posted < due; i++) {
+    /* With --post-ports the search for a free connection starts after the
+     * last one used, so the POSTs spread evenly over the nodes at any rate
+     * (from 0 every time, a light load would all go to the first). */
+    static int next_client;
+    for (int j = 0; j < nclients && posted < due; j++) {
+        int i = opt.npost_ports > 1 ? (next_client + j) % nclients : j;
         struct conn *c = clients[i];
         if (c->role != ROLE_POST || c->state != CS_BODY || c->inflight > 0)
             continue;
+        next_client = i + 1;
         uint64_t k = posted++;
         char msg[160];
         snprintf(msg, sizeof(msg), "%s k=%" PRIu64, opt.run_directives, k);
@@ -1601,15 +1726,19 @@ static int run_storm(void)
     nsubs = opt.sessions;
     subs = xcalloc((size_t)nsubs, sizeof(*subs));
     for (int i = 0; i < nsubs; i++)
-        subs[i] = sub_new(i, 0);
+        subs[i] = sub_new(i, 0, sub_port(i));
     post_cap = (uint64_t)ceil(opt.rate * opt.duration) + 1;
     post_sent_us = xcalloc(post_cap, sizeof(*post_sent_us));
     post_issued_mono = xcalloc(post_cap, sizeof(*post_issued_mono));
     post_matched = xcalloc(post_cap, 1);
+    run_table_cap = 64;
+    while (run_table_cap < 4 * (post_cap + 16))
+        run_table_cap *= 2;
+    run_table = xcalloc(run_table_cap, sizeof(*run_table));
 
     double connect_s = connect_all();
     for (int i = 0; i < opt.post_conns; i++)
-        client_open(ROLE_POST, opt.port, i);
+        client_open(ROLE_POST, post_port(i), i);
     debug_conn = client_open(ROLE_DEBUG, opt.demo_port, 0);
     run_for(opt.settle, storm_tick);
 
@@ -1649,6 +1778,28 @@ static int run_storm(void)
     emit_cpu(&o, a, b, posted);
     bytes_printf(&o, ",\"rss_kib_end\":%" PRIu64 ",\"agent_events\":%" PRIu64,
                  pids_status_kib(opt.server_pids, opt.nserver, "VmRSS"), delivered_all);
+    /* Run by run: accepted without a terminal event, with several, and
+     * terminal events of runs whose 202 never came. */
+    uint64_t no_terminal = 0, several = 0, unknown = 0, accepted_ids = 0;
+    for (size_t i = 0; i < run_table_cap; i++) {
+        const struct run_slot *r = &run_table[i];
+        if (r->id[0] == '\0')
+            continue;
+        accepted_ids += r->accepted;
+        if (r->accepted && r->terminals == 0)
+            no_terminal++;
+        if (r->terminals > 1)
+            several++;
+        if (!r->accepted && r->terminals > 0)
+            unknown++;
+    }
+    bytes_printf(&o, ",\"accepted_run_ids\":%" PRIu64 ",\"runs_without_terminal\":%" PRIu64
+                     ",\"runs_with_several_terminals\":%" PRIu64
+                     ",\"terminals_of_unknown_runs\":%" PRIu64 ",\"terminals_by_type\":{",
+                 accepted_ids, no_terminal, several, unknown);
+    for (int i = 0; i < TERM_KINDS; i++)
+        bytes_printf(&o, "%s\"%s\":%" PRIu64, i ? "," : "", term_names[i], terminals_by_kind[i]);
+    bytes_printf(&o, "}");
     emit_errors(&o);
     bytes_printf(&o, "}\n");
     fwrite(o.data, 1, o.len, stdout);
@@ -1678,7 +1829,7 @@ static int run_replay(void)
     /* 2. A probe reads the whole run (default replay) and learns the first id. */
     nsubs = 1;
     subs = xcalloc(1, sizeof(*subs));
-    subs[0] = sub_new(0, 0);
+    subs[0] = sub_new(0, 0, opt.port);
     subs[0]->probe = 1;
     sub_start(subs[0], 0);
     dl = mono_us() + 60000000;
@@ -1695,7 +1846,7 @@ static int run_replay(void)
     subs_started = 0;
     subs = xcalloc((size_t)nsubs, sizeof(*subs));
     for (int i = 0; i < nsubs; i++) {
-        subs[i] = sub_new(0, 0);
+        subs[i] = sub_new(0, 0, opt.port);
         subs[i]->replay = 1;
     }
     opt.max_connecting = nsubs;
@@ -1726,6 +1877,22 @@ static int run_replay(void)
 
 /* ---- main --------------------------------------------------------------- */
 
+/* Parses "P1,P2,..." into ports[] (at most MAX_PORTS); returns the count. */
+static int parse_ports(const char *text, int *ports)
+{
+    int n = 0;
+    const char *p = text;
+    while (*p) {
+        char *end;
+        long v = strtol(p, &end, 10);
+        if (end == p || v < 1 || v > 65535 || n == MAX_PORTS || (*end != ',' && *end != '\0'))
+            die("bad port list %s", text);
+        ports[n++] = (int)v;
+        p = *end ? end + 1 : end;
+    }
+    return n;
+}
+
 static void usage(void)
 {
     fprintf(stderr,
@@ -1745,7 +1912,10 @@ static void usage(void)
             "  --replay-events N --replay-subs N --replay-rate R\n"
             "  --max-connecting N       connects in progress at once (default 256)\n"
             "  --serve-upstream N       fanout on runcast: be its upstream on port N (runcast's\n"
-            "                           --upstream), publishing as for Nchan, instead of the demo agent\n");
+            "                           --upstream), publishing as for Nchan, instead of the demo agent\n"
+            "  --sub-ports P1,P2,...    subscribers connect to these ports round robin (each\n"
+            "                           session's k-th subscriber to P[k %% n]); POSTs go to --port\n"
+            "  --post-ports P1,P2,...   storm: the POST connections, round robin over these ports\n");
     exit(2);
 }
 
@@ -1761,6 +1931,7 @@ int main(int argc, char **argv)
         {"aux-pid", 1, 0, 'x'}, {"post-conns", 1, 0, 'c'}, {"directives", 1, 0, 'R'},
         {"replay-events", 1, 0, 'e'}, {"replay-subs", 1, 0, 'E'}, {"replay-rate", 1, 0, 'Q'},
         {"max-connecting", 1, 0, 'M'}, {"serve-upstream", 1, 0, 'U'}, {"help", 0, 0, 'h'},
+        {"sub-ports", 1, 0, 'B'}, {"post-ports", 1, 0, 'O'},
         {0, 0, 0, 0},
     };
     static char prefix_buf[32];
@@ -1806,6 +1977,8 @@ int main(int argc, char **argv)
         case 'Q': opt.replay_rate = atof(optarg); break;
         case 'M': opt.max_connecting = atoi(optarg); break;
         case 'U': opt.serve_upstream = atoi(optarg); break;
+        case 'B': opt.nsub_ports = parse_ports(optarg, opt.sub_ports); break;
+        case 'O': opt.npost_ports = parse_ports(optarg, opt.post_ports); break;
         default: usage();
         }
     }
