@@ -157,6 +157,12 @@ static json_t *run_request_from_body(json_t *body, json_t **state_delta, int *st
     return message;
 }
 
+static void respond_too_many_user_sessions(struct conn *c)
+{
+    conn_respond_error(c, 429, "too_many_user_sessions",
+                       "this user has --max-sessions-per-user sessions", "Retry-After: 1\r\n");
+}
+
 /* session_get_or_create() for a request: on failure answers it (503 at
  * --max-sessions, 429 at --max-sessions-per-user) and returns the negative
  * errno. */
@@ -165,9 +171,7 @@ static int get_or_create_session(struct conn *c, const struct route_params *p,
 {
     int err = session_get_or_create(p->app, p->user, p->session, out);
     if (err == -EDQUOT)
-        conn_respond_error(c, 429, "too_many_user_sessions",
-                           "this user has --max-sessions-per-user sessions",
-                           "Retry-After: 1\r\n");
+        respond_too_many_user_sessions(c);
     else if (err < 0)
         conn_respond_error(c, 503, "too_many_sessions",
                            "the session limit (--max-sessions) is reached", "Retry-After: 1\r\n");
@@ -186,8 +190,7 @@ struct post_answer {
 static void post_answer(struct post_answer *a)
 {
     if (a->status == -EDQUOT)
-        conn_respond_error(a->c, 429, "too_many_user_sessions",
-                           "this user has --max-sessions-per-user sessions", "Retry-After: 1\r\n");
+        respond_too_many_user_sessions(a->c);
     else if (a->status < 0)
         respond_store_unavailable(a->c);
     else
@@ -324,8 +327,7 @@ static void stream_on_ready(void *arg, int status)
     struct stream_request *q = arg;
     struct session *s = session_find(q->p.app, q->p.user, q->p.session);
     if (status == -EDQUOT)
-        conn_respond_error(q->c, 429, "too_many_user_sessions",
-                           "this user has --max-sessions-per-user sessions", "Retry-After: 1\r\n");
+        respond_too_many_user_sessions(q->c);
     else if (status < 0 || s == NULL)
         respond_store_unavailable(q->c);
     else

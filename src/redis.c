@@ -273,9 +273,9 @@ static void cmd_free(struct redis_cmd *cmd)
     free(cmd);
 }
 
-static void safe_point_cb(uv_idle_t *idle)
+/* Runs the callbacks of the failed commands, each once. */
+static void deliver_failed(struct redis *r)
 {
-    struct redis *r = container_of(idle, struct redis, safe_point);
     while (!list_empty(&r->failed)) {
         struct redis_cmd *cmd = container_of(r->failed.next, struct redis_cmd, node);
         list_remove(&cmd->node);
@@ -283,6 +283,11 @@ static void safe_point_cb(uv_idle_t *idle)
         cmd->cb(cmd->arg, NULL, cmd->err);
         cmd_free(cmd);
     }
+}
+
+static void safe_point_cb(uv_idle_t *idle)
+{
+    deliver_failed(container_of(idle, struct redis, safe_point));
     uv_idle_stop(idle);
 }
 
@@ -978,13 +983,7 @@ static void handle_closed(struct redis *r)
 {
     if (--r->handles_open > 0 || !r->closing)
         return;
-    while (!list_empty(&r->failed)) {
-        struct redis_cmd *cmd = container_of(r->failed.next, struct redis_cmd, node);
-        list_remove(&cmd->node);
-        r->stats.commands_failed++;
-        cmd->cb(cmd->arg, NULL, cmd->err);
-        cmd_free(cmd);
-    }
+    deliver_failed(r);
     while (!list_empty(&r->scripts)) {
         struct redis_script *s = container_of(r->scripts.next, struct redis_script, node);
         list_remove(&s->node);

@@ -64,20 +64,20 @@ uint64_t run_count_outcome(enum run_state state)
     return outcomes[state];
 }
 
-void run_count_terminal(const char *event)
-{
-    for (int st = RUN_COMPLETED; st < RUN_STATES; st++)
-        if (strcmp(event, state_events[st]) == 0)
-            outcomes[st]++;
-}
-
-/* The state whose event is this terminal event (RUN_FAILED if none). */
-static enum run_state terminal_state_of(const char *event)
+/* The terminal state whose event is `event`, or RUN_STATES for none. */
+static enum run_state terminal_state_named(const char *event)
 {
     for (int st = RUN_COMPLETED; st < RUN_STATES; st++)
         if (event && strcmp(event, state_events[st]) == 0)
             return (enum run_state)st;
-    return RUN_FAILED;
+    return RUN_STATES;
+}
+
+void run_count_terminal(const char *event)
+{
+    enum run_state st = terminal_state_named(event);
+    if (st < RUN_STATES)
+        outcomes[st]++;
 }
 
 #define TO(state) (1u << (state))
@@ -450,7 +450,8 @@ void run_cancel(struct run *r, const char *reason)
 
 void run_end_elsewhere(struct run *r, const char *event)
 {
-    run_transition(r, terminal_state_of(event), NULL, RUN_ENDED_ELSEWHERE);
+    enum run_state st = terminal_state_named(event);
+    run_transition(r, st < RUN_STATES ? st : RUN_FAILED, NULL, RUN_ENDED_ELSEWHERE);
 }
 
 void run_fail_store_lost(struct run *r)

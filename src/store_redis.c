@@ -140,6 +140,10 @@ static struct {
     uv_timer_t tick_timer;
     int tick_in_flight;
     char probe_channel[160];   /* the node's own: each tick publishes on it */
+    /* Script arguments that never change, formatted once. */
+    struct {
+        char ttl[24], history[24], runs_cap[24], sessions_cap[24];
+    } arg;
     int probes_unseen;         /* ticks answered since the last probe came back */
     int was_up;                /* up once: the next up is a reconnect */
     int stopping;
@@ -472,16 +476,12 @@ static void mirror_load(struct redis_log *l)
         l->load_again = 1;
         return;
     }
-    char epoch[16], mirror_epoch[16], after[24], hist[24], cap[24], ttl[24], maxlen[24];
+    char epoch[16], mirror_epoch[16], after[24];
     epoch_text(epoch, sizeof(epoch), epoch_random());
     epoch_text(mirror_epoch, sizeof(mirror_epoch), l->loaded ? l->epoch : 0);
     u64_text(after, sizeof(after), l->loaded ? cache_newest(l) : 0);
-    u64_text(hist, sizeof(hist), (uint64_t)rs.store.history);
-    u64_text(cap, sizeof(cap), (uint64_t)rs.cfg.max_sessions_per_user);
-    u64_text(ttl, sizeof(ttl), rs.cfg.session_ttl_ms);
-    u64_text(maxlen, sizeof(maxlen), (uint64_t)rs.store.history);
     const char *args[] = {"open", l->S, l->user, l->app, l->sid, epoch, "1", mirror_epoch,
-                          after, hist, cap, ttl, maxlen};
+                          after, rs.arg.history, rs.arg.sessions_cap, rs.arg.ttl, rs.arg.history};
     l->state = MIRROR_LOADING;
     l->refs++;
     redis_eval(rs.redis, SCRIPT, on_loaded, l, 0, NULL, (int)(sizeof(args) / sizeof(args[0])), args);
@@ -568,6 +568,7 @@ static void session_key(char *S, const char *app, const char *user, const char *
 static void redis_configure(const struct store_config *cfg)
 {
     rs.store = *cfg;
+    u64_text(rs.arg.history, sizeof(rs.arg.history), (uint64_t)cfg->history);
     store_memory_ops.configure(cfg);
 }
 
@@ -890,15 +891,11 @@ static int64_t redis_start_run(struct store_log *log, const char *run_id, const 
                                const char *data, size_t len, store_done_cb done, void *arg)
 {
     struct redis_log *l = (struct redis_log *)log;
-    char epoch[16], runs_cap[24], sessions_cap[24], ttl[24], maxlen[24];
+    char epoch[16];
     epoch_text(epoch, sizeof(epoch), epoch_random());
-    u64_text(runs_cap, sizeof(runs_cap), (uint64_t)rs.cfg.max_runs_per_user);
-    u64_text(sessions_cap, sizeof(sessions_cap), (uint64_t)rs.cfg.max_sessions_per_user);
-    u64_text(ttl, sizeof(ttl), rs.cfg.session_ttl_ms);
-    u64_text(maxlen, sizeof(maxlen), (uint64_t)rs.store.history);
     char *text = xstrndup(data, len);
     const char *args[] = {"start", l->S, l->user, l->app, l->sid, rs.node_id, run_id, epoch,
-                          event, text, runs_cap, sessions_cap, ttl, maxlen};
+                          event, text, rs.arg.runs_cap, rs.arg.sessions_cap, rs.arg.ttl, rs.arg.history};
     snprintf(l->run_id, sizeof(l->run_id), "%s", run_id);
     l->run_over = 0;
     l->run_epoch = 0;
@@ -916,18 +913,16 @@ static int64_t redis_start_run(struct store_log *log, const char *run_id, const 
 static int64_t redis_write_event(struct redis_log *l, const char *run_id, const char *event,
                                  const char *data, size_t len, int terminal)
 {
-    char k[24], ttl[24], maxlen[24], epoch[16] = "";
+    char k[24], epoch[16] = "";
     int own = run_id && strcmp(run_id, l->run_id) == 0;
     /* The lost arguments only for the store_lost of a run the store lost. */
     int lost = own && l->run_lost && terminal;
     u64_text(k, sizeof(k), own ? ++l->run_k : 0);
-    u64_text(ttl, sizeof(ttl), rs.cfg.session_ttl_ms);
-    u64_text(maxlen, sizeof(maxlen), (uint64_t)rs.store.history);
     if (lost) /* uv_random is a getrandom(2): only when needed */
         epoch_text(epoch, sizeof(epoch), epoch_random());
     char *text = xstrndup(data, len);
     const char *args[] = {"append", l->S, run_id ? run_id : "", k, terminal ? "t" : "-", event,
-                          text, ttl, maxlen, epoch, rs.node_id, l->user, l->app, l->sid};
+                          text, rs.arg.ttl, rs.arg.history, epoch, rs.node_id, l->user, l->app, l->sid};
     int argc = lost ? 14 : 9;
     struct write *w = write_new(l, WRITE_APPEND, run_id, event, argc, args);
     free(text);
@@ -1080,20 +1075,18 @@ static void tick_cb(uv_timer_t *t)
         rs.probes_unseen = 0;
         redis_reset_pubsub(rs.redis);
     }
-    char lease[24], limit[24], ttl[24], stall[24], maxlen[24], num[24];
+    char lease[24], limit[24], stall[24], num[24];
     u64_text(lease, sizeof(lease), rs.cfg.lease_ms);
     u64_text(limit, sizeof(limit), 1000);
-    u64_text(ttl, sizeof(ttl), rs.cfg.session_ttl_ms);
     u64_text(stall, sizeof(stall), rs.cfg.lease_ms / 2);
-    u64_text(maxlen, sizeof(maxlen), (uint64_t)rs.store.history);
     struct arglist a = {0};
     arg_add(&a, "tick", 0);
     arg_add(&a, rs.node_id, 0);
     arg_add(&a, lease, 0);
     arg_add(&a, limit, 0);
-    arg_add(&a, ttl, 0);
+    arg_add(&a, rs.arg.ttl, 0);
     arg_add(&a, stall, 0);
-    arg_add(&a, maxlen, 0);
+    arg_add(&a, rs.arg.history, 0);
     arg_add(&a, rs.probe_channel + strlen("rc:probe:"), 0);
     /* The runs this node runs. */
     int count_at = a.n;
@@ -1229,6 +1222,9 @@ int store_redis_start(uv_loop_t *loop, const struct store_redis_config *cfg)
     rs.cfg = *cfg;
     snprintf(rs.node_id, sizeof(rs.node_id), "%s", cfg->node_id);
     rs.cfg.node_id = rs.node_id;
+    u64_text(rs.arg.ttl, sizeof(rs.arg.ttl), cfg->session_ttl_ms);
+    u64_text(rs.arg.runs_cap, sizeof(rs.arg.runs_cap), (uint64_t)cfg->max_runs_per_user);
+    u64_text(rs.arg.sessions_cap, sizeof(rs.arg.sessions_cap), (uint64_t)cfg->max_sessions_per_user);
     table_init(&rs.logs);
     list_init(&rs.probe_ring);
     list_init(&rs.closing);
@@ -1468,24 +1464,21 @@ void store_redis_status_all(int all, long limit, store_redis_result_cb cb, void 
 void store_redis_cancel(const char *app, const char *user, const char *sid, const char *reason,
                         store_redis_result_cb cb, void *arg)
 {
-    char S[MAX_KEY], ttl[24], maxlen[24];
+    char S[MAX_KEY];
     session_key(S, app, user, sid);
-    u64_text(ttl, sizeof(ttl), rs.cfg.session_ttl_ms);
-    u64_text(maxlen, sizeof(maxlen), (uint64_t)rs.store.history);
-    const char *args[] = {"cancel", S, reason, ttl, maxlen};
+    const char *args[] = {"cancel", S, reason, rs.arg.ttl, rs.arg.history};
     request_send(REQ_CANCEL, cb, arg, 5, args);
 }
 
 void store_redis_delete(const char *app, const char *user, const char *sid,
                         store_redis_result_cb cb, void *arg)
 {
-    char S[MAX_KEY], tomb[24], maxlen[24];
+    char S[MAX_KEY], tomb[24];
     session_key(S, app, user, sid);
     /* A deleted session's tombstone lasts --session-ttl (an hour when
      * sessions never expire). */
     u64_text(tomb, sizeof(tomb), rs.cfg.session_ttl_ms ? rs.cfg.session_ttl_ms : 3600000);
-    u64_text(maxlen, sizeof(maxlen), (uint64_t)rs.store.history);
-    const char *args[] = {"delete", S, tomb, maxlen};
+    const char *args[] = {"delete", S, tomb, rs.arg.history};
     request_send(REQ_DELETE, cb, arg, 4, args);
 }
 
