@@ -118,7 +118,7 @@ class LatencyProxy:
             due, data = q.get()
             left = due - time.monotonic()
             if left > 0:
-                time.sleep(left)
+                time.sleep(left)   # the latency this proxy injects, not a wait for a result
             if pair in self.wedged:
                 continue
             try:

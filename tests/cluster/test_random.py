@@ -143,7 +143,7 @@ def random_ops(t, rng):
             frozen[0].thaw()
             log.append("%d: SIGCONT %s" % (step, frozen[0].name))
             frozen = None
-        time.sleep(rng.uniform(0, 0.12))
+        time.sleep(rng.uniform(0, 0.12))   # random pacing between operations (seeded), not a wait
 
     expect(not forced, "forced faults left undone: %r (raise RUNCAST_CLUSTER_STEPS)" % forced)
     if frozen is not None:
