@@ -67,7 +67,11 @@ def random_ops(t, rng):
     forced = [(rng.randrange(STEPS // 5, STEPS // 2), "kill"), (rng.randrange(STEPS // 2, STEPS - 20), "freeze")]
     doomed_runs = {}
 
-    for step in range(STEPS):
+    # A forced fault waits for a random kill or freeze to end, so the loop
+    # runs on past STEPS (a bounded few) until both have happened.
+    step = -1
+    while step + 1 < STEPS or (forced and step + 1 < STEPS + 100):
+        step += 1
         # A browser reconnects a stream its node dropped (EventSource retry).
         for s in active:
             if s.cur.eof:
@@ -126,7 +130,8 @@ def random_ops(t, rng):
             victim.freeze()
             impaired.add(victim.name)
             least = c.lease_s + 1.5 if forced_freeze else 0.5   # past the lease: reaped, then fenced
-            frozen = (victim, step, time.monotonic() + rng.uniform(least, 2 * c.lease_s + 1))
+            now = time.monotonic()
+            frozen = (victim, step, now + rng.uniform(least, 2 * c.lease_s + 1), now + least)
             log.append("%d: SIGSTOP %s" % (step, victim.name))
         elif op == "pause":
             ms = rng.choice([100, 300, 600])
@@ -139,6 +144,8 @@ def random_ops(t, rng):
             new = c.restart_node(dead[0])
             log.append("%d: %s replaces the killed %s" % (step, new.name, dead[0].name))
             dead = None
+        if frozen is not None and forced and forced[0][0] <= step:
+            frozen = frozen[:2] + (frozen[3], frozen[3])   # a forced fault is due: thaw at the earliest
         if frozen is not None and time.monotonic() >= frozen[2]:
             frozen[0].thaw()
             log.append("%d: SIGCONT %s" % (step, frozen[0].name))
