@@ -11,6 +11,7 @@
 
 #include "auth.h"
 #include "console.h"
+#include "dropin.h"
 #include "hub.h"
 #include "limiter.h"
 #include "log.h"
@@ -32,6 +33,8 @@ void api_set_shared_store(int value)
 {
     shared_store = value;
 }
+
+static void respond_too_many_user_sessions(struct conn *c);
 
 static void respond_store_unavailable(struct conn *c)
 {
@@ -70,9 +73,7 @@ static void events_path(char *out, size_t size, const struct route_params *p)
     snprintf(out, size, "/apps/%s/users/%s/sessions/%s/run", p->app, p->user, p->session);
 }
 
-/* Builds the ADK newMessage from a POST body. Returns a new reference, or
- * NULL with *why set to the reason the body is unusable. */
-static json_t *new_message_from_body(json_t *body, const char **why)
+json_t *api_new_message(json_t *body, const char **why)
 {
     json_t *nm = json_object_get(body, "newMessage");
     if (nm == NULL)
@@ -151,10 +152,18 @@ static json_t *run_request_from_body(json_t *body, json_t **state_delta, int *st
         *why = "\"stateDelta\" must be an object";
         return NULL;
     }
-    json_t *message = new_message_from_body(body, why);
+    json_t *message = api_new_message(body, why);
     if (message && json_is_object(delta))
         *state_delta = json_incref(delta);
     return message;
+}
+
+void api_respond_refused_run(struct conn *c, int status)
+{
+    if (status == -EDQUOT)
+        respond_too_many_user_sessions(c);
+    else
+        respond_store_unavailable(c);
 }
 
 static void respond_too_many_user_sessions(struct conn *c)
@@ -189,10 +198,8 @@ struct post_answer {
 
 static void post_answer(struct post_answer *a)
 {
-    if (a->status == -EDQUOT)
-        respond_too_many_user_sessions(a->c);
-    else if (a->status < 0)
-        respond_store_unavailable(a->c);
+    if (a->status < 0)
+        api_respond_refused_run(a->c, a->status);
     else
         respond_json_steal(a->c, 202,
                            json_pack("{s:b, s:s, s:s, s:s, s:s}", "success", 1, "run_id", a->run_id,
@@ -211,13 +218,27 @@ static void post_registered(void *arg, int status)
         post_answer(a);
 }
 
+/* While draining, new runs are refused: answers 503 and returns 1. */
+static int refuse_if_draining(struct conn *c)
+{
+    if (draining)
+        conn_respond_error(c, 503, "draining", "runcast is shutting down", "Retry-After: 1\r\n");
+    return draining;
+}
+
+struct session *api_run_session(struct conn *c, const struct route_params *p)
+{
+    struct session *s;
+    if (refuse_if_draining(c) || store_down(c) || get_or_create_session(c, p, &s) < 0)
+        return NULL;
+    return s;
+}
+
 static void handle_post_run(struct conn *c, const struct http_request *req,
                             const struct route_params *p)
 {
-    if (draining) {
-        conn_respond_error(c, 503, "draining", "runcast is shutting down", "Retry-After: 1\r\n");
+    if (refuse_if_draining(c))
         return;
-    }
     if (!content_type_is_json(req)) {
         conn_respond_error(c, 415, "unsupported_media_type",
                            "the body must be JSON (Content-Type: application/json)", NULL);
@@ -241,8 +262,8 @@ static void handle_post_run(struct conn *c, const struct http_request *req,
         return;
     }
 
-    struct session *s;
-    if (store_down(c) || get_or_create_session(c, p, &s) < 0) {
+    struct session *s = api_run_session(c, p);
+    if (s == NULL) {
         json_decref(message);
         json_decref(state_delta);
         return;
@@ -642,6 +663,10 @@ void api_handle_request(struct conn *c, const struct http_request *req, void *da
     case ROUTE_CONSOLE:
     case ROUTE_CONSOLE_ASSET:
         console_serve(c, req);
+        break;
+    case ROUTE_ADK_RUN_SSE:
+    case ROUTE_ADK_RUN:
+        dropin_handle_request(c, req, route, &grant);
         break;
     default:
         conn_respond_error(c, 404, "not_found", "no such route", NULL);

@@ -19,4 +19,20 @@ void api_set_upstream_kind(const char *kind);
  * 503 store_unavailable while Redis is unreachable. */
 void api_set_shared_store(int shared);
 
+/* For the ADK drop-in (dropin.c), which starts runs as POST …/run does. */
+struct json_t;
+struct route_params;
+struct session;
+/* Builds the ADK newMessage of a run from a request body ("newMessage" or
+ * "new_message", else "message" or "query" text). Returns a new reference,
+ * or NULL with *why (a literal) saying what is unusable. */
+struct json_t *api_new_message(struct json_t *body, const char **why);
+/* The session a new run of p goes to, created on first use. When there can
+ * be none (draining, the store down, a session cap) answers the request
+ * (503 or 429) and returns NULL. */
+struct session *api_run_session(struct conn *c, const struct route_params *p);
+/* Answers a request whose run the store refused to register (a negative
+ * status of store_done_cb): 429 for -EDQUOT, else 503. */
+void api_respond_refused_run(struct conn *c, int status);
+
 #endif

@@ -89,6 +89,10 @@ extern const struct auth_listener auth_admin_listener;
 /* What auth_check_request() grants a request it lets through. */
 struct auth_grant {
     double expires_at; /* wall seconds at which a stream must end (exp + leeway); 0: never */
+    /* The token's user, for a route whose user is named in its body (ADK's
+     * /run_sse and /run: the handler checks userId); "" when any will do
+     * (no --auth, an admin token, the admin listener). */
+    char user[129];
 };
 
 /* The gate in front of every handler. route is router_match()'s result

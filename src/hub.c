@@ -49,6 +49,9 @@ struct subscriber {
     size_t heap_index;    /* its place in the deadline heap */
     void (*on_leave)(void *arg);
     void *leave_arg;
+    struct frame *(*view)(void *arg, struct frame *f, int *end); /* hub.h */
+    void *view_arg;
+    int ending; /* the view ended the stream: it ends once its queue is sent */
 };
 
 struct hub {
@@ -318,6 +321,39 @@ static void subscriber_enqueue(struct subscriber *s, struct frame *f)
     s->queued_bytes += f->len;
 }
 
+/* Gives f to s's view; returns what to send (a new reference) or NULL. */
+static struct frame *view_apply(struct subscriber *s, struct frame *f)
+{
+    int end = 0;
+    struct frame *out = s->view(s->view_arg, f, &end);
+    if (end)
+        s->ending = 1;
+    return out;
+}
+
+/* A view subscriber's replay: reads the log through its view into its
+ * queue until it produced max_frames or about max_bytes, caught up, or
+ * the view ended the stream. A frame the view skips costs a look, not a
+ * write, so a view reads past any number of them (bounded by the log). */
+static void view_replay(struct subscriber *s, size_t max_frames, size_t max_bytes)
+{
+    struct hub *h = s->hub;
+    size_t produced = 0;
+    while (!s->ending && s->next_seq <= h->newest_seq && produced < max_frames &&
+           s->queued_bytes < max_bytes) {
+        struct frame *f = store_read(h->log, s->next_seq);
+        if (f == NULL)
+            return; /* evicted: the next batch reports it lagged */
+        s->next_seq++;
+        struct frame *out = view_apply(s, f);
+        if (out) {
+            subscriber_enqueue(s, out);
+            frame_release(out);
+            produced++;
+        }
+    }
+}
+
 /* Bytes this subscriber still has to receive that sit in runcast: frames
  * given to it but not handed over, plus what its transport could not write
  * (to the kernel). The replay backlog is not counted: it is the log's, not
@@ -340,6 +376,10 @@ static struct sub_write *subscriber_take_batch(struct subscriber *s, size_t max_
     *lagged = behind > 0 && store_read(h->log, s->next_seq) == NULL;
     if (*lagged)
         return NULL;
+    if (s->view) {
+        view_replay(s, max_frames, max_bytes);
+        behind = 0; /* what it did not read stays for the next batch */
+    }
     if (behind > max_frames)
         behind = max_frames;
     if (s->queued == 0 && behind == 0)
@@ -409,8 +449,13 @@ static int subscriber_flush(struct subscriber *s)
             subscriber_drop(s, HUB_DROP_LAGGED);
             return -1;
         }
-        if (w == NULL)
+        if (w == NULL) {
+            if (s->ending && list_empty(&s->writes)) {
+                subscriber_end(s); /* its view ended it, and all is sent */
+                return -1;
+            }
             return 0;
+        }
         size_t bytes = 0;
         for (unsigned i = 0; i < w->nframes; i++)
             bytes += w->frames[i]->len;
@@ -494,8 +539,12 @@ void hub_write_done(void *write, int status)
 static void subscriber_offer(struct subscriber *s, struct frame *f)
 {
     if (s->next_seq == f->seq) {
-        subscriber_enqueue(s, f);
         s->next_seq++;
+        struct frame *out = s->view ? (s->ending ? NULL : view_apply(s, f)) : f;
+        if (out)
+            subscriber_enqueue(s, out);
+        if (out && s->view)
+            frame_release(out);
     }
     /* A burst bigger than the buffer within one loop iteration: offer it to
      * the socket now rather than at the end of the iteration, since the
@@ -612,6 +661,17 @@ int hub_subscribe(struct hub *h, const struct subscriber_ops *ops, void *transpo
     h->subscriber_count++;
     total_subscribers++;
 
+    s->on_leave = opt->on_leave;
+    s->leave_arg = opt->leave_arg;
+    if (opt->view) {
+        struct store_meta m;
+        store_meta(h->log, &m);
+        s->next_seq = m.oldest_seq;
+        s->view = opt->view;
+        s->view_arg = opt->view_arg;
+        subscriber_flush(s); /* may free s */
+        return 0;
+    }
     const char *reset_reason;
     s->next_seq = store_locate(h->log, opt->last_event_id, opt->from_live, &reset_reason);
     struct buf pre = {0};
@@ -627,8 +687,6 @@ int hub_subscribe(struct hub *h, const struct subscriber_ops *ops, void *transpo
     buf_free(&pre);
     subscriber_enqueue(s, preamble);
     frame_release(preamble);
-    s->on_leave = opt->on_leave;
-    s->leave_arg = opt->leave_arg;
     if (opt->deadline_ms) {
         s->deadline_ms = opt->deadline_ms;
         deadline_insert(s);

@@ -95,6 +95,16 @@ struct hub_subscribe_options {
      * NULL. */
     void (*on_leave)(void *arg);
     void *leave_arg;
+    /* A view, for a stream in another framing (ADK's /run_sse and /run,
+     * dropin.c); NULL for DESIGN.md's SSE stream. Every frame of the log
+     * goes through view(view_arg, f, &end), in order, instead of straight
+     * to the transport: it returns the frame to send (a new reference,
+     * which may be f retained) or NULL to send nothing, and sets *end to
+     * end the stream normally once what it returned is sent. A view stream
+     * starts at the oldest frame the log retains and gets no "retry:"
+     * line, no stream.reset and no deadline; keepalives it does get. */
+    struct frame *(*view)(void *arg, struct frame *f, int *end);
+    void *view_arg;
 };
 
 /* 1 when one more subscriber is allowed (--max-subscribers), else 0. */

@@ -15,6 +15,7 @@
 #include "api.h"
 #include "auth.h"
 #include "config.h"
+#include "dropin.h"
 #include "demo.h"
 #include "hub.h"
 #include "limiter.h"
@@ -271,6 +272,7 @@ int main(int argc, char **argv)
         .max_subscribers = cfg.max_subscribers,
     };
     hub_init(loop, &hc);
+    dropin_configure(cfg.subscriber_buffer);
     struct limiter_config lc = {
         .max_concurrent = cfg.max_concurrent_runs,
         .runs_per_second = cfg.runs_per_second,

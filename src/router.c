@@ -23,6 +23,8 @@ static const struct route_entry routes[] = {
     {ROUTE_READYZ, "readyz", M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n"},
     {ROUTE_CONSOLE, "", M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n"},
     {ROUTE_CONSOLE_ASSET, "console/{}", M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n"},
+    {ROUTE_ADK_RUN_SSE, "run_sse", M(HTTP_POST), "Allow: POST\r\n"},
+    {ROUTE_ADK_RUN, "run", M(HTTP_POST), "Allow: POST\r\n"},
 };
 
 /* Matches one pattern. Returns 1 on a match, 0 when the shape differs,

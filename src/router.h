@@ -16,6 +16,8 @@ enum route {
     ROUTE_READYZ,          /* /readyz */
     ROUTE_CONSOLE,         /* / */
     ROUTE_CONSOLE_ASSET,   /* /console/{name}: the console's scripts, styles, icons */
+    ROUTE_ADK_RUN_SSE,     /* /run_sse: ADK's streaming run endpoint (dropin.c) */
+    ROUTE_ADK_RUN,         /* /run: ADK's run endpoint, answered when the run ends */
 };
 
 /* Path parameters, NUL-terminated. */

@@ -14,9 +14,9 @@
 
 struct conn;
 
-/* Turns conn (whose request was GET …/run) into a subscriber of h: sends
- * the SSE response head, then hub_subscribe() sends the retry line and the
- * replay opt asks for. Returns 0, or -ENOSPC over --max-subscribers (nothing
+/* Turns conn (whose request was GET …/run, or ADK's POST /run_sse with
+ * opt->view set) into a subscriber of h: sends the SSE response head, then
+ * hub_subscribe() sends the retry line and the replay opt asks for. Returns 0, or -ENOSPC over --max-subscribers (nothing
  * was sent: the caller answers 503), or another negative errno when the
  * connection is gone; opt->on_leave is called only after 0. */
 int stream_open(struct conn *conn, struct hub *h, const struct hub_subscribe_options *opt);

@@ -764,7 +764,7 @@ class Event:
 
 
 class SseClient:
-    """GET an SSE stream and parse it on a thread.
+    """GET an SSE stream (or POST one: ADK's /run_sse) and parse it on a thread.
 
     Each event records whether it had an id line of its own (has_id); the
     stream's opening bytes (the "retry:" line) and comments are kept too.
@@ -775,7 +775,7 @@ class SseClient:
     request on conn) or with a close before it (cut)."""
 
     def __init__(self, ctx, port, path, headers=None, timeout=DEFAULT_TIMEOUT, expect_status=200,
-                 version="HTTP/1.1"):
+                 version="HTTP/1.1", method="GET", body=None):
         self.ctx = ctx
         self.path = path
         self.conn = Conn(port, timeout)
@@ -783,7 +783,7 @@ class SseClient:
         h = {}
         if headers:
             h.update(headers)
-        req = build_request("GET", path, None, h)
+        req = build_request(method, path, body, h)
         if version != "HTTP/1.1":
             req = req.replace(b" HTTP/1.1\r\n", (" %s\r\n" % version).encode(), 1)
         self.conn.send(req)
@@ -799,7 +799,7 @@ class SseClient:
                     body = self.conn.read_exact(int(cl), time.monotonic() + timeout)
             except TestFailure:
                 pass
-            fail("GET %s: expected %d, got %d %r" % (path, expect_status, status, body[:300]))
+            fail("%s %s: expected %d, got %d %r" % (method, path, expect_status, status, body[:300]))
         self.events = []
         self.comments = []
         self.retry = None
