@@ -940,6 +940,60 @@ static void one_heap_orders_every_deadline(void)
     teardown();
 }
 
+/* A view that sends the "keep" frames as they are, skips the others, ends
+ * the stream at the "end" frame, and records the seq of every frame shown. */
+struct view_probe {
+    uint64_t seen[32];
+    int nseen;
+};
+
+static struct frame *probe_view(void *arg, struct frame *f, int *end)
+{
+    struct view_probe *v = arg;
+    if (v->nseen < (int)RC_ARRAY_SIZE(v->seen))
+        v->seen[v->nseen++] = f->seq;
+    if (memmem(f->data, f->len, "event: end\n", 11))
+        *end = 1;
+    if (memmem(f->data, f->len, "event: keep\n", 12) == NULL)
+        return NULL;
+    frame_retain(f);
+    return f;
+}
+
+static void view_replays_from_the_oldest_frame_and_ends_after_its_last_write(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    struct hub *h = hub_new();
+    publish(h, "skip", "{}", 2, 1);
+    publish(h, "keep", "{\"n\":1}", 7, 0);
+    struct view_probe v = {0};
+    struct fake c = {.take = 0}; /* the socket takes nothing: writes stay queued */
+    struct hub_subscribe_options opt = {.view = probe_view, .view_arg = &v};
+    CHECK_EQ(subscribe_with(h, &c, &opt), 0);
+    CHECK_EQ(v.nseen, 2); /* the replay went through the view, from seq 1 */
+    CHECK_EQ(v.seen[0], 1);
+    CHECK_EQ(v.seen[1], 2);
+    CHECK_EQ(count(&c, "retry:"), 0);
+    CHECK_EQ(count(&c, "event: keep"), 1);
+    CHECK_EQ(count(&c, "event: skip"), 0);
+
+    publish(h, "keep", "{\"n\":2}", 7, 0);
+    publish(h, "end", "{}", 2, 0);
+    publish(h, "keep", "{\"n\":3}", 7, 0); /* after the end: never shown */
+    flush();
+    CHECK_EQ(v.nseen, 4);
+    CHECK_EQ(v.seen[3], 4);
+    CHECK_EQ(count(&c, "event: keep"), 2);
+    CHECK_EQ(c.ended, 0); /* its writes are still queued */
+    complete_writes(&c);
+    CHECK_EQ(c.ended, 1);
+    CHECK_EQ(v.nseen, 4);
+    CHECK_EQ(hub_subscriber_count(h), 0);
+    buf_free(&c.wire);
+    hub_free(h);
+    teardown();
+}
+
 int main(void)
 {
     RUN_TEST(default_replay_starts_at_latest_run);
@@ -963,5 +1017,6 @@ int main(void)
     RUN_TEST(one_heap_orders_every_deadline);
     RUN_TEST(reset_cuts_every_stream);
     RUN_TEST(heartbeat_burst_is_spread_over_iterations);
+    RUN_TEST(view_replays_from_the_oldest_frame_and_ends_after_its_last_write);
     return test_report("test_hub");
 }
