@@ -222,3 +222,22 @@ def test_dropin_run_shows_on_runcasts_stream_and_status(t):
     eq(agent, [e.data for e in s.events], "the same events on runcast's stream as in the call")
     st = task_status(d, sid, app="echo")
     eq((st["status"], st["run_id"], st["events"]), ("completed", done["run_id"], 4), "task status")
+
+
+@test(timeout=30)
+def test_dropin_calls_need_a_token_of_the_bodys_user(t):
+    from test_auth import bearer, claims_for, jwt_daemon, mint
+    d = jwt_daemon(t)  # the demo agent upstream
+    body = json.dumps(run_body("a", "tok", "hi !events=2")).encode()
+    json_type = {"Content-Type": "application/json"}
+    r = request(d.port, "POST", "/run_sse", body, json_type)
+    eq((r.status, r.json()["error"]["code"]), (401, "unauthorized"), "no token")
+    r = request(d.port, "POST", "/run", body, dict(json_type, **bearer(mint(claims_for("bob")))))
+    eq((r.status, r.json()["error"]["code"]), (403, "forbidden"), "another user's token")
+    s = SseClient(t, d.port, "/run_sse", method="POST", body=body,
+                  headers=dict(json_type, **bearer(mint(claims_for("u")))))
+    s.wait_eof(10 * TIME_SCALE)
+    eq((s.completed, len(s.events)), (True, 2), "the user's own call: its two events")
+    st = request(d.port, "GET", spath("tok", app="a") + "/task-status",
+                 headers=bearer(mint(claims_for("u")))).json()
+    eq((st["status"], st["events"]), ("completed", 2), "the one run the refused calls left")
