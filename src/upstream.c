@@ -71,7 +71,7 @@
 #define CREATE_ANSWER_MAX (64 * 1024) /* a create-session answer kept to read its id */
 
 enum call_state {
-    CALL_ACTIVE = 0, /* running: transfers, backoff waits */
+    CALL_ACTIVE = 0, /* running: transfers, backoff waits, the wait for a drain */
     CALL_ENDING,     /* outcome recorded; teardown and on_end are queued */
     CALL_DRAINING,   /* let go (no callback ever again), its /run_sse read to the end */
     CALL_CANCELLED,  /* cancelled: teardown queued, no callback ever again */
