@@ -9,6 +9,7 @@
  *
  * Zero means "off" (or "none") for these durations only: --first-event-timeout,
  * --idle-timeout, --run-timeout (no limit), --heartbeat (no heartbeats),
+ * --upstream-drain (close a replaced run's upstream stream at once),
  * --delay-alert (never warn), --retry-backoff (retry at once),
  * --shutdown-grace (cancel at once), --demo-word-delay (no pause) and
  * --jwt-leeway (exp and nbf to the second, at most 1h). Every
@@ -99,6 +100,8 @@ static const struct option option_table[] = {
       "retries of a run's upstream request answered 429 or 503" },
     { "retry-backoff", OPTION_DURATION, FIELD(retry_backoff_ms), 0, "0.5s", NULL, NULL, NULL,
       "first retry delay, then 2x, 4x... with jitter (0: at once)" },
+    { "upstream-drain", OPTION_DURATION, FIELD(upstream_drain_ms), 0, "0", NULL, NULL, NULL,
+      "read a replaced run's upstream stream to its end, at most this (0: off)" },
     { "session-ttl", OPTION_DURATION, FIELD(session_ttl_ms), 0, "30m", "1ms", NULL, NULL,
       "a session with no subscriber, request or run event this long is removed" },
     { "history", OPTION_INT, FIELD(history), 0, "1000", "1", NULL, NULL,

@@ -22,6 +22,7 @@ struct config {
     uint64_t run_timeout_ms;
     int upstream_retries;
     uint64_t retry_backoff_ms;
+    uint64_t upstream_drain_ms; /* 0: a replaced run's upstream stream closes at once */
     uint64_t session_ttl_ms;
     int history;               /* events kept per session */
     size_t history_bytes;      /* bytes kept per session */

@@ -246,6 +246,7 @@ int main(int argc, char **argv)
         .run_timeout_ms = cfg.run_timeout_ms,
         .retries = cfg.upstream_retries,
         .retry_backoff_ms = cfg.retry_backoff_ms,
+        .drain_ms = cfg.upstream_drain_ms,
         .max_event_bytes = cfg.max_body > 1024 * 1024 ? cfg.max_body : 1024 * 1024,
     };
     err = upstream_init(loop, &uc);

@@ -117,15 +117,33 @@ enum run_call_end {
     RUN_ENDED_ELSEWHERE,  /* another node wrote the terminal event: cancel, write nothing */
 };
 
+/* Whether a run this node ends in `to` lets its upstream call drain
+ * (upstream_call_drain: a sent /run_sse is read to its end, bounded by
+ * --upstream-drain, and the session's next request waits for it) rather than
+ * close at once. Only when a client replaced or stopped the run: then the
+ * session's next run may follow at once, and an upstream that does not abort
+ * a run on disconnect (ADK JS) would write one ADK session from two runs.
+ * Every other end closes at once: a deadline or failure must stop the call
+ * now, and a deleted or expired session or a shutdown is the end of it. */
+static int run_end_drains(enum run_state to, json_t *data)
+{
+    if (to == RUN_SUPERSEDED)
+        return 1;
+    const char *reason = json_string_value(json_object_get(data, "reason"));
+    return to == RUN_CANCELLED && reason != NULL && strcmp(reason, "client_request") == 0;
+}
+
 /* A terminal transition's bookkeeping (run_transition only): the upstream
- * call is cancelled (unless it ended by itself) and forgotten, the queue
+ * call is cancelled or drained (unless it ended by itself) and forgotten, the queue
  * place and the quota given back, the outcome counted. The limiter slot is
  * given back last, by run_transition. */
 static void run_release(struct run *r, enum run_state to, json_t *data, enum run_call_end call_end,
                         uint64_t now_ns)
 {
     r->ended_at = time_wall_seconds();
-    if (r->call && call_end != RUN_CALL_FINISHED)
+    if (r->call && call_end == RUN_CALL_CANCEL && run_end_drains(to, data))
+        upstream_call_drain(r->call);
+    else if (r->call && call_end != RUN_CALL_FINISHED)
         upstream_call_cancel(r->call);
     r->call = NULL;
     limiter_leave(&r->waiter);

@@ -17,8 +17,9 @@
  * run_transition() in run.c is the only place a state changes: each change
  * appends its event to the session's log and writes its log line, and each
  * terminal change also releases the limiter slot, the quota and the
- * upstream call and counts the outcome, exactly once. holds_slot and call
- * change only there.
+ * upstream call (closed, or drained when a client replaced or cancelled
+ * the run: run_end_drains) and counts the outcome, exactly once.
+ * holds_slot and call change only there.
  */
 #ifndef RUNCAST_RUN_H
 #define RUNCAST_RUN_H

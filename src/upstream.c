@@ -35,6 +35,16 @@
  * the first event, the first_event deadline (request sent -> first event)
  * applies too, and the nearer one wins.
  *
+ * Draining. Python ADK aborts a run when its client disconnects; ADK JS 2.0.0
+ * does not: it runs the abandoned run to its end and appends its events to
+ * the ADK session, so a next run of that session started at once writes the
+ * session together with it. upstream_call_drain() therefore keeps a sent
+ * /run_sse open (CALL_DRAINING: nothing reaches the caller any more, bytes
+ * are swallowed) until its body ends or drain_ms passes, and the call is
+ * filed in up.drains under its session; a call started for that session
+ * meanwhile waits on the drain's list without sending anything, and is
+ * started by the drain's teardown, once the old connection is closed.
+ *
  * Ownership: the module state (struct upstream_module) is owned by
  * upstream_init()/upstream_shutdown(). A call is owned by this module: it is
  * freed from its timer's close callback after on_end (or after a cancel).
@@ -52,6 +62,7 @@
 #include "frame_scan.h"
 #include "log.h"
 #include "sse.h"
+#include "table.h"
 
 #define EXCERPT_BYTES 200
 #define DEFAULT_MAX_EVENT_BYTES (1024 * 1024)
@@ -60,8 +71,9 @@
 #define CREATE_ANSWER_MAX (64 * 1024) /* a create-session answer kept to read its id */
 
 enum call_state {
-    CALL_ACTIVE = 0, /* running: transfers, backoff waits */
+    CALL_ACTIVE = 0, /* running: transfers, backoff waits, the wait for a drain */
     CALL_ENDING,     /* outcome recorded; teardown and on_end are queued */
+    CALL_DRAINING,   /* let go (no callback ever again), its /run_sse read to the end */
     CALL_CANCELLED,  /* cancelled: teardown queued, no callback ever again */
     CALL_CLOSING,    /* torn down; the timer is closing, then the call is freed */
 };
@@ -146,6 +158,16 @@ struct upstream_call {
     uv_timer_t timer;
 
     struct upstream_result result; /* result.detail owned until teardown */
+
+    /* Draining (upstream_call_drain): filed in up.drains under its session's
+     * key (post[STEP_CREATE_BY_PATH].url names app, user and session) until
+     * teardown; waiters holds the same session's calls started meanwhile,
+     * linked by their wait_link, until then. */
+    struct table_entry drain_entry;
+    int in_drains;
+    uint64_t drain_start_ms;
+    struct list waiters;
+    struct list wait_link; /* linked while this call waits for a drain */
 };
 
 /* The module: one curl_uv (one multi handle) on one loop. */
@@ -156,6 +178,7 @@ static struct upstream_module {
     char *base_url;
     struct curl_uv *curl; /* NULL once shutdown has closed it */
     size_t calls;         /* allocated calls, closing ones included */
+    struct table drains;  /* draining calls by session key (drain_entry) */
     int shutting_down;
     void (*done)(void *arg);
     void *done_arg;
@@ -279,6 +302,56 @@ static void transfer_release(struct upstream_call *call)
     buf_reset(&call->excerpt);
 }
 
+/* ---- draining ---- */
+
+/* The draining call of call's session (it may be cut already and wait for
+ * its teardown), or NULL. */
+static struct upstream_call *drain_find(const struct upstream_call *call)
+{
+    const char *key = call->post[STEP_CREATE_BY_PATH].url;
+    struct table_entry *e = table_find(&up.drains, key, strlen(key));
+    return e ? container_of(e, struct upstream_call, drain_entry) : NULL;
+}
+
+/* Ends a drain: its response is over (cut_reason NULL), or it is cut now
+ * (past drain_ms, shutdown). The service task then closes the connection
+ * and lets the session's waiting calls go (drain_release). Leaves up.drains
+ * as it is, so it may run while iterating over it. */
+static void drain_end(struct upstream_call *call, const char *cut_reason)
+{
+    char ms[24];
+    snprintf(ms, sizeof(ms), "%llu", (unsigned long long)(now_ms() - call->drain_start_ms));
+    if (cut_reason)
+        log_event(LOG_WARN, "upstream.drain_cut", "session", call->session, "after_ms", ms,
+                  "reason", cut_reason, NULL);
+    else
+        log_event(LOG_INFO, "upstream.drained", "session", call->session, "after_ms", ms, NULL);
+    call->state = CALL_CANCELLED;
+    uv_timer_stop(&call->timer);
+    curl_uv_defer(up.curl, &call->service);
+}
+
+/* From teardown, once call's connection is closed: a waiting call leaves
+ * its drain's list; a drained call leaves up.drains and starts the calls
+ * that waited for it (those still active: a waiter that ended meanwhile
+ * sends nothing). */
+static void drain_release(struct upstream_call *call)
+{
+    if (list_linked(&call->wait_link))
+        list_remove(&call->wait_link);
+    if (!call->in_drains)
+        return;
+    table_remove(&up.drains, &call->drain_entry);
+    call->in_drains = 0;
+    while (!list_empty(&call->waiters)) {
+        struct upstream_call *waiter = container_of(call->waiters.next, struct upstream_call,
+                                                    wait_link);
+        list_remove(&waiter->wait_link);
+        if (waiter->state == CALL_ACTIVE)
+            attempt_begin(waiter);
+    }
+}
+
 /* ---- timers ---- */
 
 /* The deadlines a call can wait for; the timed-out ones name the phase
@@ -333,6 +406,10 @@ static void timer_rearm(struct upstream_call *call)
 static void call_timer_cb(uv_timer_t *timer)
 {
     struct upstream_call *call = container_of(timer, struct upstream_call, timer);
+    if (call->state == CALL_DRAINING) {
+        drain_end(call, "drain_limit");
+        return;
+    }
     if (call->state != CALL_ACTIVE)
         return;
     enum deadline_kind kind;
@@ -845,6 +922,10 @@ static void stream_ended(struct upstream_call *call)
  * the transfer and start the next one itself. */
 static void transfer_done(struct upstream_call *call, CURLcode res)
 {
+    if (call->state == CALL_DRAINING) {
+        drain_end(call, NULL);
+        return;
+    }
     if (call->state != CALL_ACTIVE)
         return; /* the service task removes it */
     if (!call->headers_done) {
@@ -922,11 +1003,13 @@ static void call_closed_cb(uv_handle_t *handle)
     maybe_finish_shutdown();
 }
 
-/* Removes the transfer, runs on_end for an ended call, closes the call. */
+/* Removes the transfer (the connection closes), lets the calls waiting for
+ * a drained one go, runs on_end for an ended call, closes the call. */
 static void teardown(struct upstream_call *call)
 {
     int ended = call->state == CALL_ENDING;
     transfer_release(call);
+    drain_release(call);
     call->state = CALL_CLOSING;
     if (ended && call->cb.on_end)
         call->cb.on_end(call->arg, &call->result);
@@ -970,6 +1053,7 @@ int upstream_init(uv_loop_t *loop, const struct upstream_config *cfg)
     up.base_url = xstrdup(cfg->base_url);
     up.cfg.base_url = up.base_url;
     up.rng = uv_hrtime() | 1;
+    table_init(&up.drains);
     up.initialized = 1;
     return 0;
 }
@@ -979,6 +1063,7 @@ static void curl_closed_cb(void *arg)
     void (*done)(void *) = up.done;
     void *done_arg = up.done_arg;
     free(up.base_url);
+    table_free(&up.drains);
     memset(&up, 0, sizeof(up));
     if (done)
         done(done_arg);
@@ -1002,6 +1087,12 @@ void upstream_shutdown(void (*done)(void *arg), void *arg)
     up.shutting_down = 1;
     up.done = done;
     up.done_arg = arg;
+    /* Nothing must outlive the process's last runs by up to drain_ms. */
+    table_for_each(&up.drains, e) {
+        struct upstream_call *call = container_of(e, struct upstream_call, drain_entry);
+        if (call->state == CALL_DRAINING)
+            drain_end(call, "shutdown");
+    }
     maybe_finish_shutdown();
 }
 
@@ -1117,6 +1208,8 @@ struct upstream_call *upstream_call_start(const struct upstream_request *req,
     struct upstream_call *call = xcalloc(1, sizeof(*call));
     list_init(&call->service.node);
     call->service.run = service_call;
+    list_init(&call->waiters);
+    list_init(&call->wait_link);
     call->cb = *cb;
     call->arg = arg;
     call->session = xstrdup(req->session);
@@ -1138,7 +1231,16 @@ struct upstream_call *upstream_call_start(const struct upstream_request *req,
     call->start_ms = now_ms();
     uv_timer_init(up.loop, &call->timer);
     up.calls++;
-    attempt_begin(call);
+    struct upstream_call *drain = drain_find(call);
+    if (drain != NULL) {
+        /* The upstream may still be writing this session for the drained
+         * run: send nothing before its end (drain_release). The total
+         * deadline runs meanwhile. */
+        list_insert_tail(&drain->waiters, &call->wait_link);
+        timer_rearm(call);
+    } else {
+        attempt_begin(call);
+    }
     *err = 0;
     return call;
 }
@@ -1151,4 +1253,23 @@ void upstream_call_cancel(struct upstream_call *call)
     call->sent_pending = 0;
     uv_timer_stop(&call->timer);
     curl_uv_defer(up.curl, &call->service);
+}
+
+void upstream_call_drain(struct upstream_call *call)
+{
+    /* Only a sent /run_sse has a run upstream that could go on without us;
+     * a second drain of one session cannot arise (its calls wait for the
+     * first), but would close at once rather than be lost track of. */
+    if (call == NULL || call->state != CALL_ACTIVE || up.cfg.drain_ms == 0 || up.shutting_down ||
+        call->easy == NULL || call->step != STEP_RUN || drain_find(call) != NULL) {
+        upstream_call_cancel(call);
+        return;
+    }
+    const char *key = call->post[STEP_CREATE_BY_PATH].url;
+    call->state = CALL_DRAINING;
+    call->sent_pending = 0;
+    call->drain_start_ms = now_ms();
+    table_insert(&up.drains, &call->drain_entry, key, strlen(key));
+    call->in_drains = 1;
+    uv_timer_start(&call->timer, call_timer_cb, up.cfg.drain_ms, 0);
 }

@@ -8,7 +8,11 @@
  * caller (run.c) learns what happens through callbacks, and can cancel at any
  * time; after upstream_call_cancel() returns no callback runs again, and the
  * libcurl transfer is torn down later at a safe point (never inside a libcurl
- * callback).
+ * callback). upstream_call_drain() lets go of a call the same way, but keeps
+ * a /run_sse response already under way open to its end (for at most
+ * drain_ms), and the same session's next call waits for that end before it
+ * sends anything: an upstream that does not abort a run when its client goes
+ * away (ADK JS) would otherwise run two runs on one ADK session at once.
  */
 #ifndef RUNCAST_UPSTREAM_H
 #define RUNCAST_UPSTREAM_H
@@ -26,6 +30,7 @@ struct upstream_config {
     int retries;                 /* extra attempts after a 429/503 */
     uint64_t retry_backoff_ms;   /* first backoff; doubled each time, with jitter */
     size_t max_event_bytes;      /* one upstream frame; larger is upstream_protocol */
+    uint64_t drain_ms;           /* upstream_call_drain's bound; 0: it only cancels */
 };
 
 /* How a call ended. */
@@ -78,8 +83,9 @@ struct upstream_request {
 
 /* Sets up the multi handle on loop. Returns 0 or a negative errno. */
 int upstream_init(uv_loop_t *loop, const struct upstream_config *cfg);
-/* Cancels nothing; frees the multi handle after every call is finished or
- * cancelled and torn down. done(arg) runs from a libuv close callback. */
+/* Cancels no active call, but cuts every drain (upstream_call_drain); frees
+ * the multi handle after every call is finished or cancelled and torn down.
+ * done(arg) runs from a libuv close callback. */
 void upstream_shutdown(void (*done)(void *arg), void *arg);
 
 /* Starts a call. The request's JSON is serialised at once (nothing borrowed is
@@ -90,6 +96,16 @@ struct upstream_call *upstream_call_start(const struct upstream_request *req,
 /* Stops a call: no callback runs after this returns; the connection is closed
  * at a safe point. Safe from any callback, including this call's own. */
 void upstream_call_cancel(struct upstream_call *call);
+
+/* Lets go of a call as upstream_call_cancel() does (no callback runs after
+ * this returns), except that a /run_sse request already handed to the network
+ * keeps its connection: its response is read to its end and discarded, for
+ * at most drain_ms, then closed ("upstream.drained" / "upstream.drain_cut" in
+ * the log). Until then every upstream_call_start() for the same (app, user,
+ * session) waits before sending anything; its run_timeout covers the wait.
+ * A call with no such request open, drain_ms 0, or shutdown under way is
+ * simply cancelled. Safe from any callback. */
+void upstream_call_drain(struct upstream_call *call);
 
 /* Transfers not yet torn down (cancelled ones included), for tests and the soak. */
 size_t upstream_live_transfers(void);

@@ -325,6 +325,78 @@ def test_adk_supersede_and_cancel_a_slow_run(t):
     eq(task_status(d, sid, app="slow")["status"], "cancelled", "task status")
 
 
+def supersede_mid_run(t, d, sid):
+    """Posts a 2 s slow run, then, after its second tick, a short one that
+    supersedes it; returns (stream, first run id, second run id) once the
+    second completed."""
+    s = t.sse(d, spath(sid, app="slow") + "/run?from=live")
+    s.wait_retry()
+    first = post_run(d, sid, "slow 20 chunks every 100ms", app="slow")[0]["run_id"]
+    s.wait_for(lambda evs: len(agent_events(s, first)) >= 2, 10 * TIME_SCALE, "two ticks")
+    second = post_run(d, sid, "slow 3 chunks every 20ms", app="slow")[0]["run_id"]
+    s.wait_event("run.superseded", 2 * TIME_SCALE, run_id=first)
+    s.wait_event("run.completed", 15 * TIME_SCALE, run_id=second)
+    return s, first, second
+
+
+def stored_invocations(adk, sid, count):
+    """The invocationId of each event ADK stored for the session, once it
+    holds count events (the abandoned run may still be going on in ADK)."""
+    def events():
+        evs = adk.session("slow", "u", sid)["events"]
+        return len(evs) >= count and evs
+    evs = wait_until(events, 10 * TIME_SCALE, "%d events in ADK's session %s" % (count, sid))
+    eq(len(evs), count, "events in ADK's session")
+    return [e["invocationId"] for e in evs]
+
+
+def interleaved(invocations):
+    """True when some invocation's events are not contiguous."""
+    seen, last = set(), None
+    for inv in invocations:
+        if inv != last and inv in seen:
+            return True
+        seen.add(inv)
+        last = inv
+    return False
+
+
+@test(timeout=60)
+def test_adk_drain_keeps_two_runs_of_one_session_apart(t):
+    """ADK JS goes on with a run whose client went away; with a drain the
+    superseding run's request is sent only once the first run ended, so
+    ADK's session holds the first invocation's events, then the second's."""
+    adk = shared_adk()
+    d = adk_daemon(t, adk, "--upstream-drain", "10s")
+    sid = "drained"
+    s, first, second = supersede_mid_run(t, d, sid)
+    invs = stored_invocations(adk, sid, 4)  # user + final, twice
+    eq(len(set(invs)), 2, "invocations in ADK's session")
+    expect(not interleaved(invs), "ADK's session written by two runs at once: %r" % invs)
+    eq(invs[0], invs[1], "the first invocation's events come first (%r)" % invs)
+    drained = [r for r in d.logs() if r.get("event") == "upstream.drained"]
+    eq(len(drained), 1, "upstream.drained log lines")
+    eq([text_of(e) for e in agent_events(s, second)][-1], "tick 1/3 tick 2/3 tick 3/3 ",
+       "the second run's final text")
+
+
+@test(timeout=60)
+def test_adk_without_drain_two_runs_of_one_session_interleave(t):
+    """What --upstream-drain exists for: with 0 (the default) the superseded
+    run's connection closes at once, ADK JS runs it to its end anyway, and
+    the second run, sent at once, writes the same session meanwhile (its
+    user event and whole 60 ms reply land inside the first's 2 s run)."""
+    adk = shared_adk()
+    d = adk_daemon(t, adk)
+    sid = "undrained"
+    supersede_mid_run(t, d, sid)
+    invs = stored_invocations(adk, sid, 4)
+    eq(len(set(invs)), 2, "invocations in ADK's session")
+    a, b = invs[0], [i for i in invs if i != invs[0]][0]
+    eq(invs, [a, b, b, a], "ADK's session: first's user event, the second run, first's final")
+    expect(interleaved(invs), "expected interleaved invocations: %r" % invs)
+
+
 @test(timeout=120)
 def test_adk_restart_between_two_runs_of_one_session(t):
     adk = AdkServer()

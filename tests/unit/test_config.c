@@ -101,11 +101,11 @@ static void load_without_env_or_flags_keeps_defaults(void)
 }
 
 /* Every row's field size matches the C type its kind writes, its default
- * and bounds parse, and the struct is covered: 44 options for 46 fields
+ * and bounds parse, and the struct is covered: 45 options for 47 fields
  * (--listen and --admin-listen fill two each). */
 static void option_table_is_consistent(void)
 {
-    CHECK_EQ(RC_ARRAY_SIZE(option_table), 47);
+    CHECK_EQ(RC_ARRAY_SIZE(option_table), 48);
     for (size_t i = 0; i < RC_ARRAY_SIZE(option_table); i++) {
         const struct option *opt = &option_table[i];
         struct option_value v;
@@ -421,7 +421,7 @@ static void zero_means_off_only_where_documented(void)
     static const char *zero_ok[] = {
         "first-event-timeout", "idle-timeout", "run-timeout", "heartbeat", "delay-alert",
         "retry-backoff", "shutdown-grace", "demo-word-delay", "upstream-retries", "burst",
-        "runs-per-second",
+        "runs-per-second", "upstream-drain",
     };
     static const char *zero_bad[] = {
         "queue-timeout", "connect-timeout", "session-ttl", "head-timeout",

@@ -11,9 +11,10 @@
 struct upstream_call {
     void *arg;
     int cancelled;
+    int drained;
 };
 static struct upstream_call calls[64];
-static int calls_started, calls_cancelled;
+static int calls_started, calls_cancelled, calls_drained;
 
 struct upstream_call *upstream_call_start(const struct upstream_request *req,
                                           const struct upstream_callbacks *cb, void *arg, int *err)
@@ -36,6 +37,15 @@ void upstream_call_cancel(struct upstream_call *call)
     calls_cancelled++;
 }
 
+/* The real one drains or cancels; either way the run lets go of the call,
+ * so it counts as cancelled too. */
+void upstream_call_drain(struct upstream_call *call)
+{
+    upstream_call_cancel(call);
+    call->drained = 1;
+    calls_drained++;
+}
+
 static uv_loop_t loop;
 
 static void setup(int max_concurrent)
@@ -52,7 +62,7 @@ static void setup(int max_concurrent)
     session_table_init(&loop, &sc);
     memset(calls, 0, sizeof(calls));
     memset(outcomes, 0, sizeof(outcomes));
-    calls_started = calls_cancelled = 0;
+    calls_started = calls_cancelled = calls_drained = 0;
 }
 
 static void teardown(void)
@@ -155,6 +165,30 @@ static void superseded_run_gets_one_terminal_event(void)
     CHECK(strstr(store_read(s->log, 2)->data, by) != NULL);
     CHECK(strstr(store_read(s->log, 2)->data, first_id) != NULL);
     CHECK_EQ(run_start_seq(s), 3);
+    teardown();
+}
+
+/* Only a client replacing or stopping a run drains its call (the session's
+ * next run may follow at once); any other end closes it at once. */
+static void only_a_client_replacing_or_cancelling_a_run_drains_its_call(void)
+{
+    setup(4);
+    struct session *s = new_session("s1");
+    start(s);
+    struct run *r = start(s); /* supersedes call 0 */
+    run_cancel(r, "client_request"); /* call 1 */
+    r = start(s);
+    run_cancel(r, "session_deleted"); /* call 2 */
+    r = start(s);
+    run_cancel(r, "shutdown"); /* call 3 */
+    r = start(s);
+    finish(r, UPSTREAM_TIMED_OUT); /* call 4: ended by itself, let go of nothing */
+    CHECK_EQ(calls_started, 5);
+    CHECK_EQ(calls_cancelled, 4);
+    CHECK_EQ(calls_drained, 2);
+    CHECK(calls[0].drained && calls[1].drained);
+    CHECK(!calls[2].drained && !calls[3].drained && calls[2].cancelled && calls[3].cancelled);
+    CHECK(!calls[4].cancelled && !calls[4].drained);
     teardown();
 }
 
@@ -278,6 +312,7 @@ int main(void)
 {
     RUN_TEST(run_starts_at_once_when_a_slot_is_free);
     RUN_TEST(superseded_run_gets_one_terminal_event);
+    RUN_TEST(only_a_client_replacing_or_cancelling_a_run_drains_its_call);
     RUN_TEST(ten_back_to_back_runs_leave_one_active);
     RUN_TEST(queued_run_starts_when_a_slot_frees);
     RUN_TEST(every_path_releases_its_slot_exactly_once);

@@ -39,6 +39,11 @@ void upstream_call_cancel(struct upstream_call *call)
     calls_cancelled++;
 }
 
+void upstream_call_drain(struct upstream_call *call)
+{
+    upstream_call_cancel(call);
+}
+
 size_t upstream_live_transfers(void)
 {
     return 0;

@@ -22,6 +22,7 @@
 #include <uv.h>
 
 #include "../../src/frame_scan.h"
+#include "../../src/log.h"
 #include "../../src/upstream.h"
 #include "test.h"
 
@@ -397,6 +398,7 @@ static void guard_cb(uv_timer_t *t)
 static void setup(const struct upstream_config *cfg)
 {
     alarm(30); /* the backstop behind every deadline below */
+    log_configure(LOG_ERROR, LOG_TEXT); /* the drain tests' log lines are expected */
     CHECK_EQ(uv_loop_init(&loop), 0);
     uv_timer_init(&loop, &guard);
     shutdown_done = 0;
@@ -1163,6 +1165,101 @@ static void cancel_right_after_start_runs_no_callback(void)
     CHECK_STREQ(p.seq, "");
 }
 
+static int got_event(void *arg)
+{
+    return ((struct probe *)arg)->events > 0;
+}
+
+/* A drained call runs no callback again, its response is read to its end
+ * (so its connection is kept alive and reused), and the same session's next
+ * call sends only after that. */
+static void drained_call_is_read_to_its_end_before_the_next_call_sends(void)
+{
+    static const struct reply replies[] = {
+        {{W(SSE_HEAD), CHUNK("data: {\"n\":1}\n\n"), PAUSE(300), CHUNK("data: {\"n\":2}\n\n"),
+          LAST_CHUNK, KEEP}},
+        {{W(SSE_HEAD), CHUNK("data: {\"n\":3}\n\n"), LAST_CHUNK, KEEP}},
+    };
+    struct fake f;
+    struct probe p = {0}, q = {0};
+    fake_start(&f, replies, 2);
+    struct upstream_config cfg = default_config(f.port);
+    cfg.drain_ms = 3000;
+    setup(&cfg);
+    start_call(&p, 1, NULL);
+    CHECK(wait_until(got_event, &p, WAIT_MS));
+    upstream_call_drain(p.call);
+    start_call(&q, 1, NULL);
+    CHECK_EQ(upstream_live_transfers(), 1); /* the drain's; q waits */
+    CHECK(wait_until(probe_ended, &q, WAIT_MS));
+    CHECK(wait_until(no_live_transfers, NULL, WAIT_MS));
+    teardown();
+    fake_stop(&f);
+    CHECK_STREQ(p.seq, "RE");
+    CHECK_STREQ(q.seq, "REX");
+    CHECK_EQ(q.outcome, UPSTREAM_COMPLETED);
+    CHECK_STREQ(q.event[0], "{\"n\":3}");
+    CHECK_EQ(f.n_seen, 2);
+    CHECK_EQ(f.connections, 1);
+}
+
+/* A drain that outlasts drain_ms is cut; the waiting call then sends. */
+static void drain_past_its_limit_is_cut_then_the_next_call_sends(void)
+{
+    static const struct reply replies[] = {
+        {{W(SSE_HEAD), CHUNK("data: {\"n\":1}\n\n"), AWAIT_CLOSE}},
+        {{W(SSE_HEAD), CHUNK("data: {\"n\":3}\n\n"), LAST_CHUNK, KEEP}},
+    };
+    struct fake f;
+    struct probe p = {0}, q = {0};
+    fake_start(&f, replies, 2);
+    struct upstream_config cfg = default_config(f.port);
+    cfg.drain_ms = 200;
+    setup(&cfg);
+    start_call(&p, 1, NULL);
+    CHECK(wait_until(got_event, &p, WAIT_MS));
+    uint64_t t0 = mono_ms();
+    upstream_call_drain(p.call);
+    start_call(&q, 1, NULL);
+    CHECK(!wait_until(client_closed, &f, 100)); /* the drain goes on, q waits */
+    CHECK_EQ(q.request_sent, 0);
+    CHECK_EQ(upstream_live_transfers(), 1);
+    CHECK(wait_until(client_closed, &f, WAIT_MS));
+    CHECK(mono_ms() - t0 >= 190);
+    CHECK(wait_until(probe_ended, &q, WAIT_MS));
+    CHECK(wait_until(no_live_transfers, NULL, WAIT_MS));
+    teardown();
+    fake_stop(&f);
+    CHECK_STREQ(p.seq, "RE");
+    CHECK_STREQ(q.seq, "REX");
+    CHECK_EQ(q.outcome, UPSTREAM_COMPLETED);
+    CHECK_EQ(f.connections, 2);
+}
+
+/* Without drain_ms, draining is cancelling: the connection closes at once
+ * and the next call does not wait. */
+static void drain_without_drain_ms_cancels(void)
+{
+    static const struct reply replies[] = {
+        {{W(SSE_HEAD), CHUNK("data: {\"n\":1}\n\n"), AWAIT_CLOSE}},
+    };
+    struct fake f;
+    struct probe p = {0};
+    fake_start(&f, replies, 1);
+    struct upstream_config cfg = default_config(f.port);
+    setup(&cfg);
+    start_call(&p, 1, NULL);
+    CHECK(wait_until(got_event, &p, WAIT_MS));
+    uint64_t t0 = mono_ms();
+    upstream_call_drain(p.call);
+    CHECK(wait_until(client_closed, &f, WAIT_MS));
+    CHECK(mono_ms() - t0 < 1000);
+    CHECK(wait_until(no_live_transfers, NULL, WAIT_MS));
+    teardown();
+    fake_stop(&f);
+    CHECK_STREQ(p.seq, "RE");
+}
+
 /* Keep-alive: the second call, started from the first one's on_end, reuses
  * the connection. */
 static struct probe *second_probe;
@@ -1482,5 +1579,8 @@ int main(void)
     RUN_TEST(closed_kept_alive_connection_is_retried);
     RUN_TEST(state_delta_is_sent);
     RUN_TEST(start_rejects_missing_message);
+    RUN_TEST(drained_call_is_read_to_its_end_before_the_next_call_sends);
+    RUN_TEST(drain_past_its_limit_is_cut_then_the_next_call_sends);
+    RUN_TEST(drain_without_drain_ms_cancels);
     return test_report("test_upstream");
 }
