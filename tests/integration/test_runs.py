@@ -3,7 +3,7 @@
 import json
 import time
 
-from harness import (TERMINAL, all_status, check_error, demo_call, eq, expect, fail,
+from harness import (TERMINAL, TIME_SCALE, all_status, check_error, demo_call, eq, expect, fail,
                      post_run, request, run_events, spath, task_status, terminal_events,
                      test, wait_until)
 
@@ -31,7 +31,9 @@ def test_run_reaches_upstream_within_2s_and_completes(t):
     eq(len(calls), 1, "upstream calls for the session")
     c = calls[0]
     delay = c["received_at_us"] - t_post
-    expect(delay <= 2_000_000, "upstream received the run %.3fs after the POST (> 2s)" % (delay / 1e6))
+    # 2 s in make test; under valgrind (TIME_SCALE 4) every deadline stretches.
+    expect(delay <= 2_000_000 * TIME_SCALE, "upstream received the run %.3fs after the POST (> %gs)"
+           % (delay / 1e6, 2 * TIME_SCALE))
     eq(c["text"], "hello world !word-delay=0", "message text as received upstream")
     evs = run_events(s.snapshot(), rid)
     types = [e.type for e in evs]
