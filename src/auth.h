@@ -109,6 +109,8 @@ struct auth_grant {
 int auth_check_request(struct conn *c, const struct http_request *req, int route,
                        const struct route_params *params, const void *listener,
                        struct auth_grant *out);
+/* 1 when runcast answers CORS itself (--allow-origin is set). */
+int auth_answers_cors(void);
 /* The monotonic time (time_mono_ms()) at which a stream opened under grant
  * must end, at least 1; 0 when it need not. */
 uint64_t auth_grant_deadline_ms(const struct auth_grant *grant);

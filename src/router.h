@@ -16,6 +16,8 @@ enum route {
     ROUTE_READYZ,          /* /readyz */
     ROUTE_CONSOLE,         /* / */
     ROUTE_CONSOLE_ASSET,   /* /console/{name}: the console's scripts, styles, icons */
+    ROUTE_FORWARD,         /* what runcast does not own: the upstream's (proxy.c); never
+                            * matched here, api.c turns a request into it */
 };
 
 /* Path parameters, NUL-terminated. */
