@@ -523,6 +523,15 @@ static void forward_timer_cb(uv_timer_t *timer)
 
 /* ---- libcurl's callbacks ---- */
 
+/* conn_close_cb: the client's connection went away mid-stream (it left, a
+ * write failed). The transfer is cancelled at the next safe point. */
+static void client_gone(struct conn *c, void *arg)
+{
+    struct proxy_forward *fwd = arg;
+    fwd->conn = NULL;
+    forward_end(fwd, PROXY_CANCELLED, "the client left", NULL);
+}
+
 /* The end of the upstream's head: decide how the body goes back. */
 static void head_complete(struct proxy_forward *fwd)
 {
@@ -535,7 +544,7 @@ static void head_complete(struct proxy_forward *fwd)
         return;
     }
     struct conn *c = fwd->conn;
-    if (c == NULL || conn_stream_begin(c, fwd->status, fwd->head.data, 1, NULL, NULL) < 0) {
+    if (c == NULL || conn_stream_begin(c, fwd->status, fwd->head.data, 1, client_gone, fwd) < 0) {
         fwd->conn = NULL; /* it went away: a failed begin settled its answer */
         forward_enter(fwd, FORWARD_STREAMING);
         forward_end(fwd, PROXY_ANSWERED, "the client left", NULL);

@@ -95,4 +95,5 @@ if __name__ == "__main__":
     import test_hostile  # noqa: E402,F401
     import test_auth  # noqa: E402,F401
     import test_adk  # noqa: E402,F401
+    import test_proxy  # noqa: E402,F401
     sys.exit(main(sys.argv[1:]))
