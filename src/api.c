@@ -16,6 +16,7 @@
 #include "limiter.h"
 #include "log.h"
 #include "metrics.h"
+#include "proxy.h"
 #include "quota.h"
 #include "router.h"
 #include "run.h"
@@ -514,23 +515,97 @@ static void handle_session_status(struct conn *c, const struct route_params *p)
     respond_json_steal(c, 200, session_status_json(s));
 }
 
-static void handle_delete_session(struct conn *c, const struct route_params *p)
+/* DELETE of a session: runcast's session ends, and the DELETE goes to the
+ * upstream too (ADK's session is the same conversation). One answer:
+ * runcast's 200 when runcast knew the session (after the upstream
+ * answered or failed), else the upstream's 2xx verbatim, else runcast's
+ * 404, or the 502/504 of an upstream runcast could not ask. */
+struct delete_request {
+    json_t *ours; /* runcast's 200 body, or NULL: runcast did not know the session */
+    char session_id[129];
+};
+
+static void delete_forwarded(struct conn *c, const struct proxy_answer *a, void *arg)
+{
+    struct delete_request *d = arg;
+    int upstream_2xx = a->outcome == PROXY_ANSWERED && a->status >= 200 && a->status < 300;
+    if (!upstream_2xx && !(a->outcome == PROXY_ANSWERED && a->status == 404)) {
+        char status[16];
+        snprintf(status, sizeof(status), "%d", a->outcome == PROXY_ANSWERED ? a->status : 0);
+        log_event(LOG_WARN, "session.upstream_delete", "session", d->session_id, "status", status,
+                  "message", a->outcome == PROXY_ANSWERED ? "unexpected answer" : a->message, NULL);
+    }
+    if (d->ours)
+        respond_json_steal(c, 200, d->ours);
+    else if (upstream_2xx || a->outcome != PROXY_ANSWERED)
+        proxy_respond_answer(c, a);
+    else
+        conn_respond_error(c, 404, "session_not_found", "no such session", NULL);
+    free(d);
+}
+
+/* Forwards the DELETE once runcast's own part is done (ours: its answer). */
+static void delete_forward(struct conn *c, struct proxy_forward *fwd, json_t *ours,
+                           const char *session_id)
+{
+    if (fwd == NULL) { /* shutting down: runcast's part alone */
+        if (ours)
+            respond_json_steal(c, 200, ours);
+        else
+            conn_respond_error(c, 404, "session_not_found", "no such session", NULL);
+        return;
+    }
+    struct delete_request *d = xcalloc(1, sizeof(*d));
+    d->ours = ours;
+    snprintf(d->session_id, sizeof(d->session_id), "%s", session_id);
+    proxy_forward_start(fwd, delete_forwarded, d);
+}
+
+/* Redis mode: the store deleted the session (or did not know it). */
+struct store_delete {
+    struct conn *c;
+    struct proxy_forward *fwd;
+    char session_id[129];
+};
+
+static void store_deleted(void *arg, int err, json_t *result)
+{
+    struct store_delete *sd = arg;
+    if (err < 0 && err != -ENOENT) {
+        if (sd->fwd)
+            proxy_forward_drop(sd->fwd);
+        respond_store_unavailable(sd->c);
+    } else {
+        json_t *ours = err == -ENOENT ? NULL
+                       : json_pack("{s:b, s:s, s:O}", "success", 1, "session_id", sd->session_id,
+                                   "run_id", json_object_get(result, "run_id"));
+        delete_forward(sd->c, sd->fwd, ours, sd->session_id);
+    }
+    free(sd);
+}
+
+static void handle_delete_session(struct conn *c, const struct http_request *req,
+                                  const struct route_params *p)
 {
     if (shared_store) {
-        if (!store_down(c))
-            store_redis_delete(p->app, p->user, p->session, store_answered,
-                               store_answer_new(c, ROUTE_SESSION, p->session));
+        if (store_down(c))
+            return;
+        struct store_delete *sd = xcalloc(1, sizeof(*sd));
+        sd->c = c;
+        sd->fwd = proxy_forward_new(c, req);
+        snprintf(sd->session_id, sizeof(sd->session_id), "%s", p->session);
+        store_redis_delete(p->app, p->user, p->session, store_deleted, sd);
         return;
     }
+    struct proxy_forward *fwd = proxy_forward_new(c, req);
     struct session *s = session_find(p->app, p->user, p->session);
-    if (s == NULL) {
-        conn_respond_error(c, 404, "session_not_found", "no such session", NULL);
-        return;
+    json_t *ours = NULL;
+    if (s != NULL) {
+        ours = json_pack("{s:b, s:s, s:o}", "success", 1, "session_id", p->session, "run_id",
+                         s->run ? json_string(s->run->id) : json_null());
+        session_delete(s, "session_deleted");
     }
-    json_t *o = json_pack("{s:b, s:s, s:o}", "success", 1, "session_id", p->session, "run_id",
-                          s->run ? json_string(s->run->id) : json_null());
-    session_delete(s, "session_deleted");
-    respond_json_steal(c, 200, o);
+    delete_forward(c, fwd, ours, p->session);
 }
 
 static void handle_all_status(struct conn *c, const struct http_request *req)
@@ -582,7 +657,8 @@ static void metrics_snapshot_take(struct metrics_snapshot *snap)
     snap->runs_queued = limiter_queued();
     snap->sessions = session_count();
     snap->subscribers = hub_total_subscribers();
-    snap->upstream_transfers = upstream_live_transfers();
+    snap->upstream_transfers = upstream_live_transfers() + proxy_live_transfers();
+    snap->forwarded_active = proxy_active();
     snap->frames = frame_count();
     snap->log_lines_dropped = log_dropped_lines();
     if (shared_store) {
@@ -604,17 +680,36 @@ void api_handle_request(struct conn *c, const struct http_request *req, void *da
     struct route_params p;
     struct auth_grant grant;
     int route = router_match(req->path, req->path_len, &p);
-    if (!auth_check_request(c, req, route, &p, data, &grant))
+    int bad_forward = 0;
+    if (route >= 0 && proxy_forwards(route, req->method)) {
+        /* The upstream's route: the gate checks the user its path names. */
+        route = ROUTE_FORWARD;
+        bad_forward = proxy_check_path(req->path, req->path_len, p.user, sizeof(p.user)) < 0;
+    }
+    if (!auth_check_request(c, req, bad_forward ? ROUTE_NONE : route, &p, data, &grant))
         return;
+    if (bad_forward) {
+        conn_respond_error(c, 400, "invalid_path",
+                           "the path has a dot segment, an empty segment or an encoded '/', "
+                           "'\\' or NUL",
+                           NULL);
+        return;
+    }
+    if (route == ROUTE_FORWARD) {
+        struct proxy_forward *fwd = req->method == HTTP_OTHER ? NULL : proxy_forward_new(c, req);
+        if (req->method == HTTP_OTHER)
+            conn_respond_error(c, 501, "not_implemented", "this method is not forwarded", NULL);
+        else if (fwd == NULL)
+            conn_respond_error(c, 503, "draining", "runcast is shutting down", "Retry-After: 1\r\n");
+        else
+            proxy_forward_start(fwd, NULL, NULL);
+        return;
+    }
     if (route < 0) {
         conn_respond_error(c, 400, "invalid_path_parameter",
                            "app, user and session must be 1 to 128 characters of [A-Za-z0-9_.-], "
                            "and not . or ..",
                            NULL);
-        return;
-    }
-    if (route == ROUTE_NONE) {
-        conn_respond_error(c, 404, "not_found", "no such route", NULL);
         return;
     }
     if (!router_allows(route, req->method)) {
@@ -635,7 +730,7 @@ void api_handle_request(struct conn *c, const struct http_request *req, void *da
         handle_session_status(c, &p);
         break;
     case ROUTE_SESSION:
-        handle_delete_session(c, &p);
+        handle_delete_session(c, req, &p);
         break;
     case ROUTE_ALL_STATUS:
         handle_all_status(c, req);

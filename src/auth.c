@@ -880,6 +880,13 @@ int auth_check_request(struct conn *c, const struct http_request *req, int route
         return 0;
     }
     if (req->method == HTTP_OPTIONS) {
+        /* A forwarded path's preflight is runcast's when runcast answers
+         * CORS (--allow-origin); any other OPTIONS there is the upstream's,
+         * and needs no token (browsers send none with a preflight). */
+        if (route == ROUTE_FORWARD &&
+            !(auth_answers_cors() && verdict != ORIGIN_ABSENT && verdict != ORIGIN_SAME &&
+              http_find_header(req, "Access-Control-Request-Method") != NULL))
+            return 1;
         answer_options(c, req, route, verdict, origin, origin_len);
         return 0;
     }
@@ -913,6 +920,16 @@ int auth_check_request(struct conn *c, const struct http_request *req, int route
         /* The user is named in the body: the handler compares it. */
         if (!claims.admin)
             snprintf(out->user, sizeof(out->user), "%s", claims.user);
+    } else if (route == ROUTE_FORWARD) {
+        /* A user's path of the upstream's (/apps/{app}/users/{user}/…,
+         * params->user as proxy_check_path() decoded it) is that user's;
+         * an admin token may read any. Other forwarded paths (/list-apps,
+         * the dev UI) need any valid token. */
+        if (params->user[0] && !claims.admin && strcmp(claims.user, params->user) != 0) {
+            conn_respond_error(c, 403, "forbidden", "the token's user is not this path's user",
+                               NULL);
+            return 0;
+        }
     } else if (!route_is_admin(route) && strcmp(claims.user, params->user) != 0) {
         conn_respond_error(c, 403, "forbidden", "the token's user does not own this session",
                            NULL);
@@ -920,6 +937,11 @@ int auth_check_request(struct conn *c, const struct http_request *req, int route
     }
     out->expires_at = claims.exp + auth.leeway_s;
     return 1;
+}
+
+int auth_answers_cors(void)
+{
+    return auth.any_origin || auth.origin_count > 0;
 }
 
 uint64_t auth_grant_deadline_ms(const struct auth_grant *grant)

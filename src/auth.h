@@ -108,11 +108,17 @@ struct auth_grant {
  * listener does not serve (404), OPTIONS on a known route (CORS preflight:
  * 204, or 403 for an origin not allowed; without Origin: 204 with Allow),
  * no or a bad token (401 with WWW-Authenticate), another user's session or
- * a non-admin token on an admin route (403). Otherwise returns 1 and fills
- * out. Call from the request callback. */
+ * a non-admin token on an admin route (403). ROUTE_FORWARD (a path the
+ * upstream serves, proxy.h) needs any valid token, and one of
+ * params->user (or an admin's) when proxy_check_path() found a user in
+ * the path; its OPTIONS is forwarded unless it is a CORS preflight and
+ * --allow-origin is set. Otherwise returns 1 and fills out. Call from the
+ * request callback. */
 int auth_check_request(struct conn *c, const struct http_request *req, int route,
                        const struct route_params *params, const void *listener,
                        struct auth_grant *out);
+/* 1 when runcast answers CORS itself (--allow-origin is set). */
+int auth_answers_cors(void);
 /* The monotonic time (time_mono_ms()) at which a stream opened under grant
  * must end, at least 1; 0 when it need not. */
 uint64_t auth_grant_deadline_ms(const struct auth_grant *grant);

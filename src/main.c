@@ -1,10 +1,11 @@
 /* main.c: wires the subsystems onto one loop, and shuts them down in order.
  *
  * Start: config -> log -> access control -> demo agent (its own thread) ->
- * upstream -> hub -> limiter -> sessions -> listener (and --admin-listen). Stop (SIGTERM/SIGINT): stop accepting and
+ * upstream -> proxy (forwarding) -> hub -> limiter -> sessions -> listener (and
+ * --admin-listen). Stop (SIGTERM/SIGINT): stop accepting and
  * turn /readyz to 503, give active runs --shutdown-grace to finish, cancel
- * what still runs with reason "shutdown", end every stream after its last
- * events, close every handle, exit 0.
+ * what still runs with reason "shutdown", cut forwarded requests, end every
+ * stream after its last events, close every handle, exit 0.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -21,6 +22,7 @@
 #include "limiter.h"
 #include "log.h"
 #include "metrics.h"
+#include "proxy.h"
 #include "quota.h"
 #include "run.h"
 #include "server.h"
@@ -65,6 +67,7 @@ static void on_server_closed(void *arg)
 static void close_everything(void *arg)
 {
     session_table_shutdown("shutdown");
+    proxy_shutdown(NULL, NULL); /* before the listeners: forwards hold their conns */
     if (shared_store) /* the runs' last writes are confirmed by now, or given up */
         store_redis_stop(2000, NULL, NULL);
     if (admin_server)
@@ -252,6 +255,18 @@ int main(int argc, char **argv)
     err = upstream_init(loop, &uc);
     if (err < 0) {
         fprintf(stderr, "runcast: cannot start the upstream client: %s\n", uv_strerror(err));
+        return 1;
+    }
+    struct proxy_config pc = {
+        .base_url = upstream,
+        .connect_timeout_ms = cfg.connect_timeout_ms,
+        .first_event_timeout_ms = cfg.first_event_timeout_ms,
+        .idle_timeout_ms = cfg.idle_timeout_ms,
+        .strip_cors = auth_answers_cors(),
+    };
+    err = proxy_init(loop, &pc);
+    if (err < 0) {
+        fprintf(stderr, "runcast: cannot start the forwarding client: %s\n", uv_strerror(err));
         return 1;
     }
     struct store_config stc = {.history = cfg.history,

@@ -20,6 +20,7 @@ static struct histogram histograms[METRICS_HISTOGRAMS];
 static uint64_t upstream_errors[METRICS_UPSTREAM_ERRORS];
 static uint64_t events_total;
 static uint64_t http_responses[600];
+static uint64_t forwarded_responses[600];
 
 static const char *histogram_names[METRICS_HISTOGRAMS] = {
     "runcast_task_execution_delay_seconds",
@@ -62,6 +63,12 @@ void metrics_count_http_response(int status)
 {
     if (status >= 100 && status < 600)
         http_responses[status]++;
+}
+
+void metrics_count_forwarded(int status)
+{
+    if (status >= 100 && status < 600)
+        forwarded_responses[status]++;
 }
 
 static void render_histogram(struct buf *out, enum metrics_histogram h)
@@ -116,6 +123,17 @@ void metrics_render(struct buf *out, const struct metrics_snapshot *snap)
             buf_printf(out, "runcast_http_requests_total{code=\"%d\"} %" PRIu64 "\n", code,
                        http_responses[code]);
     }
+
+    render_header(out, "runcast_forwarded_requests_total", "counter",
+                  "Requests forwarded to the upstream, by the status their client got.");
+    for (int code = 100; code < 600; code++) {
+        if (forwarded_responses[code])
+            buf_printf(out, "runcast_forwarded_requests_total{code=\"%d\"} %" PRIu64 "\n", code,
+                       forwarded_responses[code]);
+    }
+    render_header(out, "runcast_forwarded_active", "gauge",
+                  "Forwarded requests not yet freed (answered or streaming, or being torn down).");
+    buf_printf(out, "runcast_forwarded_active %zu\n", snap->forwarded_active);
 
     render_header(out, "runcast_runs_active", "gauge", "Runs queued or running.");
     buf_printf(out, "runcast_runs_active %zu\n", snap->runs_active);

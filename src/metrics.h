@@ -33,6 +33,8 @@ void metrics_observe(enum metrics_histogram h, double seconds);
 void metrics_count_upstream_error(enum metrics_upstream_error kind);
 void metrics_count_event(void);
 void metrics_count_http_response(int status);
+/* A forwarded request's answer (proxy.c): the status its client got. */
+void metrics_count_forwarded(int status);
 
 /* A labelled count kept by another module. */
 struct metrics_count {
@@ -47,6 +49,7 @@ struct metrics_snapshot {
     uint64_t subscribers_dropped_slow, subscribers_dropped_lagged;
     size_t runs_active, runs_queued, sessions, subscribers, upstream_transfers, frames;
     uint64_t log_lines_dropped;
+    size_t forwarded_active; /* proxy.c's forwards alive */
     /* Redis mode only (store_redis set): the store's numbers. */
     int store_redis, store_up;
     uint64_t store_reconnects, store_fenced_appends, runs_reaped, store_pubsub_resets;

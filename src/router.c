@@ -25,6 +25,10 @@ static const struct route_entry routes[] = {
     {ROUTE_CONSOLE_ASSET, "console/{}", M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n"},
     {ROUTE_ADK_RUN_SSE, "run_sse", M(HTTP_POST), "Allow: POST\r\n"},
     {ROUTE_ADK_RUN, "run", M(HTTP_POST), "Allow: POST\r\n"},
+    {ROUTE_FORWARD, NULL,
+     M(HTTP_GET) | M(HTTP_HEAD) | M(HTTP_POST) | M(HTTP_PUT) | M(HTTP_PATCH) | M(HTTP_DELETE) |
+         M(HTTP_OPTIONS),
+     "Allow: GET, HEAD, POST, PUT, PATCH, DELETE\r\n"},
 };
 
 /* Matches one pattern. Returns 1 on a match, 0 when the shape differs,
@@ -68,6 +72,8 @@ int router_match(const char *path, size_t path_len, struct route_params *params)
     if (path_len == 0 || path[0] != '/')
         return ROUTE_NONE;
     for (size_t i = 0; i < RC_ARRAY_SIZE(routes); i++) {
+        if (routes[i].pattern == NULL)
+            continue;
         int m = match_pattern(routes[i].pattern, path + 1, path_len - 1, params);
         if (m < 0)
             return m;

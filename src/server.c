@@ -324,15 +324,16 @@ static char *error_body(const char *code, const char *message)
  * (parser errors, 408, the public conn_respond) all come through here. The
  * answer to HEAD is the head a GET would get, its Content-Length included,
  * and no body: that is done here, once, for every handler (RFC 9110 9.3.2). */
-static void conn_send_response(struct conn *c, int status, const char *content_type,
-                               const char *extra_headers, const char *body, size_t body_len)
+static void conn_send_head_and_body(struct conn *c, int status, const char *content_type,
+                                    const char *extra_headers, const char *body, size_t body_len,
+                                    int framed)
 {
     int closing = c->close_after;
     int has_length = status >= 200 && status != 204 && status != 304;
     int send_body = has_length && !c->head_request;
     c->head_request = 0; /* answered: the flag belonged to this request */
     char length[48] = "";
-    if (has_length)
+    if (has_length && !framed)
         snprintf(length, sizeof(length), "Content-Length: %zu\r\n", body_len);
     const char *connection = closing ? "Connection: close\r\n"
                              : c->keep_alive10 ? "Connection: keep-alive\r\n" : "";
@@ -357,6 +358,12 @@ static void conn_send_response(struct conn *c, int status, const char *content_t
     int rc = conn_submit_data(c, w, (size_t)head_len + body_len);
     if (rc < 0 || closing)
         conn_begin_close(c, rc < 0);
+}
+
+static void conn_send_response(struct conn *c, int status, const char *content_type,
+                               const char *extra_headers, const char *body, size_t body_len)
+{
+    conn_send_head_and_body(c, status, content_type, extra_headers, body, body_len, 0);
 }
 
 static void conn_send_error(struct conn *c, int status, const char *code, const char *message)
@@ -749,6 +756,16 @@ void conn_respond(struct conn *c, int status, const char *content_type,
     if (!conn_take_answer(c))
         return;
     conn_send_response(c, status, content_type, extra_headers, body, body_len);
+    conn_after_deferred_answer(c, dispatching);
+}
+
+void conn_respond_framed(struct conn *c, int status, const char *headers, const char *body,
+                         size_t body_len)
+{
+    int dispatching = c->in_dispatch;
+    if (!conn_take_answer(c))
+        return;
+    conn_send_head_and_body(c, status, NULL, headers, body, body_len, 1);
     conn_after_deferred_answer(c, dispatching);
 }
 

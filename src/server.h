@@ -64,6 +64,12 @@ void server_close(struct server *s, void (*done)(void *arg), void *arg);
  * connection after the write. */
 void conn_respond(struct conn *c, int status, const char *content_type,
                   const char *extra_headers, const char *body, size_t body_len);
+/* Sends a complete response whose framing the caller wrote: headers holds
+ * every header line, Content-Length included where the status has a body
+ * (a proxy passes the upstream's own to a HEAD). The body (copied) goes
+ * out unless the request was HEAD or the status has none (1xx, 204, 304). */
+void conn_respond_framed(struct conn *c, int status, const char *headers, const char *body,
+                         size_t body_len);
 /* Sends obj (a JSON object or array) as application/json. Does not steal the
  * reference. */
 struct json_t;

@@ -67,11 +67,17 @@ def test_bad_path_params_are_400(t):
 
 
 @test()
-def test_unknown_route_is_404(t):
+def test_unknown_route_is_forwarded_to_the_upstream(t):
+    """Paths runcast does not own go to the upstream (README: Forwarding to
+    the upstream): here the demo agent, whose 404 comes back verbatim."""
     d = t.daemon()
     for path in ("/nope", "/apps/a/users/u/sessions/s/other", "/apps/a/users/u", "/task-status/x",
                  "/healthz/x", "/apps/a/users/u/sessions/s/run/x"):
-        check_error(d.get(path), 404, "GET %s" % path)
+        r = d.get(path)
+        eq((r.status, r.json()), (404, {"detail": "Not Found"}), "GET %s: the demo agent's 404" % path)
+    r = d.get(spath("s1"))
+    eq((r.status, r.json()), (404, {"detail": "Session not found"}),
+       "GET of a session path is ADK's get-session: the demo agent's answer")
     d.healthy()
 
 
@@ -83,7 +89,7 @@ def test_wrong_method_is_405_with_allow(t):
              ("POST", "/healthz", {"GET"}),
              ("DELETE", "/task-status", {"GET"}),
              ("POST", spath("s1") + "/task-status", {"GET"}),
-             ("GET", spath("s1"), {"DELETE"})]
+             ("POST", "/", {"GET", "HEAD"})]
     for method, path, must in cases:
         r = request(d.port, method, path, body=b"{}" if method in ("PUT", "PATCH", "POST") else None)
         check_error(r, 405, "%s %s" % (method, path))
@@ -258,7 +264,8 @@ def test_keepalive_and_pipelined_requests_are_answered_in_order(t):
            + build_request("POST", RUN, body, {"Content-Type": "application/json"})
            + build_request("GET", spath("s1") + "/task-status")
            + build_request("GET", "/healthz"))
-    check_error(c.read_response(), 404, "pipelined 1: /nope")
+    r = c.read_response()
+    eq((r.status, r.json()), (404, {"detail": "Not Found"}), "pipelined 1: /nope (forwarded)")
     r = c.read_response()
     eq(r.status, 202, "pipelined 2: POST run")
     rid = r.json()["run_id"]
