@@ -20,13 +20,16 @@
  * within [oldest retained, last + 1]; an exact position (no stream.reset)
  * lies right after the given id, or at the latest run's start or the live
  * end when there is no id. Also Content-Type (api.c content_type_is_json):
- * no crash.
+ * no crash. And the path as a forwarded one (proxy.c proxy_check_path):
+ * see check_forwarded_path.
  */
+#include <ctype.h>
 #include <stdint.h>
 
 /* Statics under test; everything else comes from the fuzzing library. */
 #include "../src/api.c"
 #include "../src/store_memory.c"
+#include "proxy.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerInitialize(int *argc, char ***argv);
@@ -48,6 +51,8 @@ static void check_path(const char *path, size_t len)
         {ROUTE_READYZ, "/readyz"},
         {ROUTE_CONSOLE, "/"},
         {ROUTE_CONSOLE_ASSET, "/console/%s"}, /* the file name lands in app */
+        {ROUTE_ADK_RUN_SSE, "/run_sse"},
+        {ROUTE_ADK_RUN, "/run"},
     };
     struct route_params p;
     memset(&p, 0xAA, sizeof(p));
@@ -81,6 +86,64 @@ static void check_path(const char *path, size_t len)
         return;
     }
     abort(); /* a route this harness does not know */
+}
+
+/* ---- forwarded path (proxy.c proxy_check_path) --------------------------
+ * Accepted paths start with '/', have no empty segment and no segment
+ * that is "." or ".." once percent-decoded (the upstream must route what
+ * the gate checked); a user's path gives a NUL-terminated, non-empty user
+ * that fits, which is its third segment decoded. Refused is -EINVAL only. */
+
+/* Percent-decodes seg into out; -1 for a bad escape. */
+static int decode(const char *seg, size_t len, char *out, size_t size, size_t *n)
+{
+    *n = 0;
+    for (size_t i = 0; i < len; i++) {
+        int ch = (unsigned char)seg[i];
+        if (ch == '%') {
+            if (i + 2 >= len || !isxdigit((unsigned char)seg[i + 1]) ||
+                !isxdigit((unsigned char)seg[i + 2]))
+                return -1;
+            char hex[3] = {seg[i + 1], seg[i + 2], 0};
+            ch = (int)strtol(hex, NULL, 16);
+            i += 2;
+        }
+        if (*n + 1 < size)
+            out[*n] = (char)ch;
+        (*n)++;
+    }
+    out[*n + 1 < size ? *n : size - 1] = '\0';
+    return 0;
+}
+
+static void check_forwarded_path(const char *path, size_t len)
+{
+    char user[129];
+    memset(user, 0xAA, sizeof(user));
+    int rc = proxy_check_path(path, len, user, sizeof(user));
+    if (rc == -EINVAL)
+        return;
+    if ((rc != 0 && rc != 1) || len == 0 || path[0] != '/')
+        abort();
+    size_t end = len; /* a request's path: http.c took the query off */
+    int index = 0;
+    for (size_t i = 1; i <= end; index++) {
+        size_t j = i;
+        while (j < end && path[j] != '/')
+            j++;
+        char seg[600];
+        size_t n;
+        if (decode(path + i, j - i, seg, sizeof(seg), &n) < 0)
+            abort(); /* a bad escape was accepted */
+        if ((j - i == 0 && j < end) || (n == 1 && seg[0] == '.') ||
+            (n == 2 && seg[0] == '.' && seg[1] == '.'))
+            abort();
+        if (rc == 1 && index == 3 && (n == 0 || n >= sizeof(user) || strcmp(seg, user) != 0))
+            abort();
+        i = j + 1;
+    }
+    if (rc == 1 && strnlen(user, sizeof(user)) == sizeof(user))
+        abort();
 }
 
 /* ---- query --------------------------------------------------------------- */
@@ -275,6 +338,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(s, data, size);
 
     check_path(s, size);
+    check_forwarded_path(s, size);
     static const char *const keys[] = {"last_event_id", "from", "all", "limit", "k", ""};
     for (size_t i = 0; i < RC_ARRAY_SIZE(keys); i++)
         check_query_key(s, size, keys[i]);
