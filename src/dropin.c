@@ -99,9 +99,8 @@ static json_t *error_frame(const char *type, json_t *data)
         json_t *detail = json_object_get(data, "detail");
         if (code && strcmp(code, "agent_error") == 0 && json_is_object(detail))
             return json_object_get(detail, "errorCode") ? NULL : json_incref(detail);
-        snprintf(text, sizeof(text), "%s", json_string_value(json_object_get(data, "message"))
-                                               ? json_string_value(json_object_get(data, "message"))
-                                               : "the run failed");
+        const char *message = json_string_value(json_object_get(data, "message"));
+        snprintf(text, sizeof(text), "%s", message ? message : "the run failed");
         what = code ? code : what;
     } else if (strcmp(what, "superseded") == 0) {
         snprintf(text, sizeof(text), "the run was superseded by run %s",
@@ -200,9 +199,11 @@ static int collect_send(void *transport, const uv_buf_t *bufs, unsigned nbufs, v
             continue;
         buf_append_str(&d->events, d->events.len == 0 ? "[" : ",");
         int first = 1;
-        while (p < end && memcmp(p, "data:", 5) == 0) {
+        while (end - p > 5 && memcmp(p, "data:", 5) == 0) {
             p += 5 + (p[5] == ' ');
             const char *eol = memchr(p, '\n', (size_t)(end - p));
+            if (eol == NULL)
+                break; /* the view's frames end with a blank line */
             if (!first)
                 buf_append_str(&d->events, "\n");
             buf_append(&d->events, p, (size_t)(eol - p));
@@ -313,7 +314,7 @@ static void dropin_registered(void *arg, int status)
     d->status = status;
     d->registered = 1;
     if (!d->begun)
-        return; /* memory mode: handle_call follows once it has the run's id */
+        return; /* memory mode: dropin_handle_request follows once it has the run's id */
     struct session *s = session_find(d->p.app, d->p.user, d->p.session);
     if (status >= 0 && s && !store_ready(s->log, NULL, dropin_follow, d))
         return;
@@ -358,88 +359,95 @@ static void id_field(json_t *body, json_t *errors, const char *camel, const char
         memcpy(out, json_string_value(v), json_string_length(v) + 1);
 }
 
-static void respond_invalid(struct conn *c, json_t *errors)
-{
-    json_t *o = json_pack("{s:o}", "detail", errors);
-    conn_respond_json(c, 422, o, NULL);
-    json_decref(o);
-}
+/* A run request: ADK's RunAgentRequest, read. */
+struct run_request {
+    struct route_params p;
+    json_t *message, *state_delta; /* new references; state_delta may be NULL */
+    int streaming;
+};
 
-static void handle_call(struct conn *c, const struct http_request *req,
-                        const struct auth_grant *grant, int sse)
+/* Reads ADK's RunAgentRequest from a body (camelCase or snake_case).
+ * Returns NULL with q filled, or the list of FastAPI validation errors (a
+ * new reference; q then holds nothing). */
+static json_t *read_request(const struct http_request *req, struct run_request *q)
 {
+    memset(q, 0, sizeof(*q));
     json_error_t jerr;
     json_t *body = json_loadb(req->body ? req->body : "", req->body_len, JSON_REJECT_DUPLICATES, &jerr);
     json_t *errors = json_array();
     if (body == NULL) {
-        json_t *e = json_pack("{s:s, s:[s,i], s:s, s:{}, s:{s:s}}", "type", "json_invalid", "loc",
-                              "body", (json_int_t)jerr.position, "msg", "JSON decode error",
-                              "input", "ctx", "error", jerr.text);
-        json_array_append_new(errors, e);
-        respond_invalid(c, errors);
-        return;
+        json_array_append_new(errors, json_pack("{s:s, s:[s,i], s:s, s:{}, s:{s:s}}", "type",
+                                                "json_invalid", "loc", "body",
+                                                (json_int_t)jerr.position, "msg",
+                                                "JSON decode error", "input", "ctx", "error",
+                                                jerr.text));
+        return errors;
     }
     if (!json_is_object(body)) {
         invalid(errors, "model_attributes_type", NULL,
                 "Input should be a valid dictionary or object to extract fields from", body);
         json_decref(body);
-        respond_invalid(c, errors);
-        return;
+        return errors;
     }
-    struct route_params p;
-    id_field(body, errors, "appName", "app_name", p.app);
-    id_field(body, errors, "userId", "user_id", p.user);
-    id_field(body, errors, "sessionId", "session_id", p.session);
+    id_field(body, errors, "appName", "app_name", q->p.app);
+    id_field(body, errors, "userId", "user_id", q->p.user);
+    id_field(body, errors, "sessionId", "session_id", q->p.session);
     json_t *streaming = field(body, "streaming", "streaming");
     json_t *delta = field(body, "stateDelta", "state_delta");
     const char *why = NULL;
-    json_t *message = NULL;
     if (field(body, "newMessage", "new_message") == NULL)
         invalid(errors, "missing", "newMessage", "Field required", body);
-    else if ((message = api_new_message(body, &why)) == NULL)
+    else if ((q->message = api_new_message(body, &why)) == NULL)
         invalid(errors, "value_error", "newMessage", why, field(body, "newMessage", "new_message"));
     if (streaming && !json_is_boolean(streaming) && !json_is_null(streaming))
         invalid(errors, "bool_type", "streaming", "Input should be a valid boolean", streaming);
     if (delta && !json_is_object(delta) && !json_is_null(delta))
         invalid(errors, "dict_type", "stateDelta", "Input should be a valid dictionary", delta);
+    if (json_array_size(errors) == 0) {
+        q->streaming = json_is_true(streaming); /* ADK's default: false */
+        q->state_delta = json_is_object(delta) ? json_incref(delta) : NULL;
+    }
+    json_decref(body);
     if (json_array_size(errors) > 0) {
-        json_decref(message);
-        json_decref(body);
-        respond_invalid(c, errors);
-        return;
+        json_decref(q->message);
+        q->message = NULL;
+        return errors;
     }
     json_decref(errors);
-    if (grant->user[0] && strcmp(grant->user, p.user) != 0) {
-        json_decref(message);
-        json_decref(body);
-        conn_respond_error(c, 403, "forbidden", "the token's user is not the request's userId", NULL);
-        return;
-    }
-    /* ADK's default is false, and its /run never streams (it ignores the
-     * field): the same events as ADK's. */
-    int stream_upstream = sse && json_is_true(streaming);
-    json_t *state_delta = json_is_object(delta) ? json_incref(delta) : NULL;
-    json_decref(body);
-
-    struct session *s = api_run_session(c, &p);
-    if (s == NULL) {
-        json_decref(message);
-        json_decref(state_delta);
-        return;
-    }
-    struct dropin *d = xcalloc(1, sizeof(*d));
-    d->c = c;
-    d->sse = sse;
-    d->p = p;
-    struct run *r = session_start_run(s, message, state_delta, stream_upstream, dropin_registered, d);
-    snprintf(d->run_id, sizeof(d->run_id), "%s", r->id);
-    d->begun = 1;
-    if (d->registered)
-        dropin_registered(d, d->status);
+    return NULL;
 }
 
 void dropin_handle_request(struct conn *c, const struct http_request *req, int route,
                            const struct auth_grant *grant)
 {
-    handle_call(c, req, grant, route == ROUTE_ADK_RUN_SSE);
+    struct run_request q;
+    json_t *errors = read_request(req, &q);
+    if (errors) {
+        json_t *o = json_pack("{s:o}", "detail", errors);
+        conn_respond_json(c, 422, o, NULL);
+        json_decref(o);
+        return;
+    }
+    struct session *s = NULL;
+    if (grant->user[0] && strcmp(grant->user, q.p.user) != 0)
+        conn_respond_error(c, 403, "forbidden", "the token's user is not the request's userId", NULL);
+    else
+        s = api_run_session(c, &q.p);
+    if (s == NULL) {
+        json_decref(q.message);
+        json_decref(q.state_delta);
+        return;
+    }
+    struct dropin *d = xcalloc(1, sizeof(*d));
+    d->c = c;
+    d->sse = route == ROUTE_ADK_RUN_SSE;
+    d->p = q.p;
+    /* ADK's /run never streams the model (it ignores the field): the same
+     * events as ADK's. */
+    struct run *r = session_start_run(s, q.message, q.state_delta, d->sse && q.streaming,
+                                      dropin_registered, d);
+    snprintf(d->run_id, sizeof(d->run_id), "%s", r->id);
+    d->begun = 1;
+    if (d->registered)
+        dropin_registered(d, d->status);
 }
