@@ -7,7 +7,8 @@
 // a DOM condition) with a deadline.
 
 import { spawn } from 'node:child_process';
-import { mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createHmac } from 'node:crypto';
@@ -44,15 +45,14 @@ function waitOn(emitter, events, fn, deadline, what) {
   });
 }
 
-/* True when this runcast has the access-control flags of issue 6. */
-/* Starts runcast with the demo agent on 127.0.0.1:<free port> (port 0, read
- * back from its `listening` log line). Returns {url, port, logs(), stop(),
+/* Starts runcast on 127.0.0.1:<free port> (port 0, read back from its
+ * `listening` log line), with the demo agent or opts.upstream (a URL). Returns {url, port, logs(), stop(),
  * kill()}; stop() sends SIGTERM and asserts a clean exit 0;
  * kill(signal = 'SIGKILL') kills it on purpose (a server dying mid-stream),
  * waits for it to exit and returns {code, signal}; stop() after kill() only
  * checks the log for sanitizer reports. */
-export async function startRuncast(args = []) {
-  const proc = spawn(RUNCAST_BIN, ['--listen', '127.0.0.1:0', '--upstream', 'demo',
+export async function startRuncast(args = [], { upstream = 'demo' } = {}) {
+  const proc = spawn(RUNCAST_BIN, ['--listen', '127.0.0.1:0', '--upstream', upstream,
     '--shutdown-grace', '1s', ...args], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   let exit = null;
@@ -92,6 +92,76 @@ export async function startRuncast(args = []) {
       assert.doesNotMatch(stderr, /ERROR: (Address|Leak|Undefined)Sanitizer|runtime error:/, 'sanitizer report');
     },
   };
+}
+
+/* A free loopback TCP port (bound to port 0, read back, closed): for a
+ * server that cannot be told to pick one itself and say which. */
+export function freePort() {
+  return new Promise((resolveP, rejectP) => {
+    const srv = createServer();
+    srv.on('error', rejectP);
+    srv.listen(0, '127.0.0.1', () => {
+      const { port } = srv.address();
+      srv.close(() => resolveP(port));
+    });
+  });
+}
+
+// The real ADK JS (npm's @google/adk-devtools 2.0.0, installed into
+// tests/adk/node_modules by tests/adk/bootstrap) with the offline agents in
+// tests/adk/agents/ (see tests/integration/test_adk.py).
+export const ADK_DIR = resolve(ROOT, 'tests', 'adk');
+export const ADK_CLI = resolve(ADK_DIR, 'node_modules', '@google', 'adk-devtools', 'dist', 'esm', 'cli_entrypoint.js');
+export const ADK_APPS = ['echo', 'fails', 'slow', 'throws_non_error', 'tools'];
+export const T_ADK_START = 60000;  // node loads ADK and the agents: seconds on a busy machine
+
+/* Starts ADK's CLI (`command`: 'web' serves the dev UI at /dev-ui/ and the
+ * API; 'api_server' the API only) on 127.0.0.1:<free port>, offline: the
+ * agents in tests/adk/agents/, sessions in memory, no compile or bundle step.
+ * Ready when GET /list-apps names every agent. Returns {port, url, logs(),
+ * stop()}; stop() sends SIGTERM (SIGKILL if it lingers) and waits for exit. */
+export async function startAdk(command = 'web') {
+  if (!existsSync(ADK_CLI))
+    throw new Error('ADK JS is not installed (' + ADK_CLI + ' is missing): run tests/adk/bootstrap');
+  const port = await freePort();
+  const env = { ...process.env };
+  delete env.DATABASE_URL;  // else ADK keeps its sessions there, not in memory
+  const proc = spawn(process.execPath, [ADK_CLI, command, '--host', '127.0.0.1', '--port', String(port),
+    '--compile', 'false', '--bundle', 'false', '--session_service_uri', 'memory://', 'agents'],
+  { cwd: ADK_DIR, env, stdio: ['ignore', 'pipe', 'pipe'] });
+  let output = '';
+  let exit = null;
+  for (const s of [proc.stdout, proc.stderr]) {
+    s.setEncoding('utf8');
+    s.on('data', (chunk) => { output += chunk; });
+  }
+  proc.on('exit', (code, signal) => { exit = { code, signal }; });
+  const url = 'http://127.0.0.1:' + port;
+  const stop = async () => {
+    if (exit) return exit;
+    proc.kill('SIGTERM');
+    try {
+      await waitOn(proc, ['exit'], () => exit, T_START, 'ADK to exit on SIGTERM');
+    } catch {
+      proc.kill('SIGKILL');
+      await waitOn(proc, ['exit'], () => exit, T_START, 'ADK to exit on SIGKILL');
+    }
+    return exit;
+  };
+  try {
+    await pollUntil(async () => {
+      if (exit) throw new Error('adk ' + command + ' exited (' + JSON.stringify(exit) + ') before it was ready');
+      try {
+        const res = await fetch(url + '/list-apps', { signal: AbortSignal.timeout(5000) });
+        return res.status === 200 && JSON.stringify(await res.json()) === JSON.stringify(ADK_APPS);
+      } catch { return false; }  // not listening yet
+    }, T_ADK_START, 'adk ' + command + ' on port ' + port + ' to list the offline agents');
+  } catch (err) {
+    await stop();
+    err.message += '\nits output ends:\n' + output.slice(-3000);
+    throw err;
+  }
+  return { port, url, logs: () => output, stop };
 }
 
 /* JSON over HTTP to runcast from the test itself (not the page). */
