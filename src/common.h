@@ -87,6 +87,8 @@ int str_ieq(const char *s, size_t len, const char *cstr);
 /* 1 when s[0..len) is 1..128 chars of [A-Za-z0-9_.-], and not "." or "..":
  * a path parameter. */
 int str_is_path_param(const char *s, size_t len);
+/* The value of a hexadecimal digit, or -1 for any other byte. */
+int hex_digit_value(unsigned char ch);
 /* Iterates a comma-separated header list (RFC 9110 5.6.1, "#rule"): each
  * call finds the next element of list[0..len) from *pos (start at 0), sets
  * *item and *item_len to it without the spaces and tabs around it, moves

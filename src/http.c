@@ -44,17 +44,6 @@ static int is_target_char(unsigned char ch)
     return ch > 0x20 && ch < 0x7f && ch != '#';
 }
 
-static int hex_value(unsigned char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 static size_t size_add_saturated(size_t a, size_t b)
 {
     return a > SIZE_MAX - b ? SIZE_MAX : a + b;
@@ -338,7 +327,7 @@ static int scan_chunk_size_line(struct cursor *c, size_t room, size_t *size)
     size_t start = c->pos, value = 0;
     int rc, digit;
 
-    while (c->pos < c->len && (digit = hex_value(c->p[c->pos])) >= 0) {
+    while (c->pos < c->len && (digit = hex_digit_value(c->p[c->pos])) >= 0) {
         if (value > (SIZE_MAX >> 4))
             return HTTP_ERR_BAD_REQUEST;
         value = (value << 4) | (size_t)digit;
@@ -591,8 +580,8 @@ static int form_decode_next(const char *s, size_t len, size_t *pos)
     }
     if (len - *pos < 3)
         return -1;
-    int high = hex_value((unsigned char)s[*pos + 1]);
-    int low = hex_value((unsigned char)s[*pos + 2]);
+    int high = hex_digit_value((unsigned char)s[*pos + 1]);
+    int low = hex_digit_value((unsigned char)s[*pos + 2]);
     if (high < 0 || low < 0)
         return -1;
     *pos += 3;

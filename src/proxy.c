@@ -140,17 +140,6 @@ int proxy_forwards(int route, enum http_method method)
     return route == ROUTE_SESSION && method != HTTP_DELETE;
 }
 
-static int hex_value(char ch)
-{
-    if (ch >= '0' && ch <= '9')
-        return ch - '0';
-    if (ch >= 'a' && ch <= 'f')
-        return ch - 'a' + 10;
-    if (ch >= 'A' && ch <= 'F')
-        return ch - 'A' + 10;
-    return -1;
-}
-
 /* Percent-decodes seg[0..len) into out (out_size bytes, NUL-terminated).
  * Returns the decoded length; -EINVAL for a bad escape or an encoded '/',
  * '\' or NUL (the whole segment is checked even when out is full);
@@ -162,8 +151,8 @@ static ssize_t decode_segment(const char *seg, size_t len, char *out, size_t out
     for (size_t i = 0; i < len; i++, n++) {
         char ch = seg[i];
         if (ch == '%') {
-            int hi = i + 2 < len ? hex_value(seg[i + 1]) : -1;
-            int lo = i + 2 < len ? hex_value(seg[i + 2]) : -1;
+            int hi = i + 2 < len ? hex_digit_value((unsigned char)seg[i + 1]) : -1;
+            int lo = i + 2 < len ? hex_digit_value((unsigned char)seg[i + 2]) : -1;
             if (hi < 0 || lo < 0)
                 return -EINVAL;
             ch = (char)(hi * 16 + lo);

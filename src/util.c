@@ -143,6 +143,17 @@ int str_ieq(const char *s, size_t len, const char *cstr)
     return strlen(cstr) == len && strncasecmp(s, cstr, len) == 0;
 }
 
+int hex_digit_value(unsigned char ch)
+{
+    if (ch >= '0' && ch <= '9')
+        return ch - '0';
+    if (ch >= 'a' && ch <= 'f')
+        return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F')
+        return ch - 'A' + 10;
+    return -1;
+}
+
 int str_is_path_param(const char *s, size_t len)
 {
     if (len < 1 || len > 128)
