@@ -924,7 +924,7 @@ class SseClient:
                 sock.settimeout(0.1)
             except OSError:  # closed by the test already
                 return
-            while True:
+            while not self.completed:  # the head's read may have brought the whole body
                 with self.cond:
                     if self.closed:
                         return
@@ -940,8 +940,6 @@ class SseClient:
                 if not data:
                     break
                 receive(data)
-                if self.completed:
-                    break
         except TestFailure as e:
             with self.cond:
                 self.error = e
