@@ -35,6 +35,7 @@
 #define DEMO_TICK_BYTES (256u << 10)     /* frames gathered into one write */
 #define DEMO_TICK_FRAMES 4096            /* frames written per timer tick at most */
 #define DEMO_DEFAULT_WORD_DELAY_MS 50
+#define DEMO_NAME_MAX 64                 /* !tool name, !state key */
 
 /* Wall-clock microseconds (CLOCK_REALTIME): event timestamps, call times. */
 static inline uint64_t demo_wall_us(void)
@@ -75,6 +76,9 @@ struct demo_directives {
     int64_t cut_after;      /* frames before the cut; -1: no cut */
     char ctype[256];        /* "" when not given */
     int forget;
+    char tool[DEMO_NAME_MAX + 1];      /* !tool: the function to call; "" when not given */
+    char state_key[DEMO_NAME_MAX + 1]; /* !state: the stateDelta key; "" when not given */
+    int think;
 };
 
 /* The directives of a message without any: bytes 16, no cut. */
