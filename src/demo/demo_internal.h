@@ -201,10 +201,11 @@ void demo_respond_detail(struct conn *c, int status, const char *detail, const c
 
 /* Takes a parsed /run_sse call over: answers status_answer (a !status
  * refusal) or begins the stream, at once or after !delay. dir is moved into
- * the run (dir->error is NULL afterwards); words is copied. */
+ * the run (dir->error is NULL afterwards); words (what follows "Echo: ", a
+ * space before each word but the first) is copied. */
 void demo_run_start(struct demo *d, struct conn *c, struct demo_call *call,
-                    struct demo_directives *dir, const struct buf *words,
-                    uint64_t prompt_words, int streaming, int status_answer);
+                    struct demo_directives *dir, const struct buf *words, int streaming,
+                    int status_answer);
 /* Releases every run of d (their calls become client_gone) without writing
  * anything more; the memory goes from the close callbacks that follow. For
  * demo_stop(), before server_close(). */

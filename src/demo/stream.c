@@ -492,8 +492,8 @@ static uint64_t demo_run_state_frame(const struct demo_run *run)
 /* Plans the frames: the echo word by word (streaming; after !think's
  * thought) then the aggregated event, or !events events; an !error frame
  * replaces the aggregated one; then the !tool call, unless !error. */
-static void demo_run_plan(struct demo_run *run, const struct buf *words, uint64_t prompt_words,
-                          int streaming, uint64_t default_word_delay_ms)
+static void demo_run_plan(struct demo_run *run, const struct buf *words, int streaming,
+                          uint64_t default_word_delay_ms)
 {
     struct buf echo = {0};
     buf_append_str(&echo, words->len ? "Echo: " : "Echo:");
@@ -501,8 +501,11 @@ static void demo_run_plan(struct demo_run *run, const struct buf *words, uint64_
     run->echo = echo.data;
     run->echo_len = echo.len;
     run->words_len = words->len;
-    run->prompt_words = prompt_words;
-    run->echo_words = prompt_words + 1;
+    /* Each word but the first starts with its space (the word-by-word split). */
+    run->echo_words = 1;
+    for (size_t i = 0; i < echo.len; i++)
+        run->echo_words += echo.data[i] == ' ';
+    run->prompt_words = run->echo_words - 1;
     if (run->dir.has_events) {
         run->regular = run->dir.events;
         run->tail = run->dir.error ? DEMO_TAIL_ERROR : DEMO_TAIL_NONE;
@@ -522,8 +525,8 @@ static void demo_run_plan(struct demo_run *run, const struct buf *words, uint64_
 }
 
 void demo_run_start(struct demo *d, struct conn *c, struct demo_call *call,
-                    struct demo_directives *dir, const struct buf *words,
-                    uint64_t prompt_words, int streaming, int status_answer)
+                    struct demo_directives *dir, const struct buf *words, int streaming,
+                    int status_answer)
 {
     struct demo_run *run = xcalloc(1, sizeof(*run));
     run->demo = d;
@@ -532,7 +535,7 @@ void demo_run_start(struct demo *d, struct conn *c, struct demo_call *call,
     run->dir = *dir;
     dir->error = NULL;
     run->status_answer = status_answer;
-    demo_run_plan(run, words, prompt_words, streaming, d->word_delay_ms);
+    demo_run_plan(run, words, streaming, d->word_delay_ms);
     snprintf(run->invocation_id, sizeof(run->invocation_id), "e-%016llx",
              (unsigned long long)demo_rng_next(&d->rng));
     uv_timer_init(d->loop, &run->timer);

@@ -1,7 +1,7 @@
 """The demo agent's /run_sse frames for what an AG-UI translation reads
-(docs/DEMO.md): a client-side tool call (!tool), a state delta (!state) and
-a thought (!think), POSTed straight to the standalone agent and checked
-frame by frame, every field."""
+(docs/DEMO.md): a client-side tool call (!tool), a state delta (!state), a
+thought (!think) and a client's functionResponse parts, POSTed straight to
+the standalone agent and checked frame by frame, every field."""
 
 import json
 import re
@@ -162,3 +162,41 @@ def test_demo_think_streams_a_thought_before_the_words(t):
         [{"text": "thinking about 0 words", "thought": True}, {"text": "Echo:"}]], "no words")
     f = say(t, a, "x !events=2 !think")
     eq(texts(f), ["event 0xxxxxxxxx", "event 1xxxxxxxxx"], "!events: no thought")
+
+
+@test()
+def test_demo_function_responses_are_echoed_before_the_words(t):
+    a = agent(t)
+    lookup = {"functionResponse": {"id": "call-1", "name": "lookup",
+                                   "response": {"sky": "blue", "n": 2, "ok": True}}}
+    other = {"functionResponse": {"id": "call-2", "name": "other", "response": {}}}
+    f = run_sse(t, a, [lookup, other, {"text": "thanks !state=k"}], streaming=False)
+    echoed = 'lookup returned {"sky":"blue","n":2,"ok":true} other returned {} thanks'
+    check_event(f[0], 0, [{"text": "Echo: " + echoed}], partial=False, state={"k": echoed},
+                usage=(7, 8))
+    # only functionResponse parts: no error; a space inside the JSON starts a word
+    spaced = {"functionResponse": {"name": "lookup", "response": {"sky": "deep  blue"}}}
+    f = run_sse(t, a, [spaced])
+    eq(texts(f), ["Echo:", " lookup", " returned", ' {"sky":"deep', " ", ' blue"}',
+                  'Echo: lookup returned {"sky":"deep  blue"}'], "streamed word by word")
+    eq(f[-1]["usageMetadata"]["promptTokenCount"], 5, "words echoed")
+    # a missing name is empty, a missing response {}; !tool's args carry it all
+    f = run_sse(t, a, [{"functionResponse": {"id": "c"}}, {"text": "!tool=next"}], streaming=False)
+    eq(texts(f), ["Echo:  returned {}", None], "missing name and response")
+    check_call(f[1], 1, "next", " returned {}")
+    calls = request(a.port, "GET", "/debug/calls?session=s").json()["calls"]
+    eq([c["text"] for c in calls[-3:]], ["thanks !state=k", "", "!tool=next"],
+       "/debug/calls: the text parts only")
+
+
+@test()
+def test_demo_malformed_function_responses_are_422(t):
+    a = agent(t)
+    for fr in ("x", [], {"name": 3}, {"name": "f", "response": "x"}, {"response": [1]}):
+        r = request(a.port, "POST", "/run_sse", run_body([{"functionResponse": fr}], True),
+                    {"Content-Type": "application/json"})
+        eq((r.status, r.json()),
+           (422, {"detail": [{"type": "model_type", "loc": ["body", "newMessage"],
+                              "msg": "Input should be a valid Content"}]}), "functionResponse %r" % (fr,))
+    f = run_sse(t, a, [{"functionResponse": {"name": None, "response": None}}], streaming=False)
+    eq(texts(f), ["Echo:  returned {}"], "null name and response are missing ones")
