@@ -11,6 +11,7 @@
 
 #include "auth.h"
 #include "console.h"
+#include "agui.h"
 #include "dropin.h"
 #include "hub.h"
 #include "limiter.h"
@@ -128,6 +129,16 @@ static int content_type_is_json(const struct http_request *req)
     return str_ieq(v, n, "application/json");
 }
 
+/* A body of another type is answered 415: returns 0 then, else 1. */
+static int body_is_json(struct conn *c, const struct http_request *req)
+{
+    if (content_type_is_json(req))
+        return 1;
+    conn_respond_error(c, 415, "unsupported_media_type",
+                       "the body must be JSON (Content-Type: application/json)", NULL);
+    return 0;
+}
+
 /* Checks a POST …/run body (already parsed JSON) and maps it to the ADK
  * request's parts. Returns the new message (a new reference) and sets
  * *state_delta (a new reference, or NULL) and *streaming (default 1); or
@@ -229,8 +240,13 @@ static int refuse_if_draining(struct conn *c)
 
 struct session *api_run_session(struct conn *c, const struct route_params *p)
 {
+    return refuse_if_draining(c) ? NULL : api_stream_session(c, p);
+}
+
+struct session *api_stream_session(struct conn *c, const struct route_params *p)
+{
     struct session *s;
-    if (refuse_if_draining(c) || store_down(c) || get_or_create_session(c, p, &s) < 0)
+    if (store_down(c) || get_or_create_session(c, p, &s) < 0)
         return NULL;
     return s;
 }
@@ -238,13 +254,8 @@ struct session *api_run_session(struct conn *c, const struct route_params *p)
 static void handle_post_run(struct conn *c, const struct http_request *req,
                             const struct route_params *p)
 {
-    if (refuse_if_draining(c))
+    if (refuse_if_draining(c) || !body_is_json(c, req))
         return;
-    if (!content_type_is_json(req)) {
-        conn_respond_error(c, 415, "unsupported_media_type",
-                           "the body must be JSON (Content-Type: application/json)", NULL);
-        return;
-    }
     json_error_t jerr;
     json_t *body = json_loadb(req->body ? req->body : "", req->body_len, JSON_REJECT_DUPLICATES, &jerr);
     if (body == NULL) {
@@ -271,7 +282,8 @@ static void handle_post_run(struct conn *c, const struct http_request *req,
     }
     struct post_answer *a = xcalloc(1, sizeof(*a));
     a->c = c;
-    struct run *r = session_start_run(s, message, state_delta, stream, post_registered, a);
+    struct run_input in = {.new_message = message, .state_delta = state_delta, .streaming = stream};
+    struct run *r = session_start_run(s, &in, post_registered, a);
     snprintf(a->run_id, sizeof(a->run_id), "%s", r->id);
     snprintf(a->session_id, sizeof(a->session_id), "%s", s->id);
     snprintf(a->state, sizeof(a->state), "%s", run_state_name(r->state));
@@ -762,6 +774,13 @@ void api_handle_request(struct conn *c, const struct http_request *req, void *da
     case ROUTE_ADK_RUN_SSE:
     case ROUTE_ADK_RUN:
         dropin_handle_request(c, req, route, &grant);
+        break;
+    case ROUTE_AGUI:
+        if (body_is_json(c, req))
+            agui_handle_post(c, req, &p);
+        break;
+    case ROUTE_AGUI_RESUME:
+        agui_handle_resume(c, &p);
         break;
     default:
         conn_respond_error(c, 404, "not_found", "no such route", NULL);

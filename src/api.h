@@ -31,6 +31,9 @@ struct json_t *api_new_message(struct json_t *body, const char **why);
  * be none (draining, the store down, a session cap) answers the request
  * (503 or 429) and returns NULL. */
 struct session *api_run_session(struct conn *c, const struct route_params *p);
+/* The session a stream of p goes to, created on first use (GET …/run's
+ * rule); NULL after answering 503 or 429 when there can be none. */
+struct session *api_stream_session(struct conn *c, const struct route_params *p);
 /* Answers a request whose run the store refused to register (a negative
  * status of store_done_cb): 429 for -EDQUOT, else 503. */
 void api_respond_refused_run(struct conn *c, int status);

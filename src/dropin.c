@@ -58,30 +58,6 @@ static void dropin_free(struct dropin *d)
 
 /* ---- the view: the log as ADK frames ------------------------------------ */
 
-/* The event type of an encoded frame ("id: …\nevent: <type>\ndata: …\n\n",
- * sse_encode's) and where its first data line starts. Returns 0, or -1
- * for bytes that are no event (keepalives). */
-static int frame_parts(const struct frame *f, const char **type, size_t *type_len,
-                       const char **data)
-{
-    const char *p = f->data, *end = f->data + f->len;
-    *type = NULL;
-    *data = NULL;
-    while (p < end && *data == NULL) {
-        const char *eol = memchr(p, '\n', (size_t)(end - p));
-        if (eol == NULL)
-            break;
-        if (eol - p > 7 && memcmp(p, "event: ", 7) == 0) {
-            *type = p + 7;
-            *type_len = (size_t)(eol - p - 7);
-        } else if (eol - p >= 5 && memcmp(p, "data:", 5) == 0) {
-            *data = p;
-        }
-        p = eol + 1;
-    }
-    return *type && *data ? 0 : -1;
-}
-
 /* ADK's error frame for a run that ended with event type (data: the
  * event's JSON), or NULL when ADK would end the body without one: the run
  * completed, or it failed on an agent event with errorCode (ADK relays that
@@ -141,10 +117,11 @@ static int type_is_terminal(const char *type, size_t len)
 static struct frame *dropin_view(void *arg, struct frame *f, int *end)
 {
     struct dropin *d = arg;
-    const char *type, *data;
-    size_t type_len = 0;
-    if (d->view == VIEW_ENDED || frame_parts(f, &type, &type_len, &data) < 0)
+    struct frame_parts fp;
+    if (d->view == VIEW_ENDED || frame_parse(f, &fp) < 0)
         return NULL;
+    const char *type = fp.type, *data = fp.data;
+    size_t type_len = fp.type_len;
     if (type_is(type, type_len, "agent.event")) {
         if (d->view != VIEW_IN_RUN)
             return NULL;
@@ -444,8 +421,9 @@ void dropin_handle_request(struct conn *c, const struct http_request *req, int r
     d->p = q.p;
     /* ADK's /run never streams the model (it ignores the field): the same
      * events as ADK's. */
-    struct run *r = session_start_run(s, q.message, q.state_delta, d->sse && q.streaming,
-                                      dropin_registered, d);
+    struct run_input in = {
+        .new_message = q.message, .state_delta = q.state_delta, .streaming = d->sse && q.streaming};
+    struct run *r = session_start_run(s, &in, dropin_registered, d);
     snprintf(d->run_id, sizeof(d->run_id), "%s", r->id);
     d->begun = 1;
     if (d->registered)

@@ -52,6 +52,7 @@ struct subscriber {
     struct frame *(*view)(void *arg, struct frame *f, int *end); /* hub.h */
     void *view_arg;
     int ending; /* the view ended the stream: it ends once its queue is sent */
+    struct frame *keepalive; /* its heartbeat (borrowed, hub.h) */
 };
 
 struct hub {
@@ -595,7 +596,7 @@ static void heartbeat_cb(uv_timer_t *t)
         if (s->last_write_ms + config.heartbeat_ms > horizon)
             break;
         if (list_empty(&s->writes) && s->queued == 0) {
-            subscriber_enqueue(s, keepalive_frame);
+            subscriber_enqueue(s, s->keepalive);
             if (subscriber_flush(s) < 0)
                 continue; /* a write error closed it: s is gone */
         }
@@ -663,6 +664,7 @@ int hub_subscribe(struct hub *h, const struct subscriber_ops *ops, void *transpo
 
     s->on_leave = opt->on_leave;
     s->leave_arg = opt->leave_arg;
+    s->keepalive = opt->keepalive ? opt->keepalive : keepalive_frame;
     if (opt->view) {
         struct store_meta m;
         store_meta(h->log, &m);

@@ -105,6 +105,9 @@ struct hub_subscribe_options {
      * line, no stream.reset and no deadline; keepalives it does get. */
     struct frame *(*view)(void *arg, struct frame *f, int *end);
     void *view_arg;
+    /* What an idle stream gets every heartbeat interval (a frame that
+     * outlives the stream); NULL: the SSE comment `: keepalive`. */
+    struct frame *keepalive;
 };
 
 /* 1 when one more subscriber is allowed (--max-subscribers), else 0. */

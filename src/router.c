@@ -25,6 +25,8 @@ static const struct route_entry routes[] = {
     {ROUTE_CONSOLE_ASSET, "console/{}", M(HTTP_GET) | M(HTTP_HEAD), "Allow: GET, HEAD\r\n"},
     {ROUTE_ADK_RUN_SSE, "run_sse", M(HTTP_POST), "Allow: POST\r\n"},
     {ROUTE_ADK_RUN, "run", M(HTTP_POST), "Allow: POST\r\n"},
+    {ROUTE_AGUI, "apps/{}/users/{}/agui", M(HTTP_POST), "Allow: POST\r\n"},
+    {ROUTE_AGUI_RESUME, "apps/{}/users/{}/agui/{}", M(HTTP_GET), "Allow: GET\r\n"},
     {ROUTE_FORWARD, NULL,
      M(HTTP_GET) | M(HTTP_HEAD) | M(HTTP_POST) | M(HTTP_PUT) | M(HTTP_PATCH) | M(HTTP_DELETE) |
          M(HTTP_OPTIONS),

@@ -18,6 +18,8 @@ enum route {
     ROUTE_CONSOLE_ASSET,   /* /console/{name}: the console's scripts, styles, icons */
     ROUTE_ADK_RUN_SSE,     /* /run_sse: ADK's streaming run endpoint (dropin.c) */
     ROUTE_ADK_RUN,         /* /run: ADK's run endpoint, answered when the run ends */
+    ROUTE_AGUI,            /* /apps/{app}/users/{user}/agui: an AG-UI run (agui.c) */
+    ROUTE_AGUI_RESUME,     /* /apps/{app}/users/{user}/agui/{thread}: rejoin its run */
     ROUTE_FORWARD,         /* what runcast does not own: the upstream's (proxy.c); never
                             * matched here, api.c turns a request into it */
 };

@@ -195,6 +195,8 @@ static void run_transition(struct run *r, enum run_state to, json_t *data, enum 
     if (data == NULL)
         data = json_object();
     json_object_set_new(data, "run_id", json_string(r->id));
+    if (from == RUN_REGISTERED && r->in.first_event)
+        json_object_update_missing(data, r->in.first_event);
     if (to == RUN_RUNNING) {
         r->holds_slot = 1; /* only admission leads here */
         r->started_at = time_wall_seconds();
@@ -372,6 +374,16 @@ static const struct upstream_callbacks upstream_callbacks = {
     .on_end = on_end,
 };
 
+/* Lets go of in's JSON (the upstream call has its own copy by now). */
+static void run_input_release(struct run_input *in)
+{
+    json_decref(in->new_message);
+    json_decref(in->state_delta);
+    json_decref(in->custom_metadata);
+    json_decref(in->first_event);
+    in->new_message = in->state_delta = in->custom_metadata = in->first_event = NULL;
+}
+
 /* Starts the upstream call of a run that just entered RUNNING (called by
  * run_transition only). A call that cannot start fails the run. */
 static void run_call_upstream(struct run *r)
@@ -382,15 +394,14 @@ static void run_call_upstream(struct run *r)
         .user = host->user,
         .session = host->session_id,
         .session_ready = host->upstream_ready,
-        .new_message = r->new_message,
-        .state_delta = r->state_delta,
-        .streaming = r->streaming,
+        .new_message = r->in.new_message,
+        .state_delta = r->in.state_delta,
+        .custom_metadata = r->in.custom_metadata,
+        .streaming = r->in.streaming,
     };
     int err = 0;
     r->call = upstream_call_start(&req, &upstream_callbacks, r, &err);
-    json_decref(r->new_message);
-    json_decref(r->state_delta);
-    r->new_message = r->state_delta = NULL;
+    run_input_release(&r->in);
     if (r->call == NULL) {
         char msg[128];
         snprintf(msg, sizeof(msg), "could not start the upstream call: %s", strerror(-err));
@@ -411,8 +422,7 @@ static void on_queue_expired(struct limiter_waiter *w)
                    RUN_CALL_CANCEL);
 }
 
-struct run *run_create(struct run_host *host, json_t *new_message, json_t *state_delta,
-                       int streaming)
+struct run *run_create(struct run_host *host, const struct run_input *in)
 {
     struct run *r = xcalloc(1, sizeof(*r));
     if (id_counter == 0 && uv_random(NULL, NULL, &id_base, sizeof(id_base), 0, NULL) != 0)
@@ -422,9 +432,7 @@ struct run *run_create(struct run_host *host, json_t *new_message, json_t *state
     r->state = RUN_REGISTERED;
     r->created_at = time_wall_seconds();
     r->registered_ns = time_mono_ns();
-    r->new_message = new_message;
-    r->state_delta = state_delta;
-    r->streaming = streaming;
+    r->in = *in;
     list_init(&r->waiter.link);
     r->waiter.on_admitted = on_admitted;
     r->waiter.on_expired = on_queue_expired;
@@ -483,8 +491,7 @@ void run_fail_store_lost(struct run *r)
 void run_free(struct run *r)
 {
     assert(!run_is_active(r));
-    json_decref(r->new_message);
-    json_decref(r->state_delta);
+    run_input_release(&r->in);
     free(r);
 }
 

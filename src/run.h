@@ -44,6 +44,19 @@ enum run_state {
     RUN_STATES
 };
 
+/* What a run asks of the upstream, and what its first event records. The
+ * JSON references are the run's once given to run_create(). */
+struct run_input {
+    struct json_t *new_message;     /* {"role": "user", "parts": [...]} */
+    struct json_t *state_delta;     /* NULL: none */
+    struct json_t *custom_metadata; /* the /run_sse body's customMetadata; NULL: none */
+    /* Fields added to the run's first event (run.started, run.queued or
+     * run.failed), where every replay of the run begins: what a client
+     * needs to rebuild the run's input (AG-UI's, agui.c). NULL: none. */
+    struct json_t *first_event;
+    int streaming;
+};
+
 /* The session as its runs see it. session.c embeds one in struct session
  * and fills it, so run.c needs no struct session (and session.h does not
  * need run.c's internals: no include cycle). */
@@ -68,9 +81,7 @@ struct run {
     double created_at, started_at, ended_at; /* wall clock seconds; 0 = not yet */
     uint64_t registered_ns, started_ns, sent_ns; /* monotonic; 0 = not yet */
     uint64_t events;          /* agent events relayed */
-    struct json_t *new_message; /* owned until the upstream call is started */
-    struct json_t *state_delta;
-    int streaming;
+    struct run_input in;      /* owned; its JSON is let go once the upstream call starts */
     int holds_slot;           /* a limiter slot: set on RUNNING, given back at the end */
     struct upstream_call *call; /* while RUNNING */
     struct limiter_waiter waiter;
@@ -82,10 +93,9 @@ struct run {
 void run_configure(uint64_t delay_alert_ms);
 
 /* A new REGISTERED run of host, with a fresh id; nothing is published yet.
- * Takes ownership of new_message and state_delta (state_delta may be NULL).
- * Never fails. The caller (the session) owns the run. */
-struct run *run_create(struct run_host *host, struct json_t *new_message,
-                       struct json_t *state_delta, int streaming);
+ * Takes ownership of in's references. Never fails. The caller (the
+ * session) owns the run. */
+struct run *run_create(struct run_host *host, const struct run_input *in);
 /* Takes a REGISTERED run out of that state: it starts (run.started), queues
  * for a slot (run.queued) or, over --max-runs-per-user, fails
  * (run.failed rate_limited). on_registered(arg, status) runs once when the

@@ -183,10 +183,10 @@ static void session_retire_run(struct session *s, const char *by, const char *re
     run_free(r);
 }
 
-struct run *session_start_run(struct session *s, json_t *new_message, json_t *state_delta,
-                              int streaming, store_done_cb on_registered, void *arg)
+struct run *session_start_run(struct session *s, const struct run_input *in,
+                              store_done_cb on_registered, void *arg)
 {
-    struct run *r = run_create(&s->host, new_message, state_delta, streaming);
+    struct run *r = run_create(&s->host, in);
     /* The old run ends (and gives its slot back) before the new one asks
      * for a slot, and nothing waits for its upstream to go away. */
     session_retire_run(s, r->id, NULL);

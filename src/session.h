@@ -67,10 +67,9 @@ void session_touch(struct session *s);
 /* Starts a new run as s's current one (POST …/run): the previous run, if
  * still active, ends as superseded by it first and is freed; then the new
  * run starts, queues or fails (run_begin(), which calls on_registered(arg,
- * status) once the store registered it). Takes ownership of new_message
- * and state_delta (may be NULL). Returns the run, owned by s. Never fails. */
-struct run *session_start_run(struct session *s, struct json_t *new_message,
-                              struct json_t *state_delta, int streaming,
+ * status) once the store registered it). Takes ownership of in's
+ * references. Returns the run, owned by s. Never fails. */
+struct run *session_start_run(struct session *s, const struct run_input *in,
                               store_done_cb on_registered, void *arg);
 /* The per-session object of DESIGN.md "Task status" (a new reference). */
 struct json_t *session_status_json(const struct session *s);

@@ -9,6 +9,31 @@
 static const struct store_ops *store_ops = &store_memory_ops;
 static size_t frames_alive;
 
+int frame_parse(const struct frame *f, struct frame_parts *out)
+{
+    const char *p = f->data, *end = f->data + f->len;
+    memset(out, 0, sizeof(*out));
+    while (p < end) {
+        const char *eol = memchr(p, '\n', (size_t)(end - p));
+        if (eol == NULL || eol == p)
+            break; /* the blank line ends the event */
+        size_t n = (size_t)(eol - p);
+        if (n >= 4 && memcmp(p, "id: ", 4) == 0 && out->data == NULL) {
+            out->id = p + 4;
+            out->id_len = n - 4;
+        } else if (n >= 7 && memcmp(p, "event: ", 7) == 0 && out->data == NULL) {
+            out->type = p + 7;
+            out->type_len = n - 7;
+        } else if (n >= 5 && memcmp(p, "data:", 5) == 0) {
+            if (out->data == NULL)
+                out->data = p;
+            out->data_end = eol + 1;
+        }
+        p = eol + 1;
+    }
+    return out->type && out->data ? 0 : -EINVAL;
+}
+
 struct frame *frame_new(uint64_t seq, const char *data, size_t len)
 {
     struct frame *f = xmalloc(sizeof(*f) + len);

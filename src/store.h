@@ -48,6 +48,17 @@ void frame_release(struct frame *f);
  * the leak checks of tests and the soak. */
 size_t frame_count(void);
 
+/* Where the fields of an encoded log frame are (sse_encode's "id: …\nevent:
+ * …\ndata: …\n\n"): pointers into the frame, not NUL-terminated. data
+ * points at the first "data:" line, data_end after the last data line. */
+struct frame_parts {
+    const char *id, *type, *data, *data_end;
+    size_t id_len, type_len;
+};
+/* Finds f's parts. Returns 0, or -EINVAL for bytes that are no event
+ * (keepalives, preambles). */
+int frame_parse(const struct frame *f, struct frame_parts *out);
+
 struct store_config {
     int history;          /* --history: frames kept per session */
     size_t history_bytes; /* --history-bytes: bytes kept per session (the newest frame always stays) */

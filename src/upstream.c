@@ -1121,10 +1121,13 @@ static char *run_body(const struct upstream_request *req)
     json_object_set_new(o, "sessionId", json_string(req->session));
     json_object_set(o, "newMessage", req->new_message);
     json_object_set_new(o, "streaming", json_boolean(req->streaming));
+    size_t fields = 5;
     if (req->state_delta != NULL)
-        json_object_set(o, "stateDelta", req->state_delta);
+        fields += json_object_set(o, "stateDelta", req->state_delta) == 0;
+    if (req->custom_metadata != NULL)
+        fields += json_object_set(o, "customMetadata", req->custom_metadata) == 0;
     char *text = NULL;
-    if (json_object_size(o) == (req->state_delta ? 6u : 5u))
+    if (json_object_size(o) == fields)
         text = json_dumps(o, JSON_COMPACT);
     json_decref(o);
     return text;

@@ -78,6 +78,7 @@ struct upstream_request {
     int session_ready;              /* 1: skip the create-session step */
     struct json_t *new_message;     /* {"role":"user","parts":[...]} (borrowed) */
     struct json_t *state_delta;     /* NULL or an object (borrowed) */
+    struct json_t *custom_metadata; /* NULL or an object (borrowed) */
     int streaming;
 };
 

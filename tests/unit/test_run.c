@@ -96,7 +96,8 @@ static struct session *new_session(const char *id)
 static struct run *start(struct session *s)
 {
     json_t *msg = json_pack("{s:s, s:[{s:s}]}", "role", "user", "parts", "text", "hi");
-    return session_start_run(s, msg, NULL, 1, NULL, NULL);
+    struct run_input in = {.new_message = msg, .streaming = 1};
+    return session_start_run(s, &in, NULL, NULL);
 }
 
 /* The event names in a session's log, space-separated. */

@@ -273,7 +273,8 @@ static void active_run_is_cancelled_when_its_session_expires(void)
     setup();
     struct session *s = new_session("running");
     json_t *msg = json_pack("{s:s, s:[{s:s}]}", "role", "user", "parts", "text", "hi");
-    struct run *r = session_start_run(s, msg, NULL, 1, NULL, NULL);
+    struct run_input in = {.new_message = msg, .streaming = 1};
+    struct run *r = session_start_run(s, &in, NULL, NULL);
     CHECK_EQ(r->state, RUN_RUNNING);
     CHECK_EQ(calls_started, 1);
     CHECK_EQ(run_count_active(), 1);
