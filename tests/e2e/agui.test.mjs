@@ -458,6 +458,12 @@ describe('AG-UI with the demo agent', () => {
       assert.deepEqual(shape(b.messages), shape(c.messages));
       assert.deepEqual(b.messages, [user, { id: idA, role: 'assistant', content: SLOW_REPLY }]);
       assert.equal(b.messages.at(-1).id, idA);
+
+      // A itself catches up too: its abortRun() does not abort the resume.
+      assert.equal(a.messages[1].content.length < SLOW_REPLY.length, true);
+      const caughtUp = await connect(a);
+      assert.deepEqual(types(caughtUp.events), ['RUN_STARTED', 'MESSAGES_SNAPSHOT', 'RUN_FINISHED']);
+      assert.deepEqual(a.messages, b.messages);
     });
   });
 
