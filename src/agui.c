@@ -29,6 +29,7 @@
 #include "server.h"
 #include "session.h"
 #include "store.h"
+#include "store_redis.h"
 #include "stream.h"
 
 #define AGUI_MAX_RUN_ID 128
@@ -499,6 +500,7 @@ struct agui_stream {
     uint64_t snapshot_seq;
     struct frame *preamble;
     int ended;
+    int new_thread;            /* no node has the thread: nothing to load */
 };
 
 static void agui_stream_free(struct agui_stream *a)
@@ -794,25 +796,15 @@ static void agui_registered(void *arg, int status)
     agui_follow(a, status);
 }
 
-/* The thread's log is loaded: works out what is new in the input, starts
- * the run and follows it. */
-static void agui_start_run(void *arg, int status)
+/* Makes the run's input from the RunAgentInput and the thread's messages
+ * (an empty array for a thread runcast does not have): what the thread
+ * has not seen goes upstream. Returns 0, or -EINVAL after answering 400. */
+static int make_run_input(struct agui_stream *a, json_t *thread_messages, struct run_input *in)
 {
-    struct agui_stream *a = arg;
-    struct session *s = session_find(a->p.app, a->p.user, a->p.session);
-    if (status < 0 || s == NULL) {
-        api_respond_refused_run(a->c, status < 0 ? status : -ENOENT);
-        agui_stream_free(a);
-        return;
-    }
-    struct agui_tr thread;
-    tr_init(&thread, a->p.session, 1);
-    tr_feed_log(&thread, s->log);
     json_t *messages = json_object_get(a->input, "messages");
-    json_t *fresh = fresh_messages(messages, thread.messages);
+    json_t *fresh = fresh_messages(messages, thread_messages);
     const char *why = NULL;
-    json_t *parts = upstream_parts(fresh, messages, thread.messages, &why);
-    tr_free(&thread);
+    json_t *parts = upstream_parts(fresh, messages, thread_messages, &why);
     if (parts == NULL || json_array_size(parts) == 0) {
         if (parts)
             conn_respond_error(a->c, 400, "no_new_message",
@@ -823,11 +815,10 @@ static void agui_start_run(void *arg, int status)
             respond_invalid(a->c, why);
         json_decref(parts);
         json_decref(fresh);
-        agui_stream_free(a);
-        return;
+        return -EINVAL;
     }
     json_t *state = json_object_get(a->input, "state");
-    struct run_input in = {
+    *in = (struct run_input){
         .new_message = json_pack("{s:s, s:o}", "role", "user", "parts", parts),
         .state_delta = json_object_size(state) > 0 ? json_incref(state) : NULL,
         .custom_metadata = custom_metadata(a->input),
@@ -836,46 +827,124 @@ static void agui_start_run(void *arg, int status)
                                  json_object_get(a->input, "runId"), "messages", fresh),
         .streaming = 1,
     };
+    return 0;
+}
+
+/* Starts the run of in on s and follows it. */
+static void agui_start_run(struct agui_stream *a, struct session *s, struct run_input *in)
+{
     json_decref(a->input);
     a->input = NULL;
-    struct run *r = session_start_run(s, &in, agui_registered, a);
+    struct run *r = session_start_run(s, in, agui_registered, a);
     snprintf(a->run_id, sizeof(a->run_id), "%s", r->id);
     a->begun = 1;
     if (a->registered)
         agui_registered(a, a->status);
 }
 
+/* The thread's log is loaded (store_ready): its messages say what is new
+ * in the input. */
+static void agui_thread_ready(void *arg, int status)
+{
+    struct agui_stream *a = arg;
+    struct session *s = session_find(a->p.app, a->p.user, a->p.session);
+    if (status < 0 || s == NULL) {
+        api_respond_refused_run(a->c, status < 0 ? status : -ENOENT);
+        agui_stream_free(a);
+        return;
+    }
+    struct agui_tr thread;
+    struct run_input in;
+    tr_init(&thread, a->p.session, 1);
+    tr_feed_log(&thread, s->log);
+    int err = make_run_input(a, thread.messages, &in);
+    tr_free(&thread);
+    if (err < 0)
+        agui_stream_free(a);
+    else
+        agui_start_run(a, s, &in);
+}
+
+/* The request goes on once it is known whether the thread exists. */
+static void agui_post_continue(struct agui_stream *a)
+{
+    struct session *s;
+    struct run_input in;
+    if (a->new_thread) { /* a refused input creates nothing */
+        json_t *none = json_array();
+        int err = make_run_input(a, none, &in);
+        json_decref(none);
+        if (err < 0 || (s = api_run_session(a->c, &a->p)) == NULL) {
+            if (err == 0)
+                run_input_free(&in);
+            agui_stream_free(a);
+            return;
+        }
+        agui_start_run(a, s, &in);
+        return;
+    }
+    if ((s = api_run_session(a->c, &a->p)) == NULL) {
+        agui_stream_free(a);
+        return;
+    }
+    if (store_ready(s->log, NULL, agui_thread_ready, a))
+        agui_thread_ready(a, 0);
+}
+
+static void agui_resume_continue(struct agui_stream *a);
+
+/* Redis mode, a thread this node has no copy of: does the cluster have
+ * it (store_redis_status's answer)? */
+static void agui_thread_known(void *arg, int err, json_t *result)
+{
+    struct agui_stream *a = arg;
+    RC_UNUSED(result);
+    if (err < 0 && err != -ENOENT) {
+        api_respond_refused_run(a->c, err);
+        agui_stream_free(a);
+        return;
+    }
+    a->new_thread = err == -ENOENT;
+    if (a->resume)
+        agui_resume_continue(a);
+    else
+        agui_post_continue(a);
+}
+
+/* Finds out whether the thread exists anywhere, then goes on. */
+static void agui_find_thread(struct agui_stream *a)
+{
+    int here = session_find(a->p.app, a->p.user, a->p.session) != NULL;
+    if (!here && store_is_shared())
+        store_redis_status(a->p.app, a->p.user, a->p.session, agui_thread_known, a);
+    else
+        agui_thread_known(a, here ? 0 : -ENOENT, NULL);
+}
+
 void agui_handle_post(struct conn *c, const struct http_request *req, const struct route_params *p)
 {
     json_error_t jerr;
-    json_t *in = json_loadb(req->body ? req->body : "", req->body_len, JSON_REJECT_DUPLICATES, &jerr);
-    if (in == NULL) {
+    json_t *input = json_loadb(req->body ? req->body : "", req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (input == NULL) {
         char msg[256];
         snprintf(msg, sizeof(msg), "invalid JSON body: %s", jerr.text);
         conn_respond_error(c, 400, "invalid_json", msg, NULL);
         return;
     }
-    const char *why = input_problem(in);
+    const char *why = input_problem(input);
     if (why) {
         respond_invalid(c, why);
-        json_decref(in);
+        json_decref(input);
         return;
     }
     struct route_params tp = *p;
-    snprintf(tp.session, sizeof(tp.session), "%s", json_string_value(json_object_get(in, "threadId")));
-    struct session *s = api_run_session(c, &tp);
-    if (s == NULL) {
-        json_decref(in);
-        return;
-    }
+    snprintf(tp.session, sizeof(tp.session), "%s", json_string_value(json_object_get(input, "threadId")));
     struct agui_stream *a = agui_stream_new(c, &tp, 0);
-    a->input = in;
-    if (agui_count_stream(a) < 0) {
+    a->input = input;
+    if (agui_count_stream(a) < 0)
         agui_stream_free(a);
-        return;
-    }
-    if (store_ready(s->log, NULL, agui_start_run, a))
-        agui_start_run(a, 0);
+    else
+        agui_find_thread(a);
 }
 
 /* ---- GET …/agui/{threadId}: resume ---------------------------------------- */
@@ -935,20 +1004,27 @@ static void agui_resume_ready(void *arg, int status)
     agui_stream_open(a, s);
 }
 
-void agui_handle_resume(struct conn *c, const struct route_params *p)
+static void agui_resume_continue(struct agui_stream *a)
 {
-    struct session *s = session_find(p->app, p->user, p->session);
-    if (s == NULL && !store_is_shared()) {
-        conn_respond(c, 204, NULL, NULL, NULL, 0); /* creates nothing */
+    struct session *s;
+    if (a->new_thread) {
+        conn_respond(a->c, 204, NULL, NULL, NULL, 0); /* creates nothing */
+        agui_stream_free(a);
         return;
     }
-    if (s == NULL && (s = api_stream_session(c, p)) == NULL)
-        return; /* Redis mode: the thread may live on other nodes */
-    struct agui_stream *a = agui_stream_new(c, p, 1);
-    if (agui_count_stream(a) < 0) {
+    if ((s = api_stream_session(a->c, &a->p)) == NULL) {
         agui_stream_free(a);
         return;
     }
     if (store_ready(s->log, NULL, agui_resume_ready, a))
         agui_resume_ready(a, 0);
+}
+
+void agui_handle_resume(struct conn *c, const struct route_params *p)
+{
+    struct agui_stream *a = agui_stream_new(c, p, 1);
+    if (agui_count_stream(a) < 0)
+        agui_stream_free(a);
+    else
+        agui_find_thread(a);
 }

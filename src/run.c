@@ -374,8 +374,7 @@ static const struct upstream_callbacks upstream_callbacks = {
     .on_end = on_end,
 };
 
-/* Lets go of in's JSON (the upstream call has its own copy by now). */
-static void run_input_release(struct run_input *in)
+void run_input_free(struct run_input *in)
 {
     json_decref(in->new_message);
     json_decref(in->state_delta);
@@ -401,7 +400,7 @@ static void run_call_upstream(struct run *r)
     };
     int err = 0;
     r->call = upstream_call_start(&req, &upstream_callbacks, r, &err);
-    run_input_release(&r->in);
+    run_input_free(&r->in);
     if (r->call == NULL) {
         char msg[128];
         snprintf(msg, sizeof(msg), "could not start the upstream call: %s", strerror(-err));
@@ -491,7 +490,7 @@ void run_fail_store_lost(struct run *r)
 void run_free(struct run *r)
 {
     assert(!run_is_active(r));
-    run_input_release(&r->in);
+    run_input_free(&r->in);
     free(r);
 }
 

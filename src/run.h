@@ -57,6 +57,9 @@ struct run_input {
     int streaming;
 };
 
+/* Lets go of in's references (and sets them to NULL). */
+void run_input_free(struct run_input *in);
+
 /* The session as its runs see it. session.c embeds one in struct session
  * and fills it, so run.c needs no struct session (and session.h does not
  * need run.c's internals: no include cycle). */

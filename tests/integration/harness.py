@@ -919,12 +919,12 @@ class SseClient:
 
         try:
             if pending:
-                receive(pending)
+                receive(pending)  # the whole body may have come with the head
             try:
                 sock.settimeout(0.1)
             except OSError:  # closed by the test already
                 return
-            while True:
+            while not self.completed:
                 with self.cond:
                     if self.closed:
                         return
@@ -940,8 +940,6 @@ class SseClient:
                 if not data:
                     break
                 receive(data)
-                if self.completed:
-                    break
         except TestFailure as e:
             with self.cond:
                 self.error = e
