@@ -73,14 +73,25 @@ static void tr_free(struct agui_tr *t)
     json_decref(t->out);
 }
 
+/* 1 when v is the string s (inputs are the client's: any JSON at all). */
+static int str_is(json_t *v, const char *s)
+{
+    return json_is_string(v) && strcmp(json_string_value(v), s) == 0;
+}
+
+/* v's text, "" when v is no string. */
+static const char *str_of(json_t *v)
+{
+    return json_is_string(v) ? json_string_value(v) : "";
+}
+
 /* The message of messages with this id, or NULL. */
 static json_t *message_find(json_t *messages, const char *id)
 {
     size_t i;
     json_t *m;
     json_array_foreach(messages, i, m) {
-        const char *mid = json_string_value(json_object_get(m, "id"));
-        if (mid && strcmp(mid, id) == 0)
+        if (str_is(json_object_get(m, "id"), id))
             return m;
     }
     return NULL;
@@ -94,8 +105,7 @@ static long message_with_call(json_t *messages, const char *id)
     json_t *m, *call;
     json_array_foreach(messages, i, m) {
         json_array_foreach(json_object_get(m, "toolCalls"), j, call) {
-            const char *cid = json_string_value(json_object_get(call, "id"));
-            if (cid && strcmp(cid, id) == 0)
+            if (str_is(json_object_get(call, "id"), id))
                 return (long)i;
         }
     }
@@ -141,7 +151,7 @@ static void messages_apply(json_t *messages, json_t *ev)
         size_t j;
         json_t *c;
         json_array_foreach(json_object_get(json_array_get(messages, (size_t)i), "toolCalls"), j, c) {
-            if (strcmp(json_string_value(json_object_get(c, "id")), call) == 0)
+            if (str_is(json_object_get(c, "id"), call))
                 append_to_string(json_object_get(c, "function"), "arguments", delta);
         }
     } else if (strcmp(type, "TOOL_CALL_RESULT") == 0) {
@@ -156,8 +166,7 @@ static void messages_apply(json_t *messages, json_t *ev)
         }
         size_t at = (size_t)i + 1;
         while (at < json_array_size(messages) &&
-               strcmp(json_string_value(json_object_get(json_array_get(messages, at), "role")),
-                      "tool") == 0)
+               str_is(json_object_get(json_array_get(messages, at), "role"), "tool"))
             at++;
         json_array_insert_new(messages, at, m);
     }
@@ -167,6 +176,8 @@ static void messages_apply(json_t *messages, json_t *ev)
  * messages. */
 static void emit(struct agui_tr *t, json_t *ev)
 {
+    if (ev == NULL)
+        return; /* jansson refused a string (not UTF-8): nothing to say */
     if (t->messages)
         messages_apply(t->messages, ev);
     json_array_append_new(t->out, ev);
@@ -267,38 +278,36 @@ static void translate_adk_event(struct agui_tr *t, json_t *ev, const struct fram
         json_t *text = json_object_get(part, "text");
         json_t *call = json_object_get(part, "functionCall");
         json_t *result = json_object_get(part, "functionResponse");
-        char id[160];
+        char id[96];
         if (json_is_string(text)) {
             if (partial || !t->streamed)
                 add_text(t, json_is_true(json_object_get(part, "thought")), text, fp, i);
         } else if (json_is_object(call)) {
-            const char *cid = json_string_value(json_object_get(call, "id"));
-            snprintf(id, sizeof(id), "%s", cid ? cid : "");
-            if (id[0] == '\0')
-                snprintf(id, sizeof(id), "call-%.*s-%zu", (int)fp->id_len, fp->id, i);
-            if (json_object_get(t->call_ids, id))
+            json_t *cid = json_object_get(call, "id");
+            const char *call_id = id;
+            snprintf(id, sizeof(id), "call-%.*s-%zu", (int)fp->id_len, fp->id, i);
+            if (json_is_string(cid) && json_string_length(cid) > 0)
+                call_id = json_string_value(cid); /* ADK's: the tool result names it */
+            if (json_object_get(t->call_ids, call_id))
                 continue;
-            json_object_set_new(t->call_ids, id, json_true());
+            json_object_set_new(t->call_ids, call_id, json_true());
             close_open(t);
             json_t *name = json_object_get(call, "name");
-            json_t *args = json_object_get(call, "args");
-            char *args_text = json_dumps(args ? args : json_object(), JSON_COMPACT | JSON_ENCODE_ANY);
-            emit(t, json_pack("{s:s, s:s, s:s}", "type", "TOOL_CALL_START", "toolCallId", id,
-                              "toolCallName", json_is_string(name) ? json_string_value(name) : ""));
-            emit(t, json_pack("{s:s, s:s, s:s}", "type", "TOOL_CALL_ARGS", "toolCallId", id,
-                              "delta", args_text ? args_text : "{}"));
-            emit(t, json_pack("{s:s, s:s}", "type", "TOOL_CALL_END", "toolCallId", id));
-            free(args_text);
+            char *args = json_dumps(json_object_get(call, "args"), JSON_COMPACT | JSON_ENCODE_ANY);
+            emit(t, json_pack("{s:s, s:s, s:s}", "type", "TOOL_CALL_START", "toolCallId", call_id,
+                              "toolCallName", str_of(name)));
+            emit(t, json_pack("{s:s, s:s, s:s}", "type", "TOOL_CALL_ARGS", "toolCallId", call_id,
+                              "delta", args ? args : "{}"));
+            emit(t, json_pack("{s:s, s:s}", "type", "TOOL_CALL_END", "toolCallId", call_id));
+            free(args);
         } else if (json_is_object(result)) {
             close_open(t);
-            const char *cid = json_string_value(json_object_get(result, "id"));
-            json_t *response = json_object_get(result, "response");
-            char *content = json_dumps(response ? response : json_object(),
+            char *content = json_dumps(json_object_get(result, "response"),
                                        JSON_COMPACT | JSON_ENCODE_ANY);
             snprintf(id, sizeof(id), "result-%.*s-%zu", (int)fp->id_len, fp->id, i);
             emit(t, json_pack("{s:s, s:s, s:s, s:s, s:s}", "type", "TOOL_CALL_RESULT", "messageId",
-                              id, "toolCallId", cid ? cid : "", "role", "tool", "content",
-                              content ? content : "{}"));
+                              id, "toolCallId", str_of(json_object_get(result, "id")), "role",
+                              "tool", "content", content ? content : "{}"));
             free(content);
         }
     }
@@ -346,7 +355,8 @@ static void begin_run(struct agui_tr *t, const char *run_id, json_t *data)
     json_t *m;
     json_array_foreach(json_object_get(input, "messages"), i, m) {
         const char *id = json_string_value(json_object_get(m, "id"));
-        if (t->messages && id && message_find(t->messages, id) == NULL)
+        if (t->messages && id && json_is_string(json_object_get(m, "role")) &&
+            message_find(t->messages, id) == NULL)
             json_array_append(t->messages, m);
     }
     emit(t, run_event(t, "RUN_STARTED", json_object()));
@@ -376,15 +386,15 @@ static void end_run(struct agui_tr *t, const char *type, json_t *data)
         } else if (strcmp(what, "superseded") == 0) {
             key = "by";
             snprintf(message, sizeof(message), "the run was superseded by run %s",
-                     json_string_value(json_object_get(data, key)));
+                     str_of(json_object_get(data, key)));
         } else if (strcmp(what, "cancelled") == 0) {
             key = "reason";
             snprintf(message, sizeof(message), "the run was cancelled (%s)",
-                     json_string_value(json_object_get(data, key)));
+                     str_of(json_object_get(data, key)));
         } else {
             key = "phase";
             snprintf(message, sizeof(message), "the run timed out (%s)",
-                     json_string_value(json_object_get(data, key)));
+                     str_of(json_object_get(data, key)));
         }
         if (key)
             json_object_set(runcast, key, json_object_get(data, key));
@@ -454,8 +464,13 @@ static void tr_feed(struct agui_tr *t, const struct frame_parts *fp)
         return;
     }
     const char *run_id = json_string_value(json_object_get(data, "run_id"));
-    if (run_id && strcmp(run_id, t->run_id) != 0)
+    if (run_id && strcmp(run_id, t->run_id) != 0) {
+        if (t->in_run && !t->ended) {
+            json_decref(data); /* a log has one run at a time: not ours to say */
+            return;
+        }
         begin_run(t, run_id, data);
+    }
     if (run_id && is_terminal(fp) && !t->ended) {
         char type[32];
         snprintf(type, sizeof(type), "%.*s", (int)fp->type_len, fp->type);
@@ -662,7 +677,7 @@ static const char *call_name(json_t *messages, const char *id)
     json_t *c;
     json_array_foreach(json_object_get(json_array_get(messages, (size_t)(i < 0 ? 0 : i)), "toolCalls"),
                        j, c) {
-        if (i >= 0 && strcmp(json_string_value(json_object_get(c, "id")), id) == 0)
+        if (i >= 0 && str_is(json_object_get(c, "id"), id))
             return json_string_value(json_object_get(json_object_get(c, "function"), "name"));
     }
     return NULL;
@@ -740,7 +755,7 @@ static json_t *fresh_messages(json_t *messages, json_t *thread_messages)
     }
     if (last < 0) {
         json_array_foreach(messages, i, m) {
-            if (strcmp(json_string_value(json_object_get(m, "role")), "assistant") == 0)
+            if (str_is(json_object_get(m, "role"), "assistant"))
                 last = (long)i;
         }
     }

@@ -35,6 +35,7 @@
 #define DEMO_TICK_BYTES (256u << 10)     /* frames gathered into one write */
 #define DEMO_TICK_FRAMES 4096            /* frames written per timer tick at most */
 #define DEMO_DEFAULT_WORD_DELAY_MS 50
+#define DEMO_NAME_MAX 64                 /* !tool name, !state key */
 
 /* Wall-clock microseconds (CLOCK_REALTIME): event timestamps, call times. */
 static inline uint64_t demo_wall_us(void)
@@ -75,6 +76,9 @@ struct demo_directives {
     int64_t cut_after;      /* frames before the cut; -1: no cut */
     char ctype[256];        /* "" when not given */
     int forget;
+    char tool[DEMO_NAME_MAX + 1];      /* !tool: the function to call; "" when not given */
+    char state_key[DEMO_NAME_MAX + 1]; /* !state: the stateDelta key; "" when not given */
+    int think;
 };
 
 /* The directives of a message without any: bytes 16, no cut. */
@@ -197,10 +201,11 @@ void demo_respond_detail(struct conn *c, int status, const char *detail, const c
 
 /* Takes a parsed /run_sse call over: answers status_answer (a !status
  * refusal) or begins the stream, at once or after !delay. dir is moved into
- * the run (dir->error is NULL afterwards); words is copied. */
+ * the run (dir->error is NULL afterwards); words (what follows "Echo: ", a
+ * space before each word but the first) is copied. */
 void demo_run_start(struct demo *d, struct conn *c, struct demo_call *call,
-                    struct demo_directives *dir, const struct buf *words,
-                    uint64_t prompt_words, int streaming, int status_answer);
+                    struct demo_directives *dir, const struct buf *words, int streaming,
+                    int status_answer);
 /* Releases every run of d (their calls become client_gone) without writing
  * anything more; the memory goes from the close callbacks that follow. For
  * demo_stop(), before server_close(). */

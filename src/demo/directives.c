@@ -33,6 +33,22 @@ static int demo_is_header_token(const char *s, size_t len, size_t max)
     return 1;
 }
 
+/* Copies a name of 1..size-1 of [A-Za-z0-9_-] into out[size], or leaves out
+ * as it is. */
+static void demo_copy_name(char *out, size_t size, const char *v, size_t len)
+{
+    if (len == 0 || len >= size)
+        return;
+    for (size_t i = 0; i < len; i++) {
+        char ch = v[i];
+        if (!(ch >= 'A' && ch <= 'Z') && !(ch >= 'a' && ch <= 'z') &&
+            !(ch >= '0' && ch <= '9') && ch != '_' && ch != '-')
+            return;
+    }
+    memcpy(out, v, len);
+    out[len] = '\0';
+}
+
 static int demo_name_is(const char *name, size_t name_len, const char *cstr)
 {
     return strlen(cstr) == name_len && memcmp(name, cstr, name_len) == 0;
@@ -108,6 +124,8 @@ static void demo_directive_apply(struct demo_directives *dir, const char *w, siz
             dir->forget = 1;
         else if (demo_name_is(w, name_len, "cut"))
             dir->cut_after = 1;
+        else if (demo_name_is(w, name_len, "think"))
+            dir->think = 1;
         return;
     }
     if (demo_name_is(w, name_len, "word-delay")) {
@@ -137,6 +155,10 @@ static void demo_directive_apply(struct demo_directives *dir, const char *w, siz
             dir->cut_after = (int64_t)n;
     } else if (demo_name_is(w, name_len, "ctype")) {
         demo_copy_token(dir->ctype, sizeof(dir->ctype), v, vlen);
+    } else if (demo_name_is(w, name_len, "tool")) {
+        demo_copy_name(dir->tool, sizeof(dir->tool), v, vlen);
+    } else if (demo_name_is(w, name_len, "state")) {
+        demo_copy_name(dir->state_key, sizeof(dir->state_key), v, vlen);
     }
 }
 

@@ -152,9 +152,36 @@ static void demo_handle_session_one(struct demo *d, struct conn *c,
     }
 }
 
-/* Concatenates the text of newMessage.parts[]; -EINVAL when the shape is
- * wrong (parts without text, e.g. inlineData, are skipped). */
-static int demo_message_text(json_t *msg, struct buf *text)
+/* Appends a functionResponse part's "NAME returned <response as compact
+ * JSON>" to responses, space-joined. A missing or null name is "", a missing
+ * or null response {}; -EINVAL when fr is not an object, its name not a
+ * string or its response not an object. */
+static int demo_function_response_append(json_t *fr, struct buf *responses)
+{
+    if (!json_is_object(fr))
+        return -EINVAL;
+    json_t *name = json_object_get(fr, "name");
+    json_t *response = json_object_get(fr, "response");
+    if ((name != NULL && !json_is_null(name) && !json_is_string(name)) ||
+        (response != NULL && !json_is_null(response) && !json_is_object(response)))
+        return -EINVAL;
+    if (responses->len > 0)
+        buf_append(responses, " ", 1);
+    if (json_is_string(name))
+        buf_append(responses, json_string_value(name), json_string_length(name));
+    buf_append_str(responses, " returned ");
+    char *dump = json_is_object(response)
+                     ? json_dumps(response, JSON_COMPACT | JSON_REAL_PRECISION(16))
+                     : NULL;
+    buf_append_str(responses, dump ? dump : "{}");
+    free(dump);
+    return 0;
+}
+
+/* Concatenates the text of newMessage.parts[] into text and describes its
+ * functionResponse parts in responses; -EINVAL when the shape is wrong
+ * (other parts, e.g. inlineData, are skipped). */
+static int demo_message_text(json_t *msg, struct buf *text, struct buf *responses)
 {
     if (!json_is_object(msg))
         return -EINVAL;
@@ -171,6 +198,9 @@ static int demo_message_text(json_t *msg, struct buf *text)
         json_t *t = json_object_get(part, "text");
         if (json_is_string(t))
             buf_append(text, json_string_value(t), json_string_length(t));
+        json_t *fr = json_object_get(part, "functionResponse");
+        if (fr != NULL && demo_function_response_append(fr, responses) != 0)
+            return -EINVAL;
     }
     return 0;
 }
@@ -179,6 +209,7 @@ static int demo_message_text(json_t *msg, struct buf *text)
 struct demo_run_request {
     char *app, *user, *sid; /* NULL when missing or invalid */
     struct buf text;        /* newMessage.parts[].text, concatenated */
+    struct buf responses;   /* "NAME returned {…}" per functionResponse part */
     int streaming;          /* default false */
 };
 
@@ -200,7 +231,7 @@ static void demo_run_request_parse(json_t *body, json_t *errors, struct demo_run
     if (msg == NULL)
         json_array_append_new(errors,
                               demo_validation_error("missing", "newMessage", "Field required"));
-    else if (demo_message_text(msg, &r->text) != 0)
+    else if (demo_message_text(msg, &r->text, &r->responses) != 0)
         json_array_append_new(errors, demo_validation_error("model_type", "newMessage",
                                                             "Input should be a valid Content"));
     json_t *streaming = json_object_get(body, "streaming");
@@ -216,6 +247,7 @@ static void demo_run_request_free(struct demo_run_request *r)
     free(r->user);
     free(r->sid);
     buf_free(&r->text);
+    buf_free(&r->responses);
 }
 
 /* The message text as a C string ("" when there was none). Borrowed. */
@@ -237,7 +269,8 @@ static void demo_call_record(struct demo_call *call, const struct demo_run_reque
 }
 
 /* A valid call for an existing session: parses its directives, counts the
- * !status=CODExN row, applies !forget and hands the call to stream.c. */
+ * !status=CODExN row, applies !forget and hands the call to stream.c. The
+ * words to echo: the functionResponse descriptions, then the text's words. */
 static void demo_run_accept(struct demo *d, struct conn *c, struct demo_call *call,
                             struct demo_session *s, const struct demo_run_request *r)
 {
@@ -245,12 +278,13 @@ static void demo_run_accept(struct demo *d, struct conn *c, struct demo_call *ca
     struct demo_directives dir;
     demo_directives_init(&dir);
     struct buf words = {0};
-    uint64_t prompt_words = demo_directives_parse(text, &dir, &words);
+    buf_append(&words, r->responses.data, r->responses.len);
+    demo_directives_parse(text, &dir, &words);
     int refused = demo_session_status_turn(s, text, dir.status ? dir.status_calls : 0);
     int status = dir.status && (dir.status_calls == 0 || refused) ? dir.status : 0;
     if (dir.forget)
         demo_session_remove(&d->sessions, s);
-    demo_run_start(d, c, call, &dir, &words, prompt_words, r->streaming, status);
+    demo_run_start(d, c, call, &dir, &words, r->streaming, status);
     buf_free(&words);
     demo_directives_free(&dir);
 }

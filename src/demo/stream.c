@@ -22,8 +22,15 @@ enum demo_run_phase {
     DEMO_RUN_OVER,      /* released: waiting for the timer's and the conn's close */
 };
 
-/* What the run sends after its regular events. */
+/* What the run sends after its regular events (then the !tool call, if
+ * any). */
 enum demo_run_tail { DEMO_TAIL_NONE = 0, DEMO_TAIL_AGGREGATED, DEMO_TAIL_ERROR };
+
+/* What an event is: a partial chunk, a whole event (the !tool call), or the
+ * aggregated one (turnComplete, finishReason, usageMetadata). */
+enum demo_event_kind { DEMO_EVENT_PARTIAL, DEMO_EVENT_WHOLE, DEMO_EVENT_AGGREGATED };
+
+#define DEMO_NO_FRAME UINT64_MAX /* struct demo_run.state_frame: no frame carries it */
 
 /* One accepted /run_sse call that answers later than the request callback
  * or streams. Owned by demo->runs until released; freed once both its timer
@@ -41,13 +48,17 @@ struct demo_run {
     uint64_t call_id;
     struct demo_directives dir;
     int status_answer;  /* !status to answer after !delay; 0: stream */
-    char *echo;         /* "Echo: <words>" */
-    size_t echo_len;
+    char *echo;         /* "Echo: <words>": the words are its last words_len bytes */
+    size_t echo_len, words_len;
     size_t echo_pos;    /* start of the next word to stream */
     uint64_t prompt_words, echo_words;
+    char thought[48];   /* !think: "thinking about N words"; "" without */
+    int thought_first;  /* regular event 0 is the thought (!think, streaming) */
     uint64_t regular;   /* events before the tail */
     enum demo_run_tail tail;
-    uint64_t next_frame; /* index of the next planned frame (regular, then tail) */
+    int tool;           /* the !tool call follows the tail */
+    uint64_t state_frame; /* the frame with !state's delta; DEMO_NO_FRAME: none */
+    uint64_t next_frame; /* index of the next planned frame (regular, tail, call) */
     uint64_t frames_sent;
     uint64_t start_ns;  /* when frame 0 is due (uv_hrtime) */
     double interval_ns;
@@ -133,19 +144,51 @@ static void demo_frame_append_json(struct buf *out, json_t *obj)
     buf_append(out, "\n\n", 2);
 }
 
-/* Appends one ADK Event frame with this text. final: the aggregated event. */
-static void demo_run_append_event(struct demo_run *run, struct buf *out, const char *text,
-                                  size_t len, int final)
+/* {"text": text}. Caller owns it. */
+static json_t *demo_text_part(const char *text, size_t len)
+{
+    json_t *str = json_stringn(text, len);
+    return json_pack("{s:o}", "text", str ? str : json_string(""));
+}
+
+/* !think's {"text": "thinking about N words", "thought": true}. Caller owns it. */
+static json_t *demo_run_thought_part(const struct demo_run *run)
+{
+    return json_pack("{s:s,s:b}", "text", run->thought, "thought", 1);
+}
+
+/* The echoed words (the echo without "Echo: ") as a JSON string. Caller owns
+ * it. */
+static json_t *demo_run_words_string(const struct demo_run *run)
+{
+    json_t *str = json_stringn(run->echo + run->echo_len - run->words_len, run->words_len);
+    return str ? str : json_string("");
+}
+
+/* !tool's {"functionCall": {"id", "name", "args": {"text": <words>}}}. Caller
+ * owns it. */
+static json_t *demo_run_call_part(struct demo_run *run)
+{
+    char id[24];
+    snprintf(id, sizeof(id), "call-%016llx",
+             (unsigned long long)demo_rng_next(&run->demo->rng));
+    return json_pack("{s:{s:s,s:s,s:{s:o}}}", "functionCall", "id", id, "name", run->dir.tool,
+                     "args", "text", demo_run_words_string(run));
+}
+
+/* Appends one ADK Event frame with these content parts (stolen). The frame
+ * the plan chose for it carries !state's delta. */
+static void demo_run_append_event(struct demo_run *run, struct buf *out, json_t *parts,
+                                  enum demo_event_kind kind)
 {
     uint64_t now_us = demo_wall_us();
     char id[17];
     snprintf(id, sizeof(id), "%016llx", (unsigned long long)demo_rng_next(&run->demo->rng));
-    json_t *str = json_stringn(text, len);
-    json_t *ev = json_pack("{s:s,s:s,s:s,s:f,s:{s:s,s:[{s:o}]},s:b}", "id", id,
+    json_t *ev = json_pack("{s:s,s:s,s:s,s:f,s:{s:s,s:o},s:b}", "id", id,
                            "invocationId", run->invocation_id, "author", "demo_agent",
                            "timestamp", (double)now_us / 1e6, "content", "role", "model",
-                           "parts", "text", str ? str : json_string(""), "partial", !final);
-    if (final) {
+                           "parts", parts, "partial", kind == DEMO_EVENT_PARTIAL);
+    if (kind == DEMO_EVENT_AGGREGATED) {
         json_object_set_new(ev, "turnComplete", json_true());
         json_object_set_new(ev, "finishReason", json_string("STOP"));
         json_object_set_new(ev, "usageMetadata",
@@ -155,7 +198,10 @@ static void demo_run_append_event(struct demo_run *run, struct buf *out, const c
                                       "totalTokenCount",
                                       (json_int_t)(run->prompt_words + run->echo_words)));
     }
-    json_object_set_new(ev, "actions", json_pack("{s:{},s:{},s:{}}", "stateDelta",
+    json_t *delta = json_object();
+    if (run->next_frame == run->state_frame)
+        json_object_set_new(delta, run->dir.state_key, demo_run_words_string(run));
+    json_object_set_new(ev, "actions", json_pack("{s:o,s:{},s:{}}", "stateDelta", delta,
                                                  "artifactDelta", "requestedAuthConfigs"));
     json_object_set_new(ev, "customMetadata",
                         json_pack("{s:I,s:I}", "seq", (json_int_t)run->frames_sent,
@@ -197,24 +243,39 @@ static void demo_run_events_text(struct demo_run *run, uint64_t i)
     }
 }
 
-/* Appends planned frame run->next_frame (a word, an !events event, or the
- * tail) and advances. */
+/* Appends planned frame run->next_frame (an !events event, the thought, a
+ * word, the tail, or the !tool call) and advances. */
 static void demo_run_append_next(struct demo_run *run, struct buf *out)
 {
-    if (run->next_frame < run->regular && run->dir.has_events) {
-        demo_run_events_text(run, run->next_frame);
-        demo_run_append_event(run, out, run->scratch.data, run->scratch.len, 0);
-    } else if (run->next_frame < run->regular) {
+    uint64_t i = run->next_frame;
+    if (i < run->regular && run->dir.has_events) {
+        demo_run_events_text(run, i);
+        demo_run_append_event(run, out, json_pack("[o]", demo_text_part(run->scratch.data,
+                                                                        run->scratch.len)),
+                              DEMO_EVENT_PARTIAL);
+    } else if (i == 0 && run->thought_first) {
+        demo_run_append_event(run, out, json_pack("[o]", demo_run_thought_part(run)),
+                              DEMO_EVENT_PARTIAL);
+    } else if (i < run->regular) {
         /* The space before a word belongs to that word. */
         size_t start = run->echo_pos, end = start + 1;
         while (end < run->echo_len && run->echo[end] != ' ')
             end++;
-        demo_run_append_event(run, out, run->echo + start, end - start, 0);
+        demo_run_append_event(run, out,
+                              json_pack("[o]", demo_text_part(run->echo + start, end - start)),
+                              DEMO_EVENT_PARTIAL);
         run->echo_pos = end;
-    } else if (run->tail == DEMO_TAIL_AGGREGATED) {
-        demo_run_append_event(run, out, run->echo, run->echo_len, 1);
-    } else {
+    } else if (i == run->regular && run->tail == DEMO_TAIL_AGGREGATED) {
+        json_t *parts = json_array();
+        if (run->thought[0])
+            json_array_append_new(parts, demo_run_thought_part(run));
+        json_array_append_new(parts, demo_text_part(run->echo, run->echo_len));
+        demo_run_append_event(run, out, parts, DEMO_EVENT_AGGREGATED);
+    } else if (i == run->regular && run->tail == DEMO_TAIL_ERROR) {
         demo_run_append_error(run, out);
+    } else {
+        demo_run_append_event(run, out, json_pack("[o]", demo_run_call_part(run)),
+                              DEMO_EVENT_WHOLE);
     }
     run->next_frame++;
     run->frames_sent++;
@@ -222,7 +283,7 @@ static void demo_run_append_next(struct demo_run *run, struct buf *out)
 
 static uint64_t demo_run_frames_planned(const struct demo_run *run)
 {
-    return run->regular + (run->tail != DEMO_TAIL_NONE);
+    return run->regular + (run->tail != DEMO_TAIL_NONE) + run->tool;
 }
 
 /* When planned frame i is due (uv_hrtime ns). Absolute, so a late tick does
@@ -417,33 +478,55 @@ static void demo_run_on_timer(uv_timer_t *timer)
         demo_run_pump(run);
 }
 
-/* Plans the frames: the echo word by word (streaming) then the aggregated
- * event, or !events events; an !error frame replaces the aggregated one. */
-static void demo_run_plan(struct demo_run *run, const struct buf *words, uint64_t prompt_words,
-                          int streaming, uint64_t default_word_delay_ms)
+/* The frame that carries !state's delta: the aggregated event, else the
+ * last event of the plan (the !tool call, else the last regular event). */
+static uint64_t demo_run_state_frame(const struct demo_run *run)
+{
+    if (!run->dir.state_key[0])
+        return DEMO_NO_FRAME;
+    if (run->tail == DEMO_TAIL_AGGREGATED || run->tool)
+        return run->regular; /* a tool call follows no error frame */
+    return run->regular > 0 ? run->regular - 1 : DEMO_NO_FRAME;
+}
+
+/* Plans the frames: the echo word by word (streaming; after !think's
+ * thought) then the aggregated event, or !events events; an !error frame
+ * replaces the aggregated one; then the !tool call, unless !error. */
+static void demo_run_plan(struct demo_run *run, const struct buf *words, int streaming,
+                          uint64_t default_word_delay_ms)
 {
     struct buf echo = {0};
     buf_append_str(&echo, words->len ? "Echo: " : "Echo:");
     buf_append(&echo, words->data, words->len);
     run->echo = echo.data;
     run->echo_len = echo.len;
-    run->prompt_words = prompt_words;
-    run->echo_words = prompt_words + 1;
+    run->words_len = words->len;
+    /* Each word but the first starts with its space (the word-by-word split). */
+    run->echo_words = 1;
+    for (size_t i = 0; i < echo.len; i++)
+        run->echo_words += echo.data[i] == ' ';
+    run->prompt_words = run->echo_words - 1;
     if (run->dir.has_events) {
         run->regular = run->dir.events;
         run->tail = run->dir.error ? DEMO_TAIL_ERROR : DEMO_TAIL_NONE;
     } else {
-        run->regular = streaming ? run->echo_words : 0;
+        if (run->dir.think)
+            snprintf(run->thought, sizeof(run->thought), "thinking about %llu words",
+                     (unsigned long long)run->prompt_words);
+        run->thought_first = streaming && run->dir.think;
+        run->regular = streaming ? run->echo_words + run->thought_first : 0;
         run->tail = run->dir.error ? DEMO_TAIL_ERROR : DEMO_TAIL_AGGREGATED;
     }
+    run->tool = run->dir.tool[0] && !run->dir.error;
+    run->state_frame = demo_run_state_frame(run);
     uint64_t word_delay_ms = run->dir.has_word_delay ? run->dir.word_delay_ms
                                                      : default_word_delay_ms;
     run->interval_ns = run->dir.rate > 0 ? 1e9 / run->dir.rate : (double)word_delay_ms * 1e6;
 }
 
 void demo_run_start(struct demo *d, struct conn *c, struct demo_call *call,
-                    struct demo_directives *dir, const struct buf *words,
-                    uint64_t prompt_words, int streaming, int status_answer)
+                    struct demo_directives *dir, const struct buf *words, int streaming,
+                    int status_answer)
 {
     struct demo_run *run = xcalloc(1, sizeof(*run));
     run->demo = d;
@@ -452,7 +535,7 @@ void demo_run_start(struct demo *d, struct conn *c, struct demo_call *call,
     run->dir = *dir;
     dir->error = NULL;
     run->status_answer = status_answer;
-    demo_run_plan(run, words, prompt_words, streaming, d->word_delay_ms);
+    demo_run_plan(run, words, streaming, d->word_delay_ms);
     snprintf(run->invocation_id, sizeof(run->invocation_id), "e-%016llx",
              (unsigned long long)demo_rng_next(&d->rng));
     uv_timer_init(d->loop, &run->timer);

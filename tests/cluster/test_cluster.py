@@ -772,3 +772,45 @@ def test_store_metrics_are_exposed(t):
         expect(any('le="+Inf"' in k for k in m.get("runcast_store_command_seconds_bucket", {})),
                "runcast_store_command_seconds has no +Inf bucket on %s" % n.name)
     chk.verify()
+
+
+@test(timeout=40)
+def test_agui_run_on_one_node_resumes_on_another_with_the_same_messages(t):
+    """AG-UI (README "Use with an AG-UI frontend"): the answer of POST …/agui
+    on A is cut mid-run; GET …/agui/{thread} on B rebuilds the thread from
+    Redis and follows the run to its end; C, after the end, rebuilds the
+    same messages."""
+    import json
+    from harness import SseClient, TIME_SCALE
+    c = Cluster(t, 3)
+    A, B, C = c.nodes
+    words = " ".join("w%d" % i for i in range(15))
+    body = {"threadId": "ag", "runId": "client-1", "state": {}, "tools": [], "context": [],
+            "forwardedProps": {}, "messages": [{"id": "u1", "role": "user",
+                                                "content": words + " !word-delay=60ms"}]}
+    a = SseClient(t, A.port, "/apps/app/users/u/agui", method="POST",
+                  body=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+    a.wait_for(lambda evs: sum('"TEXT_MESSAGE_CONTENT"' in e.data for e in evs) >= 3,
+               10 * TIME_SCALE, "three content events on A")
+    opened = [e.json() for e in a.events if '"TEXT_MESSAGE_START"' in e.data][0]["messageId"]
+    a.close()
+    g = SseClient(t, B.port, "/apps/app/users/u/agui/ag")
+    g.wait_eof(20 * TIME_SCALE)
+    evs = [e.json() for e in g.events]
+    eq([e["type"] for e in evs[:3]], ["RUN_STARTED", "MESSAGES_SNAPSHOT", "TEXT_MESSAGE_START"],
+       "B's preamble")
+    eq(evs[0]["runId"], "client-1", "the client's runId")
+    eq(evs[2]["messageId"], opened, "the message A opened, re-opened on B")
+    eq(evs[-1]["type"], "RUN_FINISHED", "B follows the run to its end")
+    snap = evs[1]["messages"]
+    text = snap[1]["content"] + "".join(e["delta"] for e in evs[3:]
+                                        if e["type"] == "TEXT_MESSAGE_CONTENT")
+    eq(text, "Echo: " + words, "no text missing or repeated")
+    h = SseClient(t, C.port, "/apps/app/users/u/agui/ag")
+    h.wait_eof(20 * TIME_SCALE)
+    done = [e.json() for e in h.events]
+    eq(done[1]["messages"], [body["messages"][0],
+                             {"id": opened, "role": "assistant", "content": "Echo: " + words}],
+       "C's snapshot after the end")
+    r = harness.request(C.port, "GET", "/apps/app/users/u/agui/nothing-here")
+    eq(r.status, 204, "an unknown thread on C")

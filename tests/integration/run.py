@@ -99,4 +99,5 @@ if __name__ == "__main__":
     import test_drain  # noqa: E402,F401
     import test_proxy  # noqa: E402,F401
     import test_agui  # noqa: E402,F401
+    import test_demo  # noqa: E402,F401
     sys.exit(main(sys.argv[1:]))

@@ -62,6 +62,9 @@ static void a_message_without_directives_has_the_defaults(void)
     CHECK_EQ(dir.cut_after, -1);
     CHECK_STREQ(dir.ctype, "");
     CHECK_EQ(dir.forget, 0);
+    CHECK_STREQ(dir.tool, "");
+    CHECK_STREQ(dir.state_key, "");
+    CHECK_EQ(dir.think, 0);
     free(w);
     demo_directives_free(&dir);
 }
@@ -72,7 +75,7 @@ static void directives_are_removed_from_the_echo_and_applied(void)
     uint64_t n;
     char *w = parse("!word-delay=200ms hi !delay=2s !first=0.2 there !events=5 !bytes=100 "
                     "!rate=2.5 !hang !status=503x2 !retry-after=7 !error=boom !malformed "
-                    "!cut=3 !ctype=text/plain !forget you",
+                    "!cut=3 !ctype=text/plain !forget you !tool=get_weather-2 !state=note !think",
                     &dir, &n);
     CHECK_STREQ(w, "hi there you");
     CHECK_EQ(n, 3);
@@ -93,6 +96,9 @@ static void directives_are_removed_from_the_echo_and_applied(void)
     CHECK_EQ(dir.cut_after, 3);
     CHECK_STREQ(dir.ctype, "text/plain");
     CHECK_EQ(dir.forget, 1);
+    CHECK_STREQ(dir.tool, "get_weather-2");
+    CHECK_STREQ(dir.state_key, "note");
+    CHECK_EQ(dir.think, 1);
     free(w);
     demo_directives_free(&dir);
     CHECK(dir.error == NULL);
@@ -144,7 +150,7 @@ static void bad_values_and_unknown_names_are_dropped_and_ignored(void)
     char *w = parse("a !word-delay=fast !delay=-1 !first=2x !events=-1 !events=1e3 !bytes= "
                     "!rate=0 !rate=-1 !rate=inf !rate=nan !rate=2/s !cut=x !cut=-1 "
                     "!hang=1 !forget=yes !malformed=1 !retry-after !error !ctype "
-                    "!nope !nope=1 ! != b",
+                    "!tool !tool= !state !state= !think=1 !nope !nope=1 ! != b",
                     &dir, &n);
     CHECK_STREQ(w, "a b");
     CHECK_EQ(n, 2);
@@ -161,8 +167,47 @@ static void bad_values_and_unknown_names_are_dropped_and_ignored(void)
     CHECK_STREQ(dir.retry_after, "");
     CHECK(dir.error == NULL);
     CHECK_STREQ(dir.ctype, "");
+    CHECK_STREQ(dir.tool, "");
+    CHECK_STREQ(dir.state_key, "");
+    CHECK_EQ(dir.think, 0);
     free(w);
     demo_directives_free(&dir);
+}
+
+/* !tool and !state take 1 to 64 of [A-Za-z0-9_-]; anything else leaves
+ * the directive unset. */
+static void tool_and_state_names_are_1_to_64_letters_digits_underscores_dashes(void)
+{
+    static const char *bad[] = {"a.b", "a/b", "a:b", "\xc3\xa9t\xc3\xa9", "a=b", "{x}", "a!"};
+    struct demo_directives dir;
+    uint64_t n;
+    char text[200];
+    for (size_t i = 0; i < RC_ARRAY_SIZE(bad); i++) {
+        snprintf(text, sizeof(text), "!tool=%s !state=%s", bad[i], bad[i]);
+        char *w = parse(text, &dir, &n);
+        CHECK_STREQ(dir.tool, "");
+        CHECK_STREQ(dir.state_key, "");
+        CHECK_STREQ(w, "");
+        free(w);
+    }
+    char name[80];
+    memset(name, 'a', 65); /* one more than fits */
+    name[65] = '\0';
+    snprintf(text, sizeof(text), "!tool=%s !state=%s", name, name);
+    char *w = parse(text, &dir, &n);
+    CHECK_STREQ(dir.tool, "");
+    CHECK_STREQ(dir.state_key, "");
+    free(w);
+    name[64] = '\0'; /* exactly 64 */
+    snprintf(text, sizeof(text), "!tool=%s !state=%s", name, name);
+    w = parse(text, &dir, &n);
+    CHECK_EQ(strlen(dir.tool), 64);
+    CHECK_EQ(strlen(dir.state_key), 64);
+    free(w);
+    w = parse("!tool=AZaz09_- !state=x", &dir, &n);
+    CHECK_STREQ(dir.tool, "AZaz09_-");
+    CHECK_STREQ(dir.state_key, "x");
+    free(w);
 }
 
 static void bytes_is_capped_at_16_mib(void)
@@ -291,6 +336,7 @@ int main(void)
     RUN_TEST(cut_alone_is_after_one_frame_and_cut_0_after_the_head);
     RUN_TEST(status_takes_200_to_599_with_an_optional_count);
     RUN_TEST(bad_values_and_unknown_names_are_dropped_and_ignored);
+    RUN_TEST(tool_and_state_names_are_1_to_64_letters_digits_underscores_dashes);
     RUN_TEST(bytes_is_capped_at_16_mib);
     RUN_TEST(header_values_must_be_printable_ascii_that_fits);
     RUN_TEST(the_last_of_a_repeated_directive_wins);
