@@ -285,9 +285,7 @@ describe('AG-UI with the demo agent', () => {
       assert.equal(start.toolCallName, 'lookup');
       assert.equal(start.parentMessageId, undefined);
       assert.deepEqual([args.toolCallId, end.toolCallId], [callId, callId]);
-      const callArgs = JSON.parse(args.delta);
-      assert.deepEqual(Object.keys(callArgs), ['text']);
-      assert.equal(typeof callArgs.text, 'string');
+      assert.equal(args.delta, '{"text":"hello"}');  // the demo's call: args {text: <message>}
       assert.deepEqual(agent.messages, [
         user,
         { id: msg.id, role: 'assistant', content: 'Echo: hello' },
@@ -297,26 +295,21 @@ describe('AG-UI with the demo agent', () => {
       const answer = { id: randomUUID(), role: 'tool', toolCallId: callId, content: JSON.stringify({ answer: 42 }) };
       agent.addMessage(answer);
       const second = await run(agent);
-      const n = contents(second.events).length;
-      assert.ok(n >= 1);
-      assert.deepEqual(types(second.events), ['RUN_STARTED', 'TEXT_MESSAGE_START', ...repeat(n, 'TEXT_MESSAGE_CONTENT'),
+      assert.deepEqual(types(second.events), ['RUN_STARTED', 'TEXT_MESSAGE_START', ...repeat(4, 'TEXT_MESSAGE_CONTENT'),
         'TEXT_MESSAGE_END', 'RUN_FINISHED']);
+      // the demo echoes a functionResponse as `NAME returned <response>`
       const reply = textMessage(second.events);
-      assert.equal(reply.text, 'lookup returned {"answer":42}');
+      assert.deepEqual(reply.deltas, ['Echo:', ' lookup', ' returned', ' {"answer":42}']);
       assert.equal(agent.messages.length, 5);
       assert.deepEqual(agent.messages.slice(3), [answer, { id: reply.id, role: 'assistant', content: reply.text }]);
 
       // HttpAgent sent the whole history; the agent got only the new part:
-      // the first call's text, then a message without text (the
-      // functionResponse part only).
+      // a message with no text (/debug/calls shows text parts only) whose
+      // functionResponse it echoed, and no words (the first message again
+      // would have been echoed after it).
       assert.deepEqual(agent.sent[1].body.messages, agent.messages.slice(0, 4));
       const calls = await demoCalls(rc, 'tool-1');
       assert.deepEqual(calls.map((c) => c.text), ['hello !tool=lookup', '']);
-      if ('newMessage' in calls[1]) {
-        assert.deepEqual(calls[1].newMessage, {
-          role: 'user', parts: [{ functionResponse: { id: callId, name: 'lookup', response: { answer: 42 } } }],
-        });
-      }
     });
   });
 
@@ -327,12 +320,12 @@ describe('AG-UI with the demo agent', () => {
       const { events } = await run(agent);
       assert.deepEqual(types(events), ['RUN_STARTED', 'TEXT_MESSAGE_START', 'TEXT_MESSAGE_CONTENT', 'TEXT_MESSAGE_CONTENT',
         'TEXT_MESSAGE_END', 'STATE_DELTA', 'RUN_FINISHED']);
-      assert.deepEqual(ofType(events, 'STATE_DELTA')[0].delta, [{ op: 'add', path: '/note', value: 'Echo: hello' }]);
-      assert.deepEqual(agent.state, { x: 1, note: 'Echo: hello' });
+      // the demo's stateDelta is {KEY: <message>}
+      assert.deepEqual(ofType(events, 'STATE_DELTA')[0].delta, [{ op: 'add', path: '/note', value: 'hello' }]);
+      assert.deepEqual(agent.state, { x: 1, note: 'hello' });
+      // (the demo does not show the stateDelta it got: the ADK test below
+      // checks that the input state reaches the agent)
       assert.deepEqual(agent.sent[0].body.state, { x: 1 });
-      const calls = await demoCalls(rc, 'state-1');
-      assert.equal(calls.length, 1);
-      if ('stateDelta' in calls[0]) assert.deepEqual(calls[0].stateDelta, { x: 1 });
     });
   });
 
@@ -342,14 +335,13 @@ describe('AG-UI with the demo agent', () => {
       const agent = agentFor(rc, 'think-1', { initialMessages: [user] });
       const { events } = await run(agent);
       const t = types(events);
-      const r = ofType(events, 'REASONING_MESSAGE_CONTENT').length;
-      assert.ok(r >= 1, JSON.stringify(t));
-      assert.deepEqual(t, ['RUN_STARTED', 'REASONING_START', 'REASONING_MESSAGE_START', ...repeat(r, 'REASONING_MESSAGE_CONTENT'),
+      assert.deepEqual(t, ['RUN_STARTED', 'REASONING_START', 'REASONING_MESSAGE_START', 'REASONING_MESSAGE_CONTENT',
         'REASONING_MESSAGE_END', 'REASONING_END', 'TEXT_MESSAGE_START', 'TEXT_MESSAGE_CONTENT', 'TEXT_MESSAGE_CONTENT',
         'TEXT_MESSAGE_END', 'RUN_FINISHED']);
       const rs = ofType(events, 'REASONING_MESSAGE_START')[0];
       assert.equal(rs.role, 'reasoning');
       const thought = ofType(events, 'REASONING_MESSAGE_CONTENT').map((e) => e.delta).join('');
+      assert.equal(thought, 'thinking about 1 words');  // the demo's thought part
       const msg = textMessage(events);
       assert.equal(msg.text, 'Echo: hello');
       assert.notEqual(rs.messageId, msg.id);
