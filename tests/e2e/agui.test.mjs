@@ -1,5 +1,5 @@
 // agui.test.mjs: runcast's AG-UI endpoints (POST …/agui, GET …/agui/{threadId};
-// /work/agui-contract.md, DESIGN.md's "AG-UI") driven by the real
+// DESIGN.md's "AG-UI", README's "Use with an AG-UI frontend") driven by the real
 // @ag-ui/client 1.0.0: its HttpAgent's runAgent() through client/agui.mjs's
 // RuncastAgent, whose connectAgent() is the resume. The library verifies
 // every stream (verifyEvents: the first event, START before CONTENT/ARGS/END,
