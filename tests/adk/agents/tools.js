@@ -1,5 +1,6 @@
 /**
- * tools — offline agent with one FunctionTool, `add(a, b)`.
+ * tools — offline agent with one FunctionTool, `add(a, b)`, and one tool the
+ * client runs, `lookup(text)`.
  *
  * Drive it with a message containing numbers, e.g. "add 2 and 40"; the first
  * two integers in the text are a and b (defaults 2 and 3).
@@ -12,8 +13,16 @@
  * With streaming:true the wire carries: functionCall event, a usage-only
  * event (no content), functionResponse event, 3 partial text events, final
  * text event. With streaming:false: functionCall, functionResponse, final text.
+ *
+ * `lookup` is a LongRunningFunctionTool whose execute returns nothing, so ADK
+ * sends no functionResponse of its own and the run ends after the call: the
+ * client (an AG-UI frontend) answers it in the next run.
+ *   A message containing "lookup": one chunk with a `functionCall` part
+ *      {name:"lookup", args:{text: <the message>}} (ADK assigns the id).
+ *   A run whose message is a `functionResponse` for lookup: the text
+ *      `lookup returned <JSON of the response>`, streamed in 3 chunks.
  */
-import { FunctionTool, LlmAgent } from "@google/adk";
+import { FunctionTool, LlmAgent, LongRunningFunctionTool } from "@google/adk";
 import { geminiChunk, OfflineModel, textChunks, usageFor } from "../offline_model.js";
 
 const add = new FunctionTool({
@@ -30,6 +39,17 @@ const add = new FunctionTool({
   execute: ({ a, b }) => ({ result: Number(a) + Number(b) }),
 });
 
+const lookup = new LongRunningFunctionTool({
+  name: "lookup",
+  description: "Looks text up on the client; the client sends the answer.",
+  parameters: {
+    type: "OBJECT",
+    properties: { text: { type: "STRING", description: "what to look up" } },
+    required: ["text"],
+  },
+  execute: () => undefined,
+});
+
 function lastCallArgs(contents) {
   for (let i = contents.length - 1; i >= 0; i--) {
     for (const p of contents[i].parts ?? []) {
@@ -40,6 +60,21 @@ function lastCallArgs(contents) {
 }
 
 async function* toolsScript(turn) {
+  const answer = turn.functionResponses.find((r) => r.name === "lookup");
+  if (answer) {
+    yield* textChunks(turn, `lookup returned ${JSON.stringify(answer.response)}`, 3);
+    return;
+  }
+  if (turn.userText.includes("lookup")) {
+    // No usageMetadata: with it, ADK's stream aggregator adds a content-less
+    // usage event after the call, and ADK JS 2.0.0 then takes the step for
+    // an unfinished tool step and calls the model again, over and over.
+    yield geminiChunk({
+      parts: [{ functionCall: { name: "lookup", args: { text: turn.userText } } }],
+      finishReason: "STOP",
+    });
+    return;
+  }
   const fr = turn.functionResponses.find((r) => r.name === "add");
   if (fr) {
     const { a, b } = lastCallArgs(turn.contents);
@@ -61,5 +96,5 @@ export const rootAgent = new LlmAgent({
   name: "tools",
   description: "Offline agent that calls the add tool (runcast tests).",
   model: new OfflineModel({ script: toolsScript }),
-  tools: [add],
+  tools: [add, lookup],
 });
