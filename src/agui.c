@@ -987,7 +987,7 @@ static struct frame *resume_preamble(struct agui_tr *t)
     json_t *ev;
     json_array_foreach(events, i, ev) {
         char *text = json_dumps(ev, JSON_COMPACT);
-        buf_printf(&b, "id: snapshot-%s.%zu\ndata: %s\n\n", t->last_id, i + 1, text);
+        buf_printf(&b, "id: %s.%zu\ndata: %s\n\n", t->last_id, i + 1, text);
         free(text);
     }
     json_decref(events);
