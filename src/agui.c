@@ -530,17 +530,22 @@ static void agui_stream_free(struct agui_stream *a)
     free(a);
 }
 
-/* Appends the events of a->tr.out as SSE events (LF framing; ids made of
- * the log event's id and the event's place). */
-static void encode_out(struct agui_stream *a, struct buf *b, const struct frame_parts *fp)
+/* events as one frame of SSE events (LF framing: what AG-UI clients
+ * parse), with ids `<id>.<n>`: the log event they come from and their
+ * place among its events, so that ids increase within a stream. */
+static struct frame *encode_events(json_t *events, const char *id, size_t id_len)
 {
+    struct buf b = {0};
     size_t i;
     json_t *ev;
-    json_array_foreach(a->tr.out, i, ev) {
+    json_array_foreach(events, i, ev) {
         char *text = json_dumps(ev, JSON_COMPACT);
-        buf_printf(b, "id: %.*s.%zu\ndata: %s\n\n", (int)fp->id_len, fp->id, i + 1, text);
+        buf_printf(&b, "id: %.*s.%zu\ndata: %s\n\n", (int)id_len, id, i + 1, text);
         free(text);
     }
+    struct frame *f = frame_new(0, b.data, b.len);
+    buf_free(&b);
+    return f;
 }
 
 /* The hub view (hub.h): the log's frames as AG-UI events. A POST's stream
@@ -573,10 +578,7 @@ static struct frame *agui_view(void *arg, struct frame *f, int *end)
     tr_feed(&a->tr, &fp);
     if (json_array_size(a->tr.out) == 0)
         return NULL;
-    struct buf b = {0};
-    encode_out(a, &b, &fp);
-    struct frame *out = frame_new(0, b.data, b.len);
-    buf_free(&b);
+    struct frame *out = encode_events(a->tr.out, fp.id, fp.id_len);
     a->ended = a->tr.ended;
     *end = a->ended;
     return out;
@@ -982,17 +984,8 @@ static struct frame *resume_preamble(struct agui_tr *t)
     json_array_clear(t->out);
     if (t->ended)
         json_array_append(events, t->terminal);
-    struct buf b = {0};
-    size_t i;
-    json_t *ev;
-    json_array_foreach(events, i, ev) {
-        char *text = json_dumps(ev, JSON_COMPACT);
-        buf_printf(&b, "id: %s.%zu\ndata: %s\n\n", t->last_id, i + 1, text);
-        free(text);
-    }
+    struct frame *f = encode_events(events, t->last_id, strlen(t->last_id));
     json_decref(events);
-    struct frame *f = frame_new(0, b.data, b.len);
-    buf_free(&b);
     return f;
 }
 
