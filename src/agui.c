@@ -786,15 +786,25 @@ static json_t *custom_metadata(json_t *in)
     return json_pack("{s:o}", "agui", agui);
 }
 
+/* The thread's session once a store step ended with status; NULL after
+ * answering (the store is unavailable, or the session went away) and
+ * freeing a. */
+static struct session *agui_session(struct agui_stream *a, int status)
+{
+    struct session *s = session_find(a->p.app, a->p.user, a->p.session);
+    if (status >= 0 && s != NULL)
+        return s;
+    api_respond_refused_run(a->c, status < 0 ? status : -ENOENT);
+    agui_stream_free(a);
+    return NULL;
+}
+
 static void agui_follow(void *arg, int status)
 {
     struct agui_stream *a = arg;
-    struct session *s = session_find(a->p.app, a->p.user, a->p.session);
-    if (status < 0 || s == NULL) {
-        api_respond_refused_run(a->c, status < 0 ? status : -ENOENT);
-        agui_stream_free(a);
+    struct session *s = agui_session(a, status);
+    if (s == NULL)
         return;
-    }
     agui_stream_open(a, s);
 }
 
@@ -807,10 +817,7 @@ static void agui_registered(void *arg, int status)
     a->registered = 1;
     if (!a->begun)
         return; /* memory mode: agui_start_run follows once it has the run's id */
-    struct session *s = session_find(a->p.app, a->p.user, a->p.session);
-    if (status >= 0 && s && !store_ready(s->log, NULL, agui_follow, a))
-        return;
-    agui_follow(a, status);
+    api_when_placeable(&a->p, status, agui_follow, a);
 }
 
 /* Makes the run's input from the RunAgentInput and the thread's messages
@@ -864,12 +871,9 @@ static void agui_start_run(struct agui_stream *a, struct session *s, struct run_
 static void agui_thread_ready(void *arg, int status)
 {
     struct agui_stream *a = arg;
-    struct session *s = session_find(a->p.app, a->p.user, a->p.session);
-    if (status < 0 || s == NULL) {
-        api_respond_refused_run(a->c, status < 0 ? status : -ENOENT);
-        agui_stream_free(a);
+    struct session *s = agui_session(a, status);
+    if (s == NULL)
         return;
-    }
     struct agui_tr thread;
     struct run_input in;
     tr_init(&thread, a->p.session, 1);
@@ -940,14 +944,9 @@ static void agui_find_thread(struct agui_stream *a)
 
 void agui_handle_post(struct conn *c, const struct http_request *req, const struct route_params *p)
 {
-    json_error_t jerr;
-    json_t *input = json_loadb(req->body ? req->body : "", req->body_len, JSON_REJECT_DUPLICATES, &jerr);
-    if (input == NULL) {
-        char msg[256];
-        snprintf(msg, sizeof(msg), "invalid JSON body: %s", jerr.text);
-        conn_respond_error(c, 400, "invalid_json", msg, NULL);
+    json_t *input = api_json_body(c, req);
+    if (input == NULL)
         return;
-    }
     const char *why = input_problem(input);
     if (why) {
         respond_invalid(c, why);
@@ -992,12 +991,9 @@ static struct frame *resume_preamble(struct agui_tr *t)
 static void agui_resume_ready(void *arg, int status)
 {
     struct agui_stream *a = arg;
-    struct session *s = session_find(a->p.app, a->p.user, a->p.session);
-    if (status < 0 || s == NULL) {
-        api_respond_refused_run(a->c, status < 0 ? status : -ENOENT);
-        agui_stream_free(a);
+    struct session *s = agui_session(a, status);
+    if (s == NULL)
         return;
-    }
     json_decref(a->tr.messages);
     a->tr.messages = json_array();
     a->snapshot_seq = tr_feed_log(&a->tr, s->log);

@@ -139,6 +139,18 @@ static int body_is_json(struct conn *c, const struct http_request *req)
     return 0;
 }
 
+json_t *api_json_body(struct conn *c, const struct http_request *req)
+{
+    json_error_t jerr;
+    json_t *body = json_loadb(req->body ? req->body : "", req->body_len, JSON_REJECT_DUPLICATES, &jerr);
+    if (body == NULL) {
+        char msg[256];
+        snprintf(msg, sizeof(msg), "invalid JSON body: %s", jerr.text);
+        conn_respond_error(c, 400, "invalid_json", msg, NULL);
+    }
+    return body;
+}
+
 /* Checks a POST …/run body (already parsed JSON) and maps it to the ADK
  * request's parts. Returns the new message (a new reference) and sets
  * *state_delta (a new reference, or NULL) and *streaming (default 1); or
@@ -168,6 +180,14 @@ static json_t *run_request_from_body(json_t *body, json_t **state_delta, int *st
     if (message && json_is_object(delta))
         *state_delta = json_incref(delta);
     return message;
+}
+
+void api_when_placeable(const struct route_params *p, int status, store_done_cb follow, void *arg)
+{
+    struct session *s = session_find(p->app, p->user, p->session);
+    if (status >= 0 && s && !store_ready(s->log, NULL, follow, arg))
+        return;
+    follow(arg, status);
 }
 
 void api_respond_refused_run(struct conn *c, int status)
@@ -254,16 +274,9 @@ struct session *api_stream_session(struct conn *c, const struct route_params *p)
 static void handle_post_run(struct conn *c, const struct http_request *req,
                             const struct route_params *p)
 {
-    if (refuse_if_draining(c) || !body_is_json(c, req))
+    json_t *body;
+    if (refuse_if_draining(c) || !body_is_json(c, req) || (body = api_json_body(c, req)) == NULL)
         return;
-    json_error_t jerr;
-    json_t *body = json_loadb(req->body ? req->body : "", req->body_len, JSON_REJECT_DUPLICATES, &jerr);
-    if (body == NULL) {
-        char msg[256];
-        snprintf(msg, sizeof(msg), "invalid JSON body: %s", jerr.text);
-        conn_respond_error(c, 400, "invalid_json", msg, NULL);
-        return;
-    }
     const char *why = NULL;
     json_t *state_delta;
     int stream;

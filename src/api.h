@@ -31,9 +31,17 @@ struct json_t *api_new_message(struct json_t *body, const char **why);
  * be none (draining, the store down, a session cap) answers the request
  * (503 or 429) and returns NULL. */
 struct session *api_run_session(struct conn *c, const struct route_params *p);
+/* The request's body as JSON (a new reference), or NULL after answering
+ * 400 invalid_json. */
+struct json_t *api_json_body(struct conn *c, const struct http_request *req);
 /* The session a stream of p goes to, created on first use (GET …/run's
  * rule); NULL after answering 503 or 429 when there can be none. */
 struct session *api_stream_session(struct conn *c, const struct route_params *p);
+/* Calls follow(arg, status) once the log of session p can place
+ * subscribers (a Redis copy may be loading; store_ready()), or at once
+ * when status < 0 or the session is gone (follow finds that out). */
+void api_when_placeable(const struct route_params *p, int status,
+                        void (*follow)(void *arg, int status), void *arg);
 /* Answers a request whose run the store refused to register (a negative
  * status of store_done_cb): 429 for -EDQUOT, else 503. */
 void api_respond_refused_run(struct conn *c, int status);

@@ -292,10 +292,7 @@ static void dropin_registered(void *arg, int status)
     d->registered = 1;
     if (!d->begun)
         return; /* memory mode: dropin_handle_request follows once it has the run's id */
-    struct session *s = session_find(d->p.app, d->p.user, d->p.session);
-    if (status >= 0 && s && !store_ready(s->log, NULL, dropin_follow, d))
-        return;
-    dropin_follow(d, status);
+    api_when_placeable(&d->p, status, dropin_follow, d);
 }
 
 /* ---- the request body: ADK's RunAgentRequest ----------------------------- */
