@@ -374,34 +374,30 @@ static void end_run(struct agui_tr *t, const char *type, json_t *data)
         json_object_set(runcast, "events", json_object_get(data, "events"));
         ev = run_event(t, "RUN_FINISHED", runcast);
     } else {
-        char message[512];
+        json_t *message;
         const char *code = what, *key = NULL;
         if (strcmp(what, "failed") == 0) {
-            json_t *c = json_object_get(data, "code");
+            json_t *c = json_object_get(data, "code"), *m = json_object_get(data, "message");
             code = json_is_string(c) ? json_string_value(c) : "failed";
-            const char *m = json_string_value(json_object_get(data, "message"));
-            snprintf(message, sizeof(message), "%s", m ? m : "the run failed");
+            message = json_is_string(m) ? json_incref(m) : json_string("the run failed");
             json_object_set(runcast, "detail", json_object_get(data, "detail"));
             json_object_set(runcast, "status", json_object_get(data, "status"));
         } else if (strcmp(what, "superseded") == 0) {
             key = "by";
-            snprintf(message, sizeof(message), "the run was superseded by run %s",
-                     str_of(json_object_get(data, key)));
+            message = json_sprintf("the run was superseded by run %s", str_of(json_object_get(data, key)));
         } else if (strcmp(what, "cancelled") == 0) {
             key = "reason";
-            snprintf(message, sizeof(message), "the run was cancelled (%s)",
-                     str_of(json_object_get(data, key)));
+            message = json_sprintf("the run was cancelled (%s)", str_of(json_object_get(data, key)));
         } else {
             key = "phase";
-            snprintf(message, sizeof(message), "the run timed out (%s)",
-                     str_of(json_object_get(data, key)));
+            message = json_sprintf("the run timed out (%s)", str_of(json_object_get(data, key)));
         }
         if (key)
             json_object_set(runcast, key, json_object_get(data, key));
         ev = run_event(t, "RUN_ERROR", runcast);
         json_object_del(ev, "threadId"); /* RUN_ERROR names no run */
         json_object_del(ev, "runId");
-        json_object_set_new(ev, "message", json_string(message));
+        json_object_set_new(ev, "message", message ? message : json_string("the run ended"));
         json_object_set_new(ev, "code", json_string(code));
     }
     json_decref(t->terminal);
