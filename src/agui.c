@@ -97,19 +97,22 @@ static json_t *message_find(json_t *messages, const char *id)
     return NULL;
 }
 
-/* The index of the assistant message of messages carrying tool call id,
- * or -1. */
-static long message_with_call(json_t *messages, const char *id)
+/* The tool call with this id among messages' tool calls (and in *at the
+ * index of the message carrying it), or NULL. */
+static json_t *call_find(json_t *messages, const char *id, size_t *at)
 {
     size_t i, j;
     json_t *m, *call;
     json_array_foreach(messages, i, m) {
         json_array_foreach(json_object_get(m, "toolCalls"), j, call) {
-            if (str_is(json_object_get(call, "id"), id))
-                return (long)i;
+            if (str_is(json_object_get(call, "id"), id)) {
+                if (at)
+                    *at = i;
+                return call;
+            }
         }
     }
-    return -1;
+    return NULL;
 }
 
 static void append_to_string(json_t *o, const char *key, json_t *delta)
@@ -140,31 +143,27 @@ static void messages_apply(json_t *messages, json_t *ev)
         if (m)
             append_to_string(m, "content", delta);
     } else if (strcmp(type, "TOOL_CALL_START") == 0) {
-        if (message_with_call(messages, call) < 0) /* no parentMessageId: a message of its own */
+        if (call_find(messages, call, NULL) == NULL) /* no parentMessageId: a message of its own */
             json_array_append_new(
                 messages, json_pack("{s:s, s:s, s:[{s:s, s:s, s:{s:O, s:s}}]}", "id", call, "role",
                                     "assistant", "toolCalls", "id", call, "type", "function",
                                     "function", "name", json_object_get(ev, "toolCallName"),
                                     "arguments", ""));
     } else if (strcmp(type, "TOOL_CALL_ARGS") == 0) {
-        long i = message_with_call(messages, call);
-        size_t j;
-        json_t *c;
-        json_array_foreach(json_object_get(json_array_get(messages, (size_t)i), "toolCalls"), j, c) {
-            if (str_is(json_object_get(c, "id"), call))
-                append_to_string(json_object_get(c, "function"), "arguments", delta);
-        }
+        json_t *c = call_find(messages, call, NULL);
+        if (c)
+            append_to_string(json_object_get(c, "function"), "arguments", delta);
     } else if (strcmp(type, "TOOL_CALL_RESULT") == 0) {
         /* After the assistant message carrying the call and the tool
          * results that follow it, else at the end. */
         json_t *m = json_pack("{s:s, s:s, s:s, s:O}", "id", id, "toolCallId", call, "role", "tool",
                               "content", json_object_get(ev, "content"));
-        long i = message_with_call(messages, call);
-        if (i < 0) {
+        size_t at;
+        if (call_find(messages, call, &at) == NULL) {
             json_array_append_new(messages, m);
             return;
         }
-        size_t at = (size_t)i + 1;
+        at++;
         while (at < json_array_size(messages) &&
                str_is(json_object_get(json_array_get(messages, at), "role"), "tool"))
             at++;
@@ -667,18 +666,11 @@ static const char *input_problem(json_t *in)
     return NULL;
 }
 
-/* The name of tool call id among messages' assistant tool calls, or NULL. */
+/* The name of tool call id among messages' tool calls, or NULL. */
 static const char *call_name(json_t *messages, const char *id)
 {
-    long i = message_with_call(messages, id);
-    size_t j;
-    json_t *c;
-    json_array_foreach(json_object_get(json_array_get(messages, (size_t)(i < 0 ? 0 : i)), "toolCalls"),
-                       j, c) {
-        if (i >= 0 && str_is(json_object_get(c, "id"), id))
-            return json_string_value(json_object_get(json_object_get(c, "function"), "name"));
-    }
-    return NULL;
+    json_t *call = call_find(messages, id, NULL);
+    return json_string_value(json_object_get(json_object_get(call, "function"), "name"));
 }
 
 /* A message's content as text: a string, or the text parts of an array
