@@ -161,6 +161,15 @@ static json_t *preamble_events(struct agui_tr *t)
     return events;
 }
 
+/* Feeds one frame to t (its events, if any, in t->out). */
+static void feed(struct agui_tr *t, struct frame *f)
+{
+    struct frame_parts fp;
+    json_array_clear(t->out);
+    if (frame_parse(f, &fp) == 0)
+        tr_feed(t, &fp);
+}
+
 static void check_resumes(struct frame **frames, size_t n)
 {
     json_t *snapshots[MAX_FRAMES + 1];
@@ -168,9 +177,7 @@ static void check_resumes(struct frame **frames, size_t n)
     tr_init(&full, "th", 1);
     snapshots[0] = json_array();
     for (size_t j = 0; j < n; j++) {
-        struct frame_parts fp;
-        if (frame_parse(frames[j], &fp) == 0)
-            tr_feed(&full, &fp);
+        feed(&full, frames[j]);
         snapshots[j + 1] = json_deep_copy(full.messages);
     }
     check_messages(full.messages);
@@ -178,11 +185,8 @@ static void check_resumes(struct frame **frames, size_t n)
     for (size_t k = 0; k <= n; k++) {
         struct agui_tr t;
         tr_init(&t, "th", 1);
-        for (size_t j = 0; j < k; j++) {
-            struct frame_parts fp;
-            if (frame_parse(frames[j], &fp) == 0)
-                tr_feed(&t, &fp);
-        }
+        for (size_t j = 0; j < k; j++)
+            feed(&t, frames[j]);
         if (!t.in_run) {
             tr_free(&t);
             continue; /* 204 */
@@ -191,10 +195,7 @@ static void check_resumes(struct frame **frames, size_t n)
         json_t *held = json_deep_copy(t.messages);
         size_t stop = k;
         while (!t.ended && stop < n) {
-            struct frame_parts fp;
-            if (frame_parse(frames[stop++], &fp) < 0)
-                continue;
-            tr_feed(&t, &fp);
+            feed(&t, frames[stop++]);
             size_t i;
             json_t *ev;
             json_array_foreach(t.out, i, ev) {
@@ -219,11 +220,8 @@ static void check_input(json_t *input, struct frame **frames, size_t n)
         return;
     struct agui_tr t;
     tr_init(&t, "th", 1);
-    for (size_t j = 0; j < n; j++) {
-        struct frame_parts fp;
-        if (frame_parse(frames[j], &fp) == 0)
-            tr_feed(&t, &fp);
-    }
+    for (size_t j = 0; j < n; j++)
+        feed(&t, frames[j]);
     json_t *messages = json_object_get(input, "messages");
     json_t *fresh = fresh_messages(messages, t.messages);
     const char *why = NULL;
