@@ -13,7 +13,8 @@
  * In HANDSHAKE and UP the timer is the deadline of the oldest command in
  * flight (COMMANDS: Redis answers in order, so all deadlines are met when the
  * oldest one is) or of the subscribes not yet confirmed (PUBSUB). A passed
- * deadline drops the connection: hiredis 0.14 has no timeouts of its own.
+ * deadline drops the connection, after the loop has read the socket once
+ * more (see conn_timer_cb): hiredis 0.14 has no timeouts of its own.
  *
  * hiredis on the loop. hiredis 0.14's own libuv adapter (<hiredis/adapters/
  * libuv.h>) returns early on a poll error status, and libuv reports POLLERR
@@ -62,6 +63,7 @@ struct redis_conn {
     unsigned failures;     /* attempts since it was last UP: the backoff exponent */
     int handshake_left;    /* handshake replies still to come */
     int drop_err;          /* what commands lost with ac fail with */
+    int looked_again;      /* a deadline passed; the loop reads the socket once more before we drop */
 };
 
 struct redis_script {
@@ -423,9 +425,7 @@ static void conn_timer_cb(uv_timer_t *timer)
         conn_connect(conn);
         return;
     case CONN_CONNECTING:
-        r->stats.timeouts++;
-        conn_drop(conn, -ETIMEDOUT);
-        return;
+        break;
     case CONN_HANDSHAKE:
     case CONN_UP:
         if (conn->kind == CONN_COMMANDS) {
@@ -437,10 +437,19 @@ static void conn_timer_cb(uv_timer_t *timer)
                 return;
             }
         }
-        r->stats.timeouts++;
-        conn_drop(conn, -ETIMEDOUT);
+        break;
+    }
+    /* A passed deadline. Timers run before I/O in a loop iteration, so after
+     * the whole process stalled (SIGSTOP, a paused VM) the answer may be in
+     * the socket unread: the poll of this iteration looks first, and only a
+     * deadline still passed 1 ms later drops the connection. */
+    if (!conn->looked_again) {
+        conn->looked_again = 1;
+        uv_timer_start(&conn->timer, conn_timer_cb, 1, 0);
         return;
     }
+    r->stats.timeouts++;
+    conn_drop(conn, -ETIMEDOUT);
 }
 
 /* Arms the timer for the oldest command in flight (COMMANDS) or for the
@@ -449,6 +458,7 @@ static void conn_timer_cb(uv_timer_t *timer)
 static void conn_arm_deadline(struct redis_conn *conn)
 {
     struct redis *r = conn->r;
+    conn->looked_again = 0;
     if (conn->state != CONN_HANDSHAKE && conn->state != CONN_UP)
         return;
     if (conn->kind == CONN_PUBSUB) {
@@ -704,6 +714,7 @@ static void conn_connect(struct redis_conn *conn)
      * first write event, which is how hiredis sees the connect finish. */
     redisAsyncSetConnectCallback(ac, on_connect);
     redisAsyncSetDisconnectCallback(ac, on_disconnect);
+    conn->looked_again = 0;
     uv_timer_start(&conn->timer, conn_timer_cb, r->cfg.connect_timeout_ms, 0);
 }
 

@@ -394,6 +394,42 @@ def test_sigstopped_owner_past_its_lease_is_fenced_after_sigcont(t):
 
 
 @test(timeout=45)
+def test_node_stalled_with_its_answers_waiting_keeps_its_store_connection(t):
+    """A whole process stalls (SIGSTOP, a paused VM) with appends in flight,
+    and their answers arrive while it sleeps. On waking, the command deadline
+    has passed, but the answers are in the socket: the node reads them
+    instead of dropping the connection, and serves at once. (libuv runs
+    timers before I/O, and epoll_wait returns EINTR after SIGCONT.)"""
+    c = Cluster(t, 2)
+    A, B = c.nodes
+    chk = Checker(t)
+    sb = chk.sub(B, "s", label="sub@n2")
+    r = chk.post(A, "s", "stall !events=400 !rate=50")["run_id"]
+    sb.wait_agent_events(3, 5)
+    reconnects = metric(A.metrics(), "runcast_store_reconnects_total")
+    redis_pid = c.redis.proc.pid
+    os.kill(redis_pid, signal.SIGSTOP)
+    t.closers.insert(0, lambda: os.kill(redis_pid, signal.SIGCONT))
+    seen = metric(A.metrics(), "runcast_events_total")
+    # Two more events read from the upstream: the first one's append is sent, unanswered.
+    wait_until(lambda: metric(A.metrics(), "runcast_events_total") >= seen + 2, 3,
+               "A reads events while Redis sleeps")
+    A.freeze()
+    os.kill(redis_pid, signal.SIGCONT)   # Redis answers A, whose socket keeps the answers
+    # Stalled past the store's command deadline (the larger of the lease and 2 s).
+    time.sleep(max(c.lease_s, 2.0) + 0.5)
+    A.thaw()
+    eq(A.readyz(), (200, {"status": "ready"}), "/readyz on the woken node")
+    eq(status_of(A, "s")["run_id"], r, "task-status on the woken node, asked at once")
+    eq(metric(A.metrics(), "runcast_store_reconnects_total"), reconnects,
+       "runcast_store_reconnects_total on the woken node (before the stall, after)")
+    # Stalled past its lease too: B reaped the run, and A is fenced.
+    typ, d = terminal(sb, r, 5)
+    eq((typ, d.get("code")), ("run.failed", "node_lost"), "sub@n2: the stalled owner's run")
+    chk.verify()
+
+
+@test(timeout=45)
 def test_woken_owner_cannot_write_into_the_run_that_replaced_its_own(t):
     """The frozen owner's run is reaped and a new run of the same session
     starts on another node; when the owner wakes up, its late appends are
