@@ -81,7 +81,14 @@ int store_is_shared(void)
 
 void store_format_id(char *out, size_t size, uint32_t incarnation, uint64_t seq)
 {
-    snprintf(out, size, "%08" PRIx32 "-%" PRIu64, incarnation, seq);
+    if (size < STORE_ID_MAX) {
+        snprintf(out, size, "%08" PRIx32 "-%" PRIu64, incarnation, seq);
+        return;
+    }
+    size_t n = fmt_hex32(out, incarnation);
+    out[n++] = '-';
+    n += fmt_u64(out + n, seq);
+    out[n] = '\0';
 }
 
 int store_parse_id(const char *id, uint32_t *incarnation, uint64_t *seq)

@@ -227,7 +227,10 @@ static inline void store_meta(const struct store_log *log, struct store_meta *ou
 
 /* ---- ids and positions (the same for every store) --------------------------- */
 
-/* Writes the id of (incarnation, seq) into out (size >= 32). */
+/* The longest id with its NUL: 8 hex digits, '-', 20 digits. */
+#define STORE_ID_MAX 30
+/* Writes the id of (incarnation, seq) into out (size >= STORE_ID_MAX;
+ * a smaller buffer gets it cut). */
 void store_format_id(char *out, size_t size, uint32_t incarnation, uint64_t seq);
 /* Parses "<8 hex digits>-<seq>" as store_format_id() makes it. Returns 0,
  * or -EINVAL for anything a store cannot have made. */

@@ -165,15 +165,26 @@ static void stop_check(void);
 
 /* ---- small helpers ------------------------------------------------------ */
 
+/* Copies text[0..n) into out[size] as a string, cut to fit. */
+static void copy_text(char *out, size_t size, const char *text, size_t n)
+{
+    if (n >= size)
+        n = size - 1;
+    memcpy(out, text, n);
+    out[n] = '\0';
+}
+
 static char *u64_text(char *out, size_t size, uint64_t v)
 {
-    snprintf(out, size, "%" PRIu64, v);
+    char digits[20];
+    copy_text(out, size, digits, fmt_u64(digits, v));
     return out;
 }
 
 static void epoch_text(char *out, size_t size, uint32_t epoch)
 {
-    snprintf(out, size, "%08" PRIx32, epoch);
+    char digits[8];
+    copy_text(out, size, digits, fmt_hex32(digits, epoch));
 }
 
 /* A random non-zero 32-bit epoch: xorshift64 seeded once from the kernel
@@ -688,8 +699,9 @@ static struct write *write_new(struct redis_log *l, enum write_kind kind, const 
     memset(w, 0, sizeof(*w));
     w->log = l;
     w->kind = kind;
-    snprintf(w->run_id, sizeof(w->run_id), "%s", run_id ? run_id : "");
-    snprintf(w->event, sizeof(w->event), "%s", event);
+    run_id = run_id ? run_id : "";
+    copy_text(w->run_id, sizeof(w->run_id), run_id, strlen(run_id));
+    copy_text(w->event, sizeof(w->event), event, strlen(event));
     w->argc = argc;
     w->argv = (const char **)(w + 1);
     char *text = (char *)(w->argv + argc);

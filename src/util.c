@@ -154,6 +154,27 @@ int hex_digit_value(unsigned char ch)
     return -1;
 }
 
+size_t fmt_u64(char *out, uint64_t v)
+{
+    char digits[20];
+    size_t n = 0;
+    do {
+        digits[n++] = (char)('0' + v % 10);
+        v /= 10;
+    } while (v != 0);
+    for (size_t i = 0; i < n; i++)
+        out[i] = digits[n - 1 - i];
+    return n;
+}
+
+size_t fmt_hex32(char *out, uint32_t v)
+{
+    static const char hex[] = "0123456789abcdef";
+    for (int i = 7; i >= 0; i--, v >>= 4)
+        out[i] = hex[v & 15];
+    return 8;
+}
+
 int str_is_path_param(const char *s, size_t len)
 {
     if (len < 1 || len > 128)

@@ -314,6 +314,48 @@ static void set_get_round_trip(void)
     test_end();
 }
 
+/* Arguments with NUL and CR LF bytes, an empty one, and more than the 32
+ * lengths resp_format keeps on its stack: what Redis stores is exactly
+ * what was sent. */
+static void argv_commands_carry_any_bytes_and_any_count(void)
+{
+    test_begin();
+    fixture_open();
+    CHECK(wait_for(&fx.ups, 1, WAIT_MS));
+    const char *set_argv[] = {"SET", "bin", "a\0b\r\n$3\r\n"};
+    const size_t set_len[] = {3, 3, 10};
+    struct result set = {0};
+    redis_command_argv(fx.r, on_result, &set, 3, set_argv, set_len);
+    CHECK(wait_for(&set.calls, 1, WAIT_MS));
+    CHECK_STREQ(set.str, "OK");
+    const char *strlen_argv[] = {"STRLEN", "bin"};
+    struct result n = {0};
+    redis_command_argv(fx.r, on_result, &n, 2, strlen_argv, NULL);
+    CHECK(wait_for(&n.calls, 1, WAIT_MS));
+    CHECK_EQ(n.integer, 10);
+    const char *push[2 + 40];
+    char items[40][8];
+    push[0] = "RPUSH";
+    push[1] = "list";
+    for (int i = 0; i < 40; i++) {
+        snprintf(items[i], sizeof(items[i]), i == 7 ? "" : "i%d", i);
+        push[2 + i] = items[i];
+    }
+    struct result pushed = {0};
+    redis_command_argv(fx.r, on_result, &pushed, 42, push, NULL);
+    CHECK(wait_for(&pushed.calls, 1, WAIT_MS));
+    CHECK_EQ(pushed.integer, 40);
+    struct result last = command_sync("LINDEX %s %s", "list", "39");
+    CHECK_STREQ(last.str, "i39");
+    struct result empty = command_sync("STRLEN %s", "nothing", NULL);
+    CHECK_EQ(empty.integer, 0);
+    struct result seventh = command_sync("LINDEX %s %s", "list", "7");
+    CHECK_EQ(seventh.type, REDIS_REPLY_STRING);
+    CHECK_STREQ(seventh.str, "");
+    fixture_close();
+    test_end();
+}
+
 static void stopped_server_times_out_then_reconnects(void)
 {
     test_begin();
@@ -621,6 +663,7 @@ int main(void)
     RUN_TEST(connect_reports_up_once_with_run_id);
     RUN_TEST(refused_connect_retries_until_server_starts);
     RUN_TEST(set_get_round_trip);
+    RUN_TEST(argv_commands_carry_any_bytes_and_any_count);
     RUN_TEST(stopped_server_times_out_then_reconnects);
     RUN_TEST(killed_server_goes_down_and_restart_brings_new_run_id);
     RUN_TEST(evalsha_survives_script_flush);

@@ -1,7 +1,11 @@
 /* test_util.c: common.h's helpers: str_list_next (the one comma-separated
- * list scanner, used for HTTP token lists and If-None-Match), and the
- * console's ETag matching built on it. */
+ * list scanner, used for HTTP token lists and If-None-Match), the
+ * console's ETag matching built on it, and the number formatters. */
 #include "../../src/console.c"
+
+#include <inttypes.h>
+
+#include "../../src/store.h"
 
 #include "test.h"
 
@@ -20,6 +24,29 @@ static int collect(const char *list, char *out, size_t out_size)
     }
     CHECK_EQ(pos, strlen(list)); /* the cursor ends at the end */
     return n;
+}
+
+static void numbers_format_like_printf(void)
+{
+    static const uint64_t values[] = {0, 7, 9, 10, 99, 100, 4294967295u, 18446744073709551615u};
+    char got[32], want[32];
+    for (size_t i = 0; i < sizeof(values) / sizeof(values[0]); i++) {
+        got[fmt_u64(got, values[i])] = '\0';
+        snprintf(want, sizeof(want), "%" PRIu64, values[i]);
+        CHECK_STREQ(got, want);
+        CHECK_EQ(fmt_hex32(got, (uint32_t)values[i]), 8);
+        got[8] = '\0';
+        snprintf(want, sizeof(want), "%08" PRIx32, (uint32_t)values[i]);
+        CHECK_STREQ(got, want);
+    }
+    char id[STORE_ID_MAX];
+    store_format_id(id, sizeof(id), 0xdeadbeef, 18446744073709551615u);
+    CHECK_STREQ(id, "deadbeef-18446744073709551615");
+    store_format_id(id, sizeof(id), 0, 0);
+    CHECK_STREQ(id, "00000000-0");
+    char small[12];
+    store_format_id(small, sizeof(small), 1, 123456);
+    CHECK_STREQ(small, "00000001-12"); /* cut, as snprintf cuts */
 }
 
 static void list_elements_lose_blanks_and_empty_ones(void)
@@ -99,6 +126,7 @@ static void if_none_match_compares_weakly(void)
 
 int main(void)
 {
+    RUN_TEST(numbers_format_like_printf);
     RUN_TEST(list_elements_lose_blanks_and_empty_ones);
     RUN_TEST(empty_and_blank_lists_have_no_element);
     RUN_TEST(quoted_commas_do_not_split);
