@@ -1,5 +1,5 @@
 # runcast: plain make + pkg-config. `make run`, `make test`, `make asan`.
-PKGS      := libuv libcurl jansson libjwt libcrypto hiredis
+PKGS      := libuv libcurl jansson libjwt libcrypto hiredis liburing
 BUILD     ?= build
 CC        ?= cc
 OPT       ?= -O2
