@@ -1,5 +1,5 @@
 # runcast: plain make + pkg-config. `make run`, `make test`, `make asan`.
-PKGS      := libuv libcurl jansson libjwt libcrypto hiredis
+PKGS      := libuv libcurl jansson libjwt libcrypto hiredis liburing
 BUILD     ?= build
 CC        ?= cc
 OPT       ?= -O2
@@ -121,6 +121,14 @@ test-redis-mode: $(BUILD)/runcast
 
 unit: all
 	@RUNCAST_BIN=$(BUILD)/runcast UNIT_BINS="$(UNIT_BIN)" scripts/run-tests --unit-only
+
+# The stream tests of the integration suite again on the sendmsg fallback
+# (RUNCAST_IO_URING=0), so CI covers both send paths (README, Decisions);
+# test_server's unit tests run each send-batch case on both by themselves.
+STREAM_TESTS = $(shell sed -n 's/^def \(test_[a-z0-9_]*\).*/\1/p' tests/integration/test_streams.py)
+.PHONY: test-sendmsg
+test-sendmsg: $(BUILD)/runcast
+	@RUNCAST_IO_URING=0 RUNCAST_BIN=$(BUILD)/runcast timeout -k 5 600 python3 tests/integration/run.py $(STREAM_TESTS)
 
 # The whole suite, then the cluster fault tests, on an ASan/UBSan build.
 asan:

@@ -486,11 +486,15 @@ static void flush_dirty(void)
         batch.prev->next = &batch;
         list_init(&dirty_subscribers);
     }
+    if (config.flush_begin)
+        config.flush_begin();
     while (!list_empty(&batch)) {
         struct subscriber *s = container_of(batch.next, struct subscriber, dirty_link);
         list_remove(&s->dirty_link);
         subscriber_flush(s); /* may free s, which is unlinked already */
     }
+    if (config.flush_end)
+        config.flush_end(); /* completions: hub_write_done() for each send */
 }
 
 /* The check handle runs right after the loop polled for I/O, so events read

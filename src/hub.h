@@ -30,6 +30,12 @@ struct hub_config {
     uint64_t heartbeat_ms;    /* no stream stays silent longer (0: no keepalives) */
     uint64_t retry_ms;        /* the stream's opening "retry:" line (part of the first block) */
     int max_subscribers;      /* over this, hub_subscribe() fails with -ENOSPC */
+    /* Called around each flush of the subscribers that got frames (NULL:
+     * none), so the transports can hand the flush's sends to the kernel
+     * together (conn_send_batch_begin/end). A send inside returns 0 and
+     * completes through hub_write_done() at the end. */
+    void (*flush_begin)(void);
+    void (*flush_end)(void);
 };
 
 /* Why subscribers left, for metrics (runcast_subscribers_dropped_total{reason}). */

@@ -286,8 +286,11 @@ int main(int argc, char **argv)
         .heartbeat_ms = cfg.heartbeat_ms,
         .retry_ms = cfg.sse_retry_ms,
         .max_subscribers = cfg.max_subscribers,
+        .flush_begin = conn_send_batch_begin,
+        .flush_end = conn_send_batch_end,
     };
     hub_init(loop, &hc);
+    conn_send_batch_init();
     dropin_configure(cfg.subscriber_buffer);
     struct limiter_config lc = {
         .max_concurrent = cfg.max_concurrent_runs,
@@ -343,12 +346,14 @@ int main(int argc, char **argv)
              cfg.listen_host, server_port(server));
     log_event(LOG_INFO, "listening", "address", address, "upstream",
               strcmp(cfg.upstream, "demo") == 0 ? "demo" : upstream, "auth", cfg.auth, "store",
-              shared_store ? "redis" : "memory", "node", shared_store ? cfg.node_id : "-", NULL);
+              shared_store ? "redis" : "memory", "node", shared_store ? cfg.node_id : "-",
+              "sends", conn_send_path(), NULL);
 
     uv_run(loop, UV_RUN_DEFAULT);
     if (demo_running)
         demo_stop_thread();
     rc = uv_loop_close(loop);
+    conn_send_batch_close();
     auth_shutdown();
     quota_shutdown(); /* after the loop: every stream has left its user's count */
     log_event(LOG_INFO, "shutdown.done", NULL);

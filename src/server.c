@@ -44,13 +44,16 @@
 #include "server.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <fcntl.h>
 #include <jansson.h>
+#include <liburing.h>
 #include <limits.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -162,6 +165,7 @@ struct conn {
     unsigned linger : 1;
     unsigned eof : 1;
     unsigned shutdown_done : 1;
+    struct batched_send *batched; /* its send waiting in the send batch, or NULL */
 };
 
 /* One uv_write: the request, who to tell, and the bytes it owns (response,
@@ -187,6 +191,8 @@ static uint64_t conn_queue_size(const struct conn *c)
 {
     return uv_stream_get_write_queue_size((const uv_stream_t *)&c->tcp);
 }
+
+static void batch_send_now(struct conn *c);
 
 static void conn_on_timer(uv_timer_t *timer);
 
@@ -680,6 +686,8 @@ static void conn_notify_close(struct conn *c)
  * escalates. */
 static void conn_begin_close(struct conn *c, int abort)
 {
+    if (c->batched)
+        batch_send_now(c); /* its bytes go before the FIN, as if sent at once */
     if (c->state == CONN_CLOSING) {
         if (abort || (c->server->closing && c->shutdown_done))
             conn_close_handles(c, abort);
@@ -906,22 +914,16 @@ static unsigned iov_rest(const uv_buf_t *bufs, unsigned nbufs, size_t skip, uv_b
     return n;
 }
 
-/* One sendmsg of bufs, without waiting. Returns the bytes the kernel took
- * (0 when the socket is full), or a negative errno (the conn is then being
- * closed). */
-static ssize_t conn_sendmsg(struct conn *c, const uv_buf_t *bufs, unsigned nbufs)
+/* One sendmsg of iov on fd, without waiting. Returns the bytes the kernel
+ * took (0 when the socket is full) or a negative errno. */
+static ssize_t fd_sendmsg(uv_os_fd_t fd, const uv_buf_t *iov, unsigned count)
 {
     /* sendmsg rather than uv_try_write's write(2), which goes through the
      * VFS layer (vfs_write, fdget_pos: about 7% of the server's CPU in
      * fan-out under perf; sendmsg measured about 2% less CPU per delivery).
      * uv_buf_t is laid out as struct iovec on Unix. */
-    uv_os_fd_t fd;
-    if (uv_fileno((const uv_handle_t *)&c->tcp, &fd) != 0) {
-        conn_begin_close(c, 1);
-        return UV_EBADF;
-    }
-    struct msghdr msg = {.msg_iov = (struct iovec *)bufs,
-                         .msg_iovlen = nbufs < IOV_MAX ? nbufs : IOV_MAX};
+    struct msghdr msg = {.msg_iov = (struct iovec *)iov,
+                         .msg_iovlen = count < IOV_MAX ? count : IOV_MAX};
     ssize_t n;
     do
         n = sendmsg(fd, &msg, MSG_DONTWAIT | MSG_NOSIGNAL);
@@ -930,15 +932,319 @@ static ssize_t conn_sendmsg(struct conn *c, const uv_buf_t *bufs, unsigned nbufs
         return n;
     if (errno == EAGAIN || errno == EWOULDBLOCK || errno == ENOBUFS)
         return 0;
-    int err = -errno;
-    conn_begin_close(c, 1);
-    return err;
+    return -errno;
+}
+
+/* fd_sendmsg() on c's socket. A negative errno closes c. */
+static ssize_t conn_sendmsg(struct conn *c, const uv_buf_t *bufs, unsigned nbufs)
+{
+    uv_os_fd_t fd;
+    ssize_t n = uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0 ? fd_sendmsg(fd, bufs, nbufs)
+                                                                    : UV_EBADF;
+    if (n < 0)
+        conn_begin_close(c, 1);
+    return n;
+}
+
+/* Fills all[] (room for nbufs + 2) with one chunk of a stream: on a chunked
+ * stream the size line (written into size_line, CHUNK_HEAD_MAX bytes), bufs
+ * and the CRLF; else bufs alone. payload is the bytes of bufs. Returns the
+ * number of entries and sets *total to their bytes. */
+static unsigned stream_chunk_iov(const struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
+                                 size_t payload, char *size_line, uv_buf_t *all, size_t *total)
+{
+    unsigned k = 0;
+    *total = payload;
+    if (c->chunked) {
+        int head = chunk_size_line(size_line, payload);
+        all[k++] = uv_buf_init(size_line, (unsigned)head);
+        *total += (size_t)head + 2;
+    }
+    memcpy(all + k, bufs, nbufs * sizeof(*bufs));
+    k += nbufs;
+    if (c->chunked)
+        all[k++] = uv_buf_init((char *)"\r\n", 2);
+    return k;
+}
+
+/* Queues what the kernel left of a chunk, `sent` bytes of all[0..count)
+ * having gone: the framing bytes still unsent are copied into the queued
+ * write, which owns them (size_line holds the chunk's size line); the
+ * caller's bytes must stay valid until on_done. Returns 0 (on_done will
+ * run) or a negative errno (it will not; the caller closes c). */
+static int stream_queue_rest(struct conn *c, uv_buf_t *all, unsigned count,
+                             const char *size_line, size_t sent,
+                             conn_write_cb on_done, void *arg)
+{
+    struct conn_write *w = conn_write_new(CHUNK_HEAD_MAX + 2);
+    w->on_done = on_done;
+    w->arg = arg;
+    if (c->chunked) {
+        memcpy(w->data, size_line, all[0].len);
+        all[0].base = w->data;
+        memcpy(w->data + CHUNK_HEAD_MAX, "\r\n", 2);
+        all[count - 1].base = w->data + CHUNK_HEAD_MAX;
+    }
+    uv_buf_t rest_small[66];
+    uv_buf_t *rest = count <= RC_ARRAY_SIZE(rest_small) ? rest_small
+                     : xmalloc(count * sizeof(*rest));
+    unsigned nrest = iov_rest(all, count, sent, rest);
+    int rc = conn_submit(c, w, rest, nrest); /* libuv copies the array */
+    if (rest != rest_small)
+        free(rest);
+    return rc;
+}
+
+/* ---- the send batch (io_uring) --------------------------------------------
+ *
+ * The hub flushes every subscriber once per loop iteration: at 100 sessions
+ * × 10 subscribers that is ten sendmsg calls per upstream event. Between
+ * conn_send_batch_begin() and conn_send_batch_end() a stream send that
+ * would go straight to the kernel is kept instead (its iovec and framing
+ * copied into a struct batched_send; the caller's bytes stay valid because
+ * it was told "queued"), and the end hands them all to io_uring with one
+ * io_uring_enter: SENDMSG with MSG_DONTWAIT, which io_uring runs inline and
+ * fails with EAGAIN rather than waiting (REQ_F_NOWAIT), so the enter
+ * returns with every completion posted. Each result is then treated as
+ * sendmsg's would have been (a short send queues the exact rest, EAGAIN
+ * queues it all, an error closes the conn), and only after every send of
+ * the batch is settled are the callers told (on_done), so nothing re-enters
+ * the batch while it is in the kernel.
+ *
+ * Where io_uring is unavailable (io_uring_queue_init fails: an old kernel,
+ * kernel.io_uring_disabled, seccomp) or RUNCAST_IO_URING=0, or once a
+ * submission failed, the batch never opens and every send is a sendmsg as
+ * before. Only the main loop's thread opens a batch (the hub's flush); the
+ * demo agent's loop never does, so this state is that thread's alone.
+ */
+
+#define SEND_BATCH_MAX 256    /* sends per io_uring_enter (the ring's SQ entries) */
+#define SEND_IOV_MAX (64 + 2) /* a hub batch of frames and the chunk framing */
+
+/* A send kept in the batch. Owned by the batch; conn->batched points here
+ * until it is settled (batch_finish). */
+struct batched_send {
+    struct conn *conn; /* NULL once settled */
+    conn_write_cb on_done;
+    void *arg;
+    size_t total;      /* bytes of iov, framing included */
+    unsigned count;
+    struct msghdr msg; /* what the SQE points at: valid until the batch is reaped */
+    char size_line[CHUNK_HEAD_MAX];
+    uv_buf_t iov[SEND_IOV_MAX];
+};
+
+/* A settled send whose caller is told at the end of the batch. */
+struct batched_outcome {
+    struct conn *conn;
+    conn_write_cb on_done; /* NULL: its rest was queued, which tells the caller */
+    void *arg;
+    int status;
+};
+
+static struct {
+    int state; /* 0: not set up yet; 1: io_uring; -1: sendmsg only */
+    int open;  /* between conn_send_batch_begin() and conn_send_batch_end() */
+    struct io_uring ring;
+    struct batched_send *sends; /* SEND_BATCH_MAX */
+    unsigned nsends;
+    struct batched_outcome *outcomes;
+    unsigned noutcomes, outcomes_cap;
+    uint64_t submits, sends_submitted; /* io_uring_enter calls, SQEs they carried */
+} batch;
+
+int conn_send_batch_init(void)
+{
+    if (batch.state != 0)
+        return batch.state == 1;
+    batch.state = -1;
+    const char *env = getenv("RUNCAST_IO_URING");
+    if (env && strcmp(env, "0") == 0)
+        return 0;
+    /* One thread submits and reaps, always inside io_uring_enter: no
+     * interrupts to run completions (DEFER_TASKRUN), and every SQE of a
+     * submission goes in even if one fails (SUBMIT_ALL). Older kernels
+     * refuse the flags: then none. */
+    struct io_uring_params p = {.flags = IORING_SETUP_SUBMIT_ALL | IORING_SETUP_SINGLE_ISSUER |
+                                         IORING_SETUP_DEFER_TASKRUN};
+    int rc = io_uring_queue_init_params(SEND_BATCH_MAX, &batch.ring, &p);
+    if (rc == -EINVAL) {
+        memset(&p, 0, sizeof(p));
+        rc = io_uring_queue_init_params(SEND_BATCH_MAX, &batch.ring, &p);
+    }
+    if (rc < 0) {
+        log_event(LOG_INFO, "io_uring.unavailable", "error", strerror(-rc), NULL);
+        return 0;
+    }
+    batch.sends = xcalloc(SEND_BATCH_MAX, sizeof(*batch.sends));
+    batch.state = 1;
+    return 1;
+}
+
+void conn_send_batch_close(void)
+{
+    if (batch.state == 1)
+        io_uring_queue_exit(&batch.ring);
+    free(batch.sends);
+    free(batch.outcomes);
+    memset(&batch, 0, sizeof(batch));
+}
+
+/* Settles b: n is what the kernel took, or a negative errno. A short send
+ * queues its exact rest now, so nothing can overtake it; the caller is told
+ * at the end of the batch. Never calls back. */
+static void batch_finish(struct batched_send *b, ssize_t n)
+{
+    struct conn *c = b->conn;
+    b->conn = NULL;
+    c->batched = NULL;
+    if (n == -EAGAIN || n == -EWOULDBLOCK || n == -ENOBUFS || n == -EINTR)
+        n = 0;
+    int status = 0;
+    conn_write_cb on_done = b->on_done;
+    if (n < 0) {
+        status = (int)n;
+    } else if ((size_t)n < b->total) {
+        status = stream_queue_rest(c, b->iov, b->count, b->size_line, (size_t)n, b->on_done, b->arg);
+        if (status == 0)
+            on_done = NULL; /* the queued write tells the caller */
+    }
+    if (batch.noutcomes == batch.outcomes_cap) {
+        batch.outcomes_cap = batch.outcomes_cap ? 2 * batch.outcomes_cap : 64;
+        batch.outcomes = xrealloc(batch.outcomes, batch.outcomes_cap * sizeof(*batch.outcomes));
+    }
+    batch.outcomes[batch.noutcomes++] = (struct batched_outcome){c, on_done, b->arg, status};
+}
+
+/* Sends c's batched send at once with sendmsg (c is closing: its bytes must
+ * go before the FIN, or it must be settled before a reset). */
+static void batch_send_now(struct conn *c)
+{
+    struct batched_send *b = c->batched;
+    uv_os_fd_t fd;
+    batch_finish(b, uv_fileno((const uv_handle_t *)&c->tcp, &fd) == 0
+                        ? fd_sendmsg(fd, b->iov, b->count) : UV_EBADF);
+}
+
+/* Hands every unsettled send to the kernel in one io_uring_enter and
+ * settles each with its completion. If io_uring fails, the ring is given up
+ * (the sendmsg path from then on) and what it did not take goes by sendmsg. */
+static void batch_submit(void)
+{
+    if (batch.state != 1) { /* the ring failed earlier in this batch */
+        for (unsigned i = 0; i < batch.nsends; i++)
+            if (batch.sends[i].conn)
+                batch_send_now(batch.sends[i].conn);
+        batch.nsends = 0;
+        return;
+    }
+    unsigned prepared = 0;
+    for (unsigned i = 0; i < batch.nsends; i++) {
+        struct batched_send *b = &batch.sends[i];
+        uv_os_fd_t fd;
+        if (b->conn == NULL)
+            continue; /* settled early (batch_send_now) */
+        if (uv_fileno((const uv_handle_t *)&b->conn->tcp, &fd) != 0) {
+            batch_finish(b, UV_EBADF);
+            continue;
+        }
+        struct io_uring_sqe *sqe = io_uring_get_sqe(&batch.ring);
+        b->msg = (struct msghdr){.msg_iov = (struct iovec *)b->iov, .msg_iovlen = b->count};
+        io_uring_prep_sendmsg(sqe, fd, &b->msg, MSG_DONTWAIT | MSG_NOSIGNAL);
+        io_uring_sqe_set_data(sqe, b);
+        prepared++;
+    }
+    int submitted = prepared ? io_uring_submit_and_wait(&batch.ring, prepared) : 0;
+    unsigned reaped = 0;
+    while (submitted > 0 && reaped < (unsigned)submitted) {
+        struct io_uring_cqe *cqe;
+        unsigned head, seen = 0;
+        io_uring_for_each_cqe(&batch.ring, head, cqe) {
+            batch_finish(io_uring_cqe_get_data(cqe), cqe->res);
+            seen++;
+        }
+        io_uring_cq_advance(&batch.ring, seen);
+        reaped += seen;
+        if (reaped < (unsigned)submitted) {
+            int rc = io_uring_wait_cqe(&batch.ring, &cqe);
+            if (rc < 0 && rc != -EINTR)
+                break;
+        }
+    }
+    batch.submits++;
+    batch.sends_submitted += prepared;
+    if (submitted != (int)prepared || reaped != (unsigned)prepared) {
+        /* Not every send went in and came back: give up the ring (its exit
+         * drops what it still holds) and finish by hand. A send the kernel
+         * did take and did not report would be sent twice; io_uring never
+         * reported that short of a broken ring. */
+        log_event(LOG_WARN, "io_uring.failed", "submitted", submitted < 0 ? strerror(-submitted) : "short",
+                  NULL);
+        io_uring_queue_exit(&batch.ring);
+        batch.state = -1;
+        for (unsigned i = 0; i < batch.nsends; i++)
+            if (batch.sends[i].conn)
+                batch_send_now(batch.sends[i].conn);
+    }
+    batch.nsends = 0;
+}
+
+/* Keeps one chunk for the batch. Returns 0: queued, on_done will run. */
+static int batch_add(struct conn *c, const uv_buf_t *bufs, unsigned nbufs, size_t payload,
+                     conn_write_cb on_done, void *arg)
+{
+    if (batch.nsends == SEND_BATCH_MAX)
+        batch_submit(); /* settles them; callers are still told at the end */
+    struct batched_send *b = &batch.sends[batch.nsends++];
+    b->conn = c;
+    b->on_done = on_done;
+    b->arg = arg;
+    b->count = stream_chunk_iov(c, bufs, nbufs, payload, b->size_line, b->iov, &b->total);
+    c->batched = b;
+    c->writes_pending++; /* the conn stays until its outcome is told */
+    return 0;
+}
+
+void conn_send_batch_begin(void)
+{
+    if (batch.state == 0)
+        conn_send_batch_init();
+    batch.open = batch.state == 1;
+}
+
+/* Submits the batch, then tells every caller its outcome, as libuv would
+ * for a queued write (conn_on_write): on_done, then a close on error. The
+ * batch is closed first, so what the callers send now goes by sendmsg. */
+void conn_send_batch_end(void)
+{
+    if (!batch.open)
+        return;
+    batch.open = 0;
+    if (batch.nsends > 0)
+        batch_submit();
+    for (unsigned i = 0; i < batch.noutcomes; i++) {
+        struct batched_outcome o = batch.outcomes[i];
+        struct conn *c = o.conn;
+        c->writes_pending--;
+        if (o.on_done)
+            o.on_done(c, o.arg, o.status);
+        if (o.status < 0)
+            conn_begin_close(c, 1);
+        conn_maybe_free(c);
+    }
+    batch.noutcomes = 0;
+}
+
+const char *conn_send_path(void)
+{
+    return batch.state == 1 ? "io_uring" : "sendmsg";
 }
 
 /* The direct write, then a queued write for the rest. On a chunked stream
  * the chunk's size line and CRLF go around bufs in the same sendmsg (stack
  * bytes); only when the kernel leaves some over are the framing bytes still
- * unsent copied into the queued write, which owns them. */
+ * unsent copied into the queued write, which owns them. Inside a send batch
+ * the direct write waits for the batch's end instead. */
 int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
                      conn_write_cb on_done, void *arg)
 {
@@ -946,26 +1252,21 @@ int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
         return UV_ECANCELED;
     if (c->state != CONN_STREAMING)
         return UV_EINVAL;
-    size_t total = 0;
+    size_t payload = 0;
     for (unsigned i = 0; i < nbufs; i++)
-        total += bufs[i].len;
-    if (total == 0)
+        payload += bufs[i].len;
+    if (payload == 0)
         return 1; /* an empty chunk would end a chunked body */
+    if (c->batched)
+        batch_send_now(c); /* nothing overtakes it */
+    else if (batch.open && nbufs + 2 <= SEND_IOV_MAX && conn_queue_size(c) == 0)
+        return batch_add(c, bufs, nbufs, payload, on_done, arg);
 
     char size_line[CHUNK_HEAD_MAX];
     uv_buf_t small[66];
-    unsigned count = nbufs + (c->chunked ? 2 : 0);
-    uv_buf_t *all = count <= RC_ARRAY_SIZE(small) ? small : xmalloc(count * sizeof(*all));
-    unsigned k = 0;
-    if (c->chunked) {
-        int head = chunk_size_line(size_line, total);
-        all[k++] = uv_buf_init(size_line, (unsigned)head);
-        total += (size_t)head + 2;
-    }
-    memcpy(all + k, bufs, nbufs * sizeof(*bufs));
-    k += nbufs;
-    if (c->chunked)
-        all[k++] = uv_buf_init((char *)"\r\n", 2);
+    uv_buf_t *all = nbufs + 2 <= RC_ARRAY_SIZE(small) ? small : xmalloc((nbufs + 2) * sizeof(*all));
+    size_t total;
+    unsigned count = stream_chunk_iov(c, bufs, nbufs, payload, size_line, all, &total);
 
     /* Nothing may overtake bytes libuv still holds. */
     ssize_t n = conn_queue_size(c) == 0 ? conn_sendmsg(c, all, count) : 0;
@@ -975,24 +1276,7 @@ int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
     } else if ((size_t)n == total) {
         rc = 1;
     } else {
-        /* The framing bytes still unsent move into w: the size line (if
-         * any of it is left) and the final CRLF. */
-        struct conn_write *w = conn_write_new(CHUNK_HEAD_MAX + 2);
-        w->on_done = on_done;
-        w->arg = arg;
-        if (c->chunked) {
-            memcpy(w->data, size_line, all[0].len);
-            all[0].base = w->data;
-            memcpy(w->data + CHUNK_HEAD_MAX, "\r\n", 2);
-            all[count - 1].base = w->data + CHUNK_HEAD_MAX;
-        }
-        uv_buf_t rest_small[66];
-        uv_buf_t *rest = count <= RC_ARRAY_SIZE(rest_small) ? rest_small
-                         : xmalloc(count * sizeof(*rest));
-        unsigned nrest = iov_rest(all, count, (size_t)n, rest);
-        rc = conn_submit(c, w, rest, nrest); /* libuv copies the array */
-        if (rest != rest_small)
-            free(rest);
+        rc = stream_queue_rest(c, all, count, size_line, (size_t)n, on_done, arg);
         if (rc < 0)
             conn_begin_close(c, 1);
     }
@@ -1003,7 +1287,7 @@ int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
 
 size_t conn_write_queue_bytes(const struct conn *c)
 {
-    return conn_queue_size(c);
+    return conn_queue_size(c) + (c->batched ? c->batched->total : 0);
 }
 
 void conn_stream_end(struct conn *c)

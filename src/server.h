@@ -123,7 +123,23 @@ int conn_stream_write(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
  * connection is closing (on_done is not called). */
 int conn_stream_send(struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
                      conn_write_cb on_done, void *arg);
-/* Bytes queued in libuv for this connection that the kernel has not taken. */
+/* The send batch (io_uring, see server.c): between begin and end, a
+ * conn_stream_send() that would write at once is kept and returns 0 (its
+ * on_done runs from conn_send_batch_end(), after every send of the batch
+ * went to the kernel in one io_uring_enter). Main loop thread only; not
+ * nested. Without io_uring (unavailable, RUNCAST_IO_URING=0, or after a
+ * failed submission) begin does nothing and every send is a sendmsg. */
+void conn_send_batch_begin(void);
+void conn_send_batch_end(void);
+/* Sets up io_uring (done by the first begin otherwise). Returns 1 when
+ * batches will use it, 0 when sends stay on sendmsg. */
+int conn_send_batch_init(void);
+/* "io_uring" or "sendmsg": how batched sends go out. */
+const char *conn_send_path(void);
+/* Releases the ring at shutdown (no batch open). */
+void conn_send_batch_close(void);
+/* Bytes this connection holds that the kernel has not taken: queued in
+ * libuv, or waiting in the send batch. */
 size_t conn_write_queue_bytes(const struct conn *c);
 /* Ends the stream normally: a chunked one gets its last chunk and the
  * connection goes back to reading requests (unless the request asked for

@@ -46,6 +46,10 @@ static void fake_cut(void *transport, int abort)
 /* Like the server: the kernel takes what it takes (nothing while writes are
  * queued), the rest becomes a pending write; an error cuts the stream (the
  * hub hears of it at once). */
+/* Set between the flush hooks of batching_setup(): a send is kept for the
+ * batch's end, as the server's io_uring batch keeps it. */
+static int batching;
+
 static int fake_send(void *transport, const uv_buf_t *bufs, unsigned nbufs, void *write)
 {
     struct fake *c = transport;
@@ -55,6 +59,15 @@ static int fake_send(void *transport, const uv_buf_t *bufs, unsigned nbufs, void
     if (c->try_error) {
         fake_cut(c, 1);
         return c->try_error;
+    }
+    if (batching) {
+        size_t bytes = 0;
+        for (unsigned i = 0; i < nbufs; i++) {
+            buf_append(&c->wire, bufs[i].base, bufs[i].len);
+            bytes += bufs[i].len;
+        }
+        c->pending[c->npending++] = (struct pending_write){write, bytes};
+        return 0;
     }
     size_t taken = 0, queued = 0;
     for (unsigned i = 0; i < nbufs; i++) {
@@ -635,6 +648,72 @@ static void heartbeat_reaches_silent_streams_only(void)
     teardown();
 }
 
+/* The fakes whose writes the batch's end completes, and the hook calls. */
+static struct fake *batch_fakes[4];
+static int nbatch_fakes, flush_begins, flush_ends;
+
+static void on_flush_begin(void)
+{
+    flush_begins++;
+    batching = 1;
+}
+
+static void complete_writes(struct fake *c);
+
+static void on_flush_end(void)
+{
+    flush_ends++;
+    batching = 0;
+    for (int i = 0; i < nbatch_fakes; i++)
+        complete_writes(batch_fakes[i]);
+}
+
+/* Every flush is wrapped in the hooks once; a send kept for the batch (0)
+ * completes at its end through hub_write_done(), which sends nothing more
+ * when nothing more was published: one send per subscriber per flush, and
+ * the bytes exactly as without the batch. */
+static void batched_flush_sends_once_per_subscriber_and_completes_at_the_end(void)
+{
+    setup(100, 1 << 20, 1 << 20);
+    hub_shutdown(); /* again, with the hooks */
+    uv_run(&loop, UV_RUN_DEFAULT);
+    struct hub_config cfg = {.subscriber_buffer = 1 << 20, .retry_ms = 3000,
+                             .max_subscribers = max_subscribers,
+                             .flush_begin = on_flush_begin, .flush_end = on_flush_end};
+    hub_init(&loop, &cfg);
+    flush_begins = flush_ends = 0;
+    struct hub *h = hub_new();
+    struct fake a = {.take = 1 << 20}, b = {.take = 1 << 20};
+    batch_fakes[0] = &a;
+    batch_fakes[1] = &b;
+    nbatch_fakes = 2;
+    CHECK_EQ(subscribe(h, &a, NULL, 1), 0);
+    CHECK_EQ(subscribe(h, &b, NULL, 1), 0);
+    flush();
+    int begins = flush_begins, a_calls = a.try_calls, b_calls = b.try_calls;
+    publish_n(h, "agent.event", 3);
+    flush();
+    CHECK_EQ(flush_begins, begins + 1);
+    CHECK_EQ(flush_ends, flush_begins);
+    CHECK_EQ(a.try_calls, a_calls + 1);
+    CHECK_EQ(b.try_calls, b_calls + 1);
+    CHECK_EQ(a.npending, 0);
+    CHECK_EQ(b.npending, 0);
+    CHECK_EQ(count(&a, "event: agent.event"), 3);
+    CHECK_EQ(strcmp(a.wire.data, b.wire.data), 0);
+    publish_n(h, "agent.event", 2);
+    flush();
+    CHECK_EQ(flush_begins, begins + 2);
+    CHECK_EQ(a.try_calls, a_calls + 2);
+    CHECK_EQ(count(&b, "event: agent.event"), 5);
+    CHECK_EQ(hub_subscriber_count(h), 2);
+    hub_free(h);
+    nbatch_fakes = 0;
+    buf_free(&a.wire);
+    buf_free(&b.wire);
+    teardown();
+}
+
 static void one_write_per_subscriber_per_iteration(void)
 {
     setup(100, 1 << 20, 1 << 20);
@@ -997,6 +1076,7 @@ static void view_replays_from_the_oldest_frame_and_ends_after_its_last_write(voi
 int main(void)
 {
     RUN_TEST(default_replay_starts_at_latest_run);
+    RUN_TEST(batched_flush_sends_once_per_subscriber_and_completes_at_the_end);
     RUN_TEST(last_event_id_resumes_without_gap_or_duplicate);
     RUN_TEST(unplaceable_ids_reset_then_replay_oldest);
     RUN_TEST(from_live_skips_replay);

@@ -57,6 +57,15 @@ struct harness {
     long try_after_close;            /* ... after conn_close() */
     long try_chunked;                /* ... on a chunked stream */
     long big_send;                   /* ... of BIG_CHUNK bytes into a small send buffer */
+    /* the send batch (/batch-* paths) */
+    long batch_send;                 /* conn_stream_send() inside the batch */
+    long batch_pending;              /* conn_write_queue_bytes() right after it */
+    long batch_queued_after_end;     /* conn_write_queue_bytes() after conn_send_batch_end() */
+    long batch_done_calls;           /* its on_done */
+    long batch_done_status;
+    long batch_done_calls_at_end;    /* batch_done_calls when conn_send_batch_end() returned */
+    long batch_filled;               /* bytes written past the conn to fill the socket */
+    long batch_ends;                 /* batch_one_send() returned */
 };
 
 enum { LATER_RESPOND = 1, LATER_STREAM_END, LATER_CLOSE };
@@ -161,6 +170,106 @@ static void on_big_chunk_sent(struct conn *c, void *arg, int status)
     conn_stream_end(c);
 }
 
+static void on_batch_done(struct conn *c, void *arg, int status)
+{
+    struct harness *h = arg;
+    pthread_mutex_lock(&h->mu);
+    h->batch_done_status = status;
+    pthread_mutex_unlock(&h->mu);
+    bump(h, &h->batch_done_calls);
+}
+
+static void on_batch_big_done(struct conn *c, void *arg, int status)
+{
+    on_batch_done(c, arg, status);
+    conn_stream_end(c);
+}
+
+/* Fills c's socket behind the conn's back until the kernel refuses more. */
+static long fill_socket(struct conn *c)
+{
+    uv_os_fd_t fd;
+    static char filler[4096];
+    memset(filler, 'f', sizeof(filler));
+    long filled = 0;
+    if (uv_fileno((uv_handle_t *)&c->tcp, &fd) != 0)
+        return -1;
+    for (;;) {
+        ssize_t n = send(fd, filler, sizeof(filler), MSG_DONTWAIT | MSG_NOSIGNAL);
+        if (n <= 0)
+            return filled;
+        filled += n;
+    }
+}
+
+/* One send inside a send batch, as the hub's flush makes it: what it
+ * returned, what the conn held before and after the batch's end. */
+static void batch_one_send(struct harness *h, struct conn *c, const uv_buf_t *bufs, unsigned nbufs,
+                           conn_write_cb on_done)
+{
+    conn_send_batch_begin();
+    long rc = conn_stream_send(c, bufs, nbufs, on_done, h);
+    long pending = (long)conn_write_queue_bytes(c);
+    conn_send_batch_end();
+    pthread_mutex_lock(&h->mu);
+    h->batch_send = rc;
+    h->batch_pending = pending;
+    h->batch_queued_after_end = (long)conn_write_queue_bytes(c);
+    h->batch_done_calls_at_end = h->batch_done_calls;
+    pthread_mutex_unlock(&h->mu);
+    bump(h, &h->batch_ends);
+}
+
+static void batch_request(struct harness *h, struct conn *c, const struct http_request *req)
+{
+    if (path_is(req, "/batch-small")) {
+        conn_stream_begin(c, 200, "Content-Type: text/plain\r\n", 1, on_stream_close, h);
+        uv_buf_t two[2] = {uv_buf_init((char *)"x", 1), uv_buf_init((char *)"yz", 2)};
+        batch_one_send(h, c, two, 2, on_batch_done);
+        conn_stream_end(c);
+    } else if (path_is(req, "/batch-big")) {
+        uv_os_fd_t fd;
+        int size = 4096;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+        conn_stream_begin(c, 200, "Content-Type: text/plain\r\n", 1, on_stream_close, h);
+        uv_buf_t three[3] = {uv_buf_init(big_chunk, 1000), uv_buf_init(big_chunk + 1000, 1),
+                             uv_buf_init(big_chunk + 1001, BIG_CHUNK - 1001)};
+        batch_one_send(h, c, three, 3, on_batch_big_done);
+    } else if (path_is(req, "/batch-full")) {
+        uv_os_fd_t fd;
+        int size = 4096;
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+            setsockopt(fd, SOL_SOCKET, SO_SNDBUF, &size, sizeof(size));
+        conn_stream_begin(c, 200, "Content-Type: text/plain\r\n", 0, on_stream_close, h);
+        long filled = conn_write_queue_bytes(c) == 0 ? fill_socket(c) : -1;
+        pthread_mutex_lock(&h->mu);
+        h->batch_filled = filled;
+        pthread_mutex_unlock(&h->mu);
+        uv_buf_t one = uv_buf_init((char *)"after-full\n", 11);
+        batch_one_send(h, c, &one, 1, on_batch_done);
+        conn_close(c, 0); /* graceful: what is queued goes first */
+    } else if (path_is(req, "/batch-epipe")) {
+        uv_os_fd_t fd;
+        conn_stream_begin(c, 200, "Content-Type: text/plain\r\n", 1, on_stream_close, h);
+        if (uv_fileno((uv_handle_t *)&c->tcp, &fd) == 0)
+            shutdown(fd, SHUT_WR); /* the next send fails with EPIPE */
+        uv_buf_t one = uv_buf_init((char *)"lost", 4);
+        batch_one_send(h, c, &one, 1, on_batch_done);
+    } else if (path_is(req, "/batch-close")) {
+        conn_stream_begin(c, 200, "Content-Type: text/plain\r\n", 0, on_stream_close, h);
+        conn_send_batch_begin();
+        uv_buf_t one = uv_buf_init((char *)"abc", 3);
+        long rc = conn_stream_send(c, &one, 1, on_batch_done, h);
+        conn_close(c, 0); /* inside the batch: "abc" must still go before the FIN */
+        conn_send_batch_end();
+        pthread_mutex_lock(&h->mu);
+        h->batch_send = rc;
+        h->batch_done_calls_at_end = h->batch_done_calls;
+        pthread_mutex_unlock(&h->mu);
+    }
+}
+
 static void echo(struct conn *c, const struct http_request *req)
 {
     json_t *obj = json_pack("{s:s%,s:s%}", "method", req->method_name, req->method_len,
@@ -173,7 +282,9 @@ static void on_request(struct conn *c, const struct http_request *req, void *dat
 {
     struct harness *h = data;
     bump(h, &h->requests);
-    if (path_is(req, "/stream-close")) {
+    if (req->path_len > 7 && memcmp(req->path, "/batch-", 7) == 0) {
+        batch_request(h, c, req);
+    } else if (path_is(req, "/stream-close")) {
         conn_stream_begin(c, 200, "Content-Type: text/plain\r\n", 0, on_stream_close, h);
         static const char part[] = "hello ";
         uv_buf_t b = uv_buf_init((char *)part, sizeof(part) - 1);
@@ -1338,6 +1449,221 @@ static void chunk_size_lines_are_lowercase_hex_with_crlf(void)
     }
 }
 
+/* ---- the send batch: both paths ------------------------------------------ */
+
+static const char *const batch_head =
+    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nTransfer-Encoding: chunked\r\n\r\n";
+static const char *const batch_head_close =
+    "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n";
+
+/* Sets the send path for the next test: io_uring (returns 0 where the
+ * kernel refuses it, and the caller skips), or the forced fallback. */
+static int use_send_path(int io_uring)
+{
+    conn_send_batch_close();
+    if (io_uring)
+        unsetenv("RUNCAST_IO_URING");
+    else
+        setenv("RUNCAST_IO_URING", "0", 1);
+    int on = conn_send_batch_init();
+    CHECK_STREQ(conn_send_path(), on ? "io_uring" : "sendmsg");
+    if (!io_uring)
+        CHECK_EQ(on, 0);
+    if (io_uring && !on)
+        fprintf(stderr, "  io_uring unavailable here: its half of this test is skipped\n");
+    return io_uring ? on : 1;
+}
+
+static void batch_small_scenario(struct harness *h)
+{
+    int fd = client_connect(h);
+    send_str(fd, "GET /batch-small HTTP/1.1\r\nHost: t\r\n\r\n");
+    EXPECT_RECV(fd, batch_head);
+    EXPECT_RECV(fd, "3\r\nxyz\r\n0\r\n\r\n");
+    close(fd);
+    CHECK(wait_for_at_most(h, &h->conns, 0, RECV_TIMEOUT_MS));
+    harness_finish(h);
+}
+
+/* A chunk the socket takes at once: without io_uring it is written on the
+ * spot (1, no callback); in the batch it waits, counted as the conn's, and
+ * the batch's end tells its on_done once with 0. The bytes are the same. */
+static void batched_send_that_fits_completes_once_at_the_batch_end(void)
+{
+    for (int io_uring = 1; io_uring >= 0; io_uring--) {
+        if (!use_send_path(io_uring))
+            continue;
+        struct harness h = {0};
+        struct server_config cfg = test_config();
+        harness_run(&h, &cfg, batch_small_scenario);
+        CHECK_EQ(h.batch_send, io_uring ? 0 : 1);
+        CHECK_EQ(h.batch_pending, io_uring ? 8 : 0); /* "3\r\n" "xyz" "\r\n" */
+        CHECK_EQ(h.batch_queued_after_end, 0);
+        CHECK_EQ(h.batch_done_calls, io_uring ? 1 : 0);
+        CHECK_EQ(h.batch_done_calls_at_end, io_uring ? 1 : 0);
+        CHECK_EQ(h.batch_done_status, 0);
+        CHECK_EQ(h.stream_closes, 0);
+        CHECK_EQ(h.conns_at_finish, 0);
+    }
+}
+
+static void batch_big_scenario(struct harness *h)
+{
+    for (size_t i = 0; i < BIG_CHUNK; i++)
+        big_chunk[i] = alphabet[i % 26];
+    int fd = client_socket(4096);
+    CHECK_EQ(client_connect_fd(fd, h->port), 0);
+    send_str(fd, "GET /batch-big HTTP/1.1\r\nHost: t\r\n\r\nGET /after HTTP/1.1\r\nHost: t\r\n\r\n");
+    struct buf want = {0};
+    buf_printf(&want, "%s%x\r\n", batch_head, BIG_CHUNK);
+    buf_append(&want, big_chunk, BIG_CHUNK);
+    buf_append_str(&want, "\r\n0\r\n\r\n");
+    char *r = echo_response("GET", "/after", NULL);
+    buf_append_str(&want, r);
+    free(r);
+    size_t got;
+    char *p = recv_n(fd, want.len, &got);
+    CHECK_EQ(got, want.len);
+    CHECK(got == want.len && memcmp(p, want.data, got) == 0);
+    free(p);
+    buf_free(&want);
+    close(fd);
+    CHECK(wait_for_at_most(h, &h->conns, 0, RECV_TIMEOUT_MS));
+    harness_finish(h);
+}
+
+/* A chunk the kernel takes only part of, on both paths: the exact rest
+ * (framing included) is queued when the batch ends, before anything else
+ * can be written, and on_done runs once, when the rest is written. */
+static void batched_partial_send_queues_the_exact_rest(void)
+{
+    for (int io_uring = 1; io_uring >= 0; io_uring--) {
+        if (!use_send_path(io_uring))
+            continue;
+        struct harness h = {0};
+        struct server_config cfg = test_config();
+        harness_run(&h, &cfg, batch_big_scenario);
+        size_t total = strlen("927c0\r\n") + BIG_CHUNK + 2;
+        CHECK_EQ(h.batch_send, 0);
+        CHECK_EQ(h.batch_pending, io_uring ? (long)total : h.batch_queued_after_end);
+        CHECK(h.batch_queued_after_end > 0 && h.batch_queued_after_end < (long)total);
+        CHECK_EQ(h.batch_done_calls_at_end, 0); /* the queued rest tells it */
+        CHECK_EQ(h.batch_done_calls, 1);
+        CHECK_EQ(h.batch_done_status, 0);
+        CHECK_EQ(h.requests, 2);
+        CHECK_EQ(h.conns_at_finish, 0);
+    }
+}
+
+static void batch_full_scenario(struct harness *h)
+{
+    int fd = client_socket(4096);
+    CHECK_EQ(client_connect_fd(fd, h->port), 0);
+    send_str(fd, "GET /batch-full HTTP/1.1\r\nHost: t\r\n\r\n");
+    EXPECT_RECV(fd, batch_head_close);
+    CHECK(wait_for(h, &h->batch_ends, 1, RECV_TIMEOUT_MS));
+    long filled = read_counter(h, &h->batch_filled);
+    CHECK(filled > 0);
+    size_t got;
+    char *p = recv_n(fd, (size_t)filled + 11, &got);
+    CHECK_EQ(got, (size_t)filled + 11);
+    size_t fs = 0;
+    while (fs < got && p[fs] == 'f')
+        fs++;
+    CHECK_EQ(fs, (size_t)filled);
+    CHECK_MEMEQ(p + fs, got - fs, "after-full\n");
+    free(p);
+    CHECK(recv_closed(fd));
+    close(fd);
+    CHECK(wait_for_at_most(h, &h->conns, 0, RECV_TIMEOUT_MS));
+    harness_finish(h);
+}
+
+/* A socket that is already full (EAGAIN): the whole chunk is queued, in
+ * order after the bytes already in the socket, and on_done runs once when
+ * the client has read its way to it. */
+static void batched_send_to_a_full_socket_is_queued_whole(void)
+{
+    for (int io_uring = 1; io_uring >= 0; io_uring--) {
+        if (!use_send_path(io_uring))
+            continue;
+        struct harness h = {0};
+        struct server_config cfg = test_config();
+        harness_run(&h, &cfg, batch_full_scenario);
+        CHECK_EQ(h.batch_send, 0);
+        CHECK_EQ(h.batch_pending, 11); /* in the batch, or queued in libuv */
+        CHECK_EQ(h.batch_queued_after_end, 11);
+        CHECK_EQ(h.batch_done_calls_at_end, 0);
+        CHECK_EQ(h.batch_done_calls, 1);
+        CHECK_EQ(h.batch_done_status, 0);
+        CHECK_EQ(h.stream_closes, 1);
+        CHECK_EQ(h.conns_at_finish, 0);
+    }
+}
+
+static void batch_epipe_scenario(struct harness *h)
+{
+    int fd = client_connect(h);
+    send_str(fd, "GET /batch-epipe HTTP/1.1\r\nHost: t\r\n\r\n");
+    EXPECT_RECV(fd, batch_head);
+    CHECK(recv_closed(fd));
+    CHECK(wait_for(h, &h->stream_closes, 1, RECV_TIMEOUT_MS));
+    close(fd);
+    CHECK(wait_for_at_most(h, &h->conns, 0, RECV_TIMEOUT_MS));
+    harness_finish(h);
+}
+
+/* A socket that can no longer send: without io_uring the send fails on the
+ * spot (no callback); in the batch, on_done gets the error once at the
+ * batch's end. Either way the conn closes and its owner hears once. */
+static void batched_send_on_a_dead_socket_fails_once_and_closes(void)
+{
+    for (int io_uring = 1; io_uring >= 0; io_uring--) {
+        if (!use_send_path(io_uring))
+            continue;
+        struct harness h = {0};
+        struct server_config cfg = test_config();
+        harness_run(&h, &cfg, batch_epipe_scenario);
+        CHECK_EQ(h.batch_send, io_uring ? 0 : UV_EPIPE);
+        CHECK_EQ(h.batch_done_calls, io_uring ? 1 : 0);
+        CHECK_EQ(h.batch_done_calls_at_end, io_uring ? 1 : 0);
+        CHECK_EQ(h.batch_done_status, io_uring ? UV_EPIPE : 0);
+        CHECK_EQ(h.stream_closes, 1);
+        CHECK_EQ(h.conns_at_finish, 0);
+    }
+}
+
+static void batch_close_scenario(struct harness *h)
+{
+    int fd = client_connect(h);
+    send_str(fd, "GET /batch-close HTTP/1.1\r\nHost: t\r\n\r\n");
+    EXPECT_RECV(fd, batch_head_close);
+    EXPECT_RECV(fd, "abc");
+    CHECK(recv_closed(fd));
+    close(fd);
+    CHECK(wait_for_at_most(h, &h->conns, 0, RECV_TIMEOUT_MS));
+    harness_finish(h);
+}
+
+/* A conn closed while its send waits in the batch: the send goes out
+ * before the FIN, and on_done still runs once, at the batch's end. */
+static void conn_closed_inside_the_batch_sends_first_then_closes(void)
+{
+    for (int io_uring = 1; io_uring >= 0; io_uring--) {
+        if (!use_send_path(io_uring))
+            continue;
+        struct harness h = {0};
+        struct server_config cfg = test_config();
+        harness_run(&h, &cfg, batch_close_scenario);
+        CHECK_EQ(h.batch_send, io_uring ? 0 : 1);
+        CHECK_EQ(h.batch_done_calls, io_uring ? 1 : 0);
+        CHECK_EQ(h.batch_done_calls_at_end, io_uring ? 1 : 0);
+        CHECK_EQ(h.batch_done_status, 0);
+        CHECK_EQ(h.stream_closes, 1);
+        CHECK_EQ(h.conns_at_finish, 0);
+    }
+}
+
 int main(void)
 {
     log_configure(LOG_ERROR, LOG_TEXT); /* the EMFILE test warns, as it should */
@@ -1370,5 +1696,11 @@ int main(void)
     RUN_TEST(accept_emfile_backs_off_without_spinning_and_recovers);
     RUN_TEST(server_start_reports_bad_or_busy_addresses);
     RUN_TEST(ipv6_listener_serves_and_formats_the_peer);
+    RUN_TEST(batched_send_that_fits_completes_once_at_the_batch_end);
+    RUN_TEST(batched_partial_send_queues_the_exact_rest);
+    RUN_TEST(batched_send_to_a_full_socket_is_queued_whole);
+    RUN_TEST(batched_send_on_a_dead_socket_fails_once_and_closes);
+    RUN_TEST(conn_closed_inside_the_batch_sends_first_then_closes);
+    conn_send_batch_close();
     return test_report("test_server");
 }
