@@ -142,6 +142,11 @@ static int curl_socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, v
         events |= UV_READABLE;
     if (what & CURL_POLL_OUT)
         events |= UV_WRITABLE;
+    /* libcurl repeats itself (a new transfer on a kept connection asks for
+     * what the socket already waits for), and libuv's uv_poll_start stops
+     * and re-adds the descriptor: two epoll_ctl calls for nothing. */
+    if (ctx->events == events && uv_is_active((uv_handle_t *)&ctx->poll))
+        return 0;
     ctx->events = events;
     uv_poll_start(&ctx->poll, events, poll_cb);
     return 0;
