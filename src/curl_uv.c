@@ -17,13 +17,17 @@
  * Ownership: the curl_uv is owned by its creator until curl_uv_close(), then
  * by itself until its last handle has closed. Socket contexts are owned by
  * the curl_uv. Easy handles are the user's until curl_uv_add(), ours from
- * then on (curl_uv_remove frees them). Tasks belong to the user; the queue
- * only links them.
+ * then on (curl_uv_remove resets them and keeps up to SPARE_EASY_MAX for
+ * curl_uv_easy to hand out again: a fresh easy handle is a dozen
+ * allocations, one per run start in a run storm). Tasks belong to the user;
+ * the queue only links them.
  */
 #include "curl_uv.h"
 
 #include <assert.h>
 #include <stdlib.h>
+
+#define SPARE_EASY_MAX 32
 
 struct curl_uv {
     uv_loop_t *loop;
@@ -35,6 +39,8 @@ struct curl_uv {
     curl_uv_done_cb on_done;
     void *arg;
     size_t transfers;         /* easy handles added, not yet removed */
+    CURL *spare_easy[SPARE_EASY_MAX]; /* removed, reset, ready for curl_uv_easy */
+    size_t spare_count;
     int in_curl;              /* depth of curl_multi_socket_action on the stack */
     int closing;              /* curl_uv_close ran: libcurl's callbacks start nothing */
     int handles_to_close;
@@ -203,12 +209,31 @@ int curl_uv_add(struct curl_uv *cu, CURL *easy)
     return 0;
 }
 
+CURL *curl_uv_easy(struct curl_uv *cu)
+{
+    if (cu->spare_count > 0)
+        return cu->spare_easy[--cu->spare_count];
+    return curl_easy_init();
+}
+
 void curl_uv_remove(struct curl_uv *cu, CURL *easy)
 {
     assert(cu->in_curl == 0); /* the one rule: see curl_uv.h */
     curl_multi_remove_handle(cu->multi, easy);
-    curl_easy_cleanup(easy);
     cu->transfers--;
+    if (cu->closing || cu->spare_count == SPARE_EASY_MAX) {
+        curl_easy_cleanup(easy);
+        return;
+    }
+    /* Every option back to its default (the user's callbacks and pointers
+     * with them); connections stay in the multi handle's cache. */
+    curl_easy_reset(easy);
+    cu->spare_easy[cu->spare_count++] = easy;
+}
+
+size_t curl_uv_spare_easy(const struct curl_uv *cu)
+{
+    return cu->spare_count;
 }
 
 int curl_uv_in_callback(const struct curl_uv *cu)
@@ -281,6 +306,8 @@ void curl_uv_close(struct curl_uv *cu, void (*closed)(void *arg), void *arg)
         curl_multi_assign(cu->multi, ctx->fd, NULL);
         sock_close(ctx);
     }
+    while (cu->spare_count > 0)
+        curl_easy_cleanup(cu->spare_easy[--cu->spare_count]);
     curl_multi_cleanup(cu->multi);
     cu->multi = NULL;
     cu->handles_to_close = 2;

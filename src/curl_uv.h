@@ -45,13 +45,21 @@ struct curl_uv *curl_uv_new(uv_loop_t *loop, curl_uv_done_cb on_done, void *arg,
  * freed. Every easy handle must have been removed, and no task be queued. */
 void curl_uv_close(struct curl_uv *cu, void (*closed)(void *arg), void *arg);
 
+/* An easy handle with every option at its default: one that a finished
+ * transfer left behind (see curl_uv_remove) or a new one. The caller's until
+ * curl_uv_add; free an unused one with curl_easy_cleanup. NULL if libcurl
+ * cannot allocate one. */
+CURL *curl_uv_easy(struct curl_uv *cu);
+
 /* Hands easy to libcurl. Not inside a libcurl callback (check
  * curl_uv_in_callback and defer). Returns 0, or -EIO if libcurl refuses (easy
  * stays the caller's). */
 int curl_uv_add(struct curl_uv *cu, CURL *easy);
 
-/* Takes easy from libcurl and frees it. Never inside a libcurl callback
- * (asserted): call it from on_done or from a deferred task. */
+/* Takes easy from libcurl; it is the curl_uv's again (reset and kept for
+ * curl_uv_easy, or freed when enough are kept), so the caller forgets it.
+ * Never inside a libcurl callback (asserted): call it from on_done or from a
+ * deferred task. */
 void curl_uv_remove(struct curl_uv *cu, CURL *easy);
 
 /* 1 while libcurl is on the stack (curl_multi_socket_action is running), so
@@ -64,5 +72,8 @@ void curl_uv_defer(struct curl_uv *cu, struct curl_uv_task *task);
 
 /* Easy handles added and not yet removed. */
 size_t curl_uv_transfers(const struct curl_uv *cu);
+
+/* Easy handles kept for reuse (at most 32). */
+size_t curl_uv_spare_easy(const struct curl_uv *cu);
 
 #endif
