@@ -1,7 +1,8 @@
 /* curl_uv.h: libcurl's multi interface driven by a libuv loop.
  *
- * A curl_uv owns one CURLM and the libuv handles that drive it: a uv_poll_t
- * per socket libcurl watches and one timer for libcurl's timeouts. The user
+ * A curl_uv owns one CURLM and what drives it: an epoll set of the sockets
+ * libcurl watches (one uv_poll_t on the set), one timer for libcurl's
+ * timeouts, and the easy handles kept for reuse. The user
  * adds and removes easy handles and hears, through on_done, when a transfer
  * has finished.
  *
