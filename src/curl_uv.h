@@ -74,7 +74,4 @@ void curl_uv_defer(struct curl_uv *cu, struct curl_uv_task *task);
 /* Easy handles added and not yet removed. */
 size_t curl_uv_transfers(const struct curl_uv *cu);
 
-/* Easy handles kept for reuse (at most 32). */
-size_t curl_uv_spare_easy(const struct curl_uv *cu);
-
 #endif
