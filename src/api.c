@@ -228,15 +228,49 @@ struct post_answer {
     char run_id[32], session_id[129], state[16], path[512];
 };
 
+/* 1 if s is printable ASCII without '"' or '\\': jansson would write it
+ * as it is, so it may go into a JSON string without escaping. */
+static int json_plain(const char *s)
+{
+    for (; *s; s++)
+        if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f || *s == '"' || *s == '\\')
+            return 0;
+    return 1;
+}
+
+/* Writes the 202's body into out, the bytes jansson's compact form of the
+ * same object would be (the run storm's every POST paid json_pack and
+ * json_dumps for them). Returns its length, or -1 when a value would need
+ * escaping or out is too small: the caller then lets jansson write it. */
+static int post_answer_body(char *out, size_t size, const struct post_answer *a,
+                            const char *status)
+{
+    if (!json_plain(a->run_id) || !json_plain(a->session_id) || !json_plain(status) ||
+        !json_plain(a->path))
+        return -1;
+    int n = snprintf(out, size,
+                     "{\"success\":true,\"run_id\":\"%s\",\"session_id\":\"%s\","
+                     "\"status\":\"%s\",\"events\":\"%s\"}",
+                     a->run_id, a->session_id, status, a->path);
+    return n >= 0 && (size_t)n < size ? n : -1;
+}
+
 static void post_answer(struct post_answer *a)
 {
-    if (a->status < 0)
+    if (a->status < 0) {
         api_respond_refused_run(a->c, a->status);
+        free(a);
+        return;
+    }
+    const char *status = a->status == STORE_REFUSED ? "failed" : a->state;
+    char body[sizeof(a->run_id) + sizeof(a->session_id) + sizeof(a->state) + sizeof(a->path) + 80];
+    int len = post_answer_body(body, sizeof(body), a, status);
+    if (len >= 0)
+        conn_respond(a->c, 202, "application/json", NULL, body, (size_t)len);
     else
         respond_json_steal(a->c, 202,
                            json_pack("{s:b, s:s, s:s, s:s, s:s}", "success", 1, "run_id", a->run_id,
-                                     "session_id", a->session_id, "status",
-                                     a->status == STORE_REFUSED ? "failed" : a->state, "events",
+                                     "session_id", a->session_id, "status", status, "events",
                                      a->path));
     free(a);
 }

@@ -1,7 +1,8 @@
 /* curl_uv.h: libcurl's multi interface driven by a libuv loop.
  *
- * A curl_uv owns one CURLM and the libuv handles that drive it: a uv_poll_t
- * per socket libcurl watches and one timer for libcurl's timeouts. The user
+ * A curl_uv owns one CURLM and what drives it: an epoll set of the sockets
+ * libcurl watches (one uv_poll_t on the set), one timer for libcurl's
+ * timeouts, and the easy handles kept for reuse. The user
  * adds and removes easy handles and hears, through on_done, when a transfer
  * has finished.
  *
@@ -45,13 +46,21 @@ struct curl_uv *curl_uv_new(uv_loop_t *loop, curl_uv_done_cb on_done, void *arg,
  * freed. Every easy handle must have been removed, and no task be queued. */
 void curl_uv_close(struct curl_uv *cu, void (*closed)(void *arg), void *arg);
 
+/* An easy handle with every option at its default: one that a finished
+ * transfer left behind (see curl_uv_remove) or a new one. The caller's until
+ * curl_uv_add; free an unused one with curl_easy_cleanup. NULL if libcurl
+ * cannot allocate one. */
+CURL *curl_uv_easy(struct curl_uv *cu);
+
 /* Hands easy to libcurl. Not inside a libcurl callback (check
  * curl_uv_in_callback and defer). Returns 0, or -EIO if libcurl refuses (easy
  * stays the caller's). */
 int curl_uv_add(struct curl_uv *cu, CURL *easy);
 
-/* Takes easy from libcurl and frees it. Never inside a libcurl callback
- * (asserted): call it from on_done or from a deferred task. */
+/* Takes easy from libcurl; it is the curl_uv's again (reset and kept for
+ * curl_uv_easy, or freed when enough are kept), so the caller forgets it.
+ * Never inside a libcurl callback (asserted): call it from on_done or from a
+ * deferred task. */
 void curl_uv_remove(struct curl_uv *cu, CURL *easy);
 
 /* 1 while libcurl is on the stack (curl_multi_socket_action is running), so

@@ -774,7 +774,7 @@ void proxy_forward_drop(struct proxy_forward *fwd)
 
 static CURL *make_easy(struct proxy_forward *fwd)
 {
-    CURL *easy = curl_easy_init();
+    CURL *easy = curl_uv_easy(proxy.curl);
     if (easy == NULL)
         return NULL;
     curl_easy_setopt(easy, CURLOPT_URL, fwd->url);

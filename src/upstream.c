@@ -125,7 +125,6 @@ struct upstream_call {
 
     char *session;                     /* the id asked for (owned) */
     struct upstream_post post[STEP_COUNT]; /* owned */
-    struct curl_slist *create_headers, *run_headers;
 
     enum call_step step;
     int retried_404;     /* the one create-and-retry after a 404 was used */
@@ -179,6 +178,9 @@ static struct upstream_module {
     struct curl_uv *curl; /* NULL once shutdown has closed it */
     size_t calls;         /* allocated calls, closing ones included */
     struct table drains;  /* draining calls by session key (drain_entry) */
+    /* The request headers, the same for every call: built once, not per
+     * call (six allocations each run start saves). */
+    struct curl_slist *create_headers, *run_headers;
     int shutting_down;
     void (*done)(void *arg);
     void *done_arg;
@@ -186,6 +188,7 @@ static struct upstream_module {
 } up;
 
 static void call_timer_cb(uv_timer_t *timer);
+static struct curl_slist *make_headers(const char *accept);
 static void attempt_begin(struct upstream_call *call);
 static void maybe_finish_shutdown(void);
 
@@ -731,7 +734,7 @@ static size_t on_body(char *data, size_t size, size_t nmemb, void *userp)
 
 static CURL *make_easy(struct upstream_call *call)
 {
-    CURL *easy = curl_easy_init();
+    CURL *easy = curl_uv_easy(up.curl);
     if (easy == NULL)
         return NULL;
     int run = call->step == STEP_RUN;
@@ -743,7 +746,7 @@ static CURL *make_easy(struct upstream_call *call)
     curl_easy_setopt(easy, CURLOPT_HTTP_VERSION, (long)CURL_HTTP_VERSION_1_1);
     curl_easy_setopt(easy, CURLOPT_POSTFIELDSIZE, (long)strlen(body));
     curl_easy_setopt(easy, CURLOPT_POSTFIELDS, body);
-    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, run ? call->run_headers : call->create_headers);
+    curl_easy_setopt(easy, CURLOPT_HTTPHEADER, run ? up.run_headers : up.create_headers);
     curl_easy_setopt(easy, CURLOPT_USERAGENT, "runcast");
     curl_easy_setopt(easy, CURLOPT_NOSIGNAL, 1L);
     curl_easy_setopt(easy, CURLOPT_TCP_NODELAY, 1L);
@@ -995,8 +998,6 @@ static void call_closed_cb(uv_handle_t *handle)
         free(call->post[i].body);
     }
     free(call->session);
-    curl_slist_free_all(call->create_headers);
-    curl_slist_free_all(call->run_headers);
     buf_free(&call->excerpt);
     free(call);
     up.calls--;
@@ -1054,6 +1055,8 @@ int upstream_init(uv_loop_t *loop, const struct upstream_config *cfg)
     up.cfg.base_url = up.base_url;
     up.rng = uv_hrtime() | 1;
     table_init(&up.drains);
+    up.create_headers = make_headers("Accept: application/json");
+    up.run_headers = make_headers("Accept: text/event-stream");
     up.initialized = 1;
     return 0;
 }
@@ -1063,6 +1066,8 @@ static void curl_closed_cb(void *arg)
     void (*done)(void *) = up.done;
     void *done_arg = up.done_arg;
     free(up.base_url);
+    curl_slist_free_all(up.create_headers);
+    curl_slist_free_all(up.run_headers);
     table_free(&up.drains);
     memset(&up, 0, sizeof(up));
     if (done)
@@ -1226,8 +1231,6 @@ struct upstream_call *upstream_call_start(const struct upstream_request *req,
     url = (struct buf){0};
     buf_printf(&url, "%s/run_sse", up.base_url);
     call->post[STEP_RUN] = (struct upstream_post){url.data, rbody};
-    call->create_headers = make_headers("Accept: application/json");
-    call->run_headers = make_headers("Accept: text/event-stream");
     call->step = req->session_ready ? STEP_RUN : STEP_CREATE_BY_PATH;
     call->retry_after_ms = -1;
     call->backoff_until_ms = NO_DEADLINE;

@@ -1,10 +1,12 @@
 """Runs: start, replace, cancel, fail, task status, sessions, upstream faults."""
 
 import json
+import re
+import socket
 import time
 
-from harness import (TERMINAL, TIME_SCALE, all_status, check_error, demo_call, eq, expect, fail,
-                     post_run, request, run_events, spath, task_status, terminal_events,
+from harness import (TERMINAL, TIME_SCALE, all_status, build_request, check_error, demo_call, eq,
+                     expect, fail, post_run, request, run_events, spath, task_status, terminal_events,
                      test, wait_until)
 
 
@@ -457,3 +459,43 @@ def test_run_queued_and_started_carry_the_servers_times(t):
     expect(abs(status["created_at"] - st["created_at"]) < 1e-3 and
            abs(status["started_at"] - st["started_at"]) < 1e-3,
            "task status %r vs run.started %r" % (status, st))
+
+
+@test()
+def test_post_answers_202_with_exact_bytes(t):
+    # The 202 is written from a template (api.c): its head and body must be
+    # byte for byte what jansson wrote before, for a running and a queued
+    # run, with dots, dashes and underscores in every parameter.
+    d = t.daemon("--max-concurrent-runs", "1")
+
+    def post_raw(sid, app, user, message):
+        body = json.dumps({"message": message}).encode()
+        path = spath(sid, app=app, user=user) + "/run"
+        sock = socket.create_connection(("127.0.0.1", d.port), 5)
+        try:
+            sock.sendall(build_request("POST", path, body, {"Content-Type": "application/json",
+                                                            "Connection": "close"}))
+            data, deadline = b"", time.monotonic() + 5
+            while time.monotonic() < deadline:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+            return path, data
+        finally:
+            sock.close()
+
+    for sid, app, user, state in (("a.b-c_d", "my_app.v-2", "u.s-e_r", "running"),
+                                  ("second", "app", "u", "queued")):
+        path, data = post_raw(sid, app, user, "hold !delay=10s")
+        head, _, body = data.partition(b"\r\n\r\n")
+        m = re.match(rb'^\{"success":true,"run_id":"(r[0-9a-f]{16})","session_id":"([^"]*)",'
+                            rb'"status":"([a-z]+)","events":"([^"]*)"\}$', body)
+        expect(m is not None, "202 body: %r" % body)
+        eq(m.group(2).decode(), sid, "session_id")
+        eq(m.group(3).decode(), state, "status")
+        eq(m.group(4).decode(), path, "events")
+        lines = head.split(b"\r\n")
+        eq(lines[0], b"HTTP/1.1 202 Accepted", "status line")
+        eq(head, b"HTTP/1.1 202 Accepted\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: %d\r\nConnection: close" % len(body), "202 head")

@@ -7,6 +7,7 @@
  * drives upstream calls on a uv loop and counts every callback. Every wait has
  * a deadline; alarm() backs them all up. */
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <jansson.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -1298,6 +1299,84 @@ static void connection_is_reused_between_calls(void)
     CHECK_EQ(atomic_load(&f.client_closes), 1);
 }
 
+/* Easy handles are reused (curl_uv keeps finished ones, reset): a create
+ * request made with the handle a /run_sse used carries nothing of it, and
+ * the next /run_sse nothing of the create. */
+static void reused_easy_handle_carries_nothing_over(void)
+{
+    static const struct reply replies[] = {
+        {{W(SSE_HEAD), CHUNK("data: {\"n\":1}\n\n"), LAST_CHUNK, KEEP}},
+        {{W(CREATED), KEEP}},
+        {{W(SSE_HEAD), CHUNK("data: {\"n\":2}\n\n"), LAST_CHUNK, KEEP}},
+    };
+    struct fake f;
+    struct probe p = {0}, q = {0};
+    fake_start(&f, replies, 3);
+    struct upstream_config cfg = default_config(f.port);
+    setup(&cfg);
+    json_t *delta = json_pack("{s:i}", "k", 1);
+    start_call(&p, 1, delta);
+    json_decref(delta);
+    CHECK(wait_until(probe_ended, &p, WAIT_MS));
+    CHECK(wait_until(no_live_transfers, NULL, WAIT_MS));
+    start_call(&q, 0, NULL);
+    CHECK(wait_until(probe_ended, &q, WAIT_MS));
+    teardown();
+    fake_stop(&f);
+    CHECK_EQ(p.outcome, UPSTREAM_COMPLETED);
+    CHECK_EQ(q.outcome, UPSTREAM_COMPLETED);
+    CHECK_STREQ(q.event[0], "{\"n\":2}");
+    CHECK_EQ(f.n_seen, 3);
+    CHECK_EQ(f.connections, 1);
+    CHECK_STREQ(f.seen[1].path, "/apps/app/users/u1/sessions/s1");
+    CHECK_STREQ(f.seen[1].body, "{}");
+    CHECK(strcasestr(f.seen[1].head, "Accept: application/json\r\n") != NULL);
+    CHECK(strcasestr(f.seen[1].head, "text/event-stream") == NULL);
+    CHECK_STREQ(f.seen[2].path, "/run_sse");
+    CHECK(strcasestr(f.seen[2].head, "Accept: text/event-stream\r\n") != NULL);
+    CHECK(strcasestr(f.seen[2].head, "Content-Length: 118\r\n") != NULL);
+    CHECK_STREQ(f.seen[2].body,
+                "{\"appName\":\"app\",\"userId\":\"u1\",\"sessionId\":\"s1\","
+                "\"newMessage\":{\"role\":\"user\",\"parts\":[{\"text\":\"hi\"}]},"
+                "\"streaming\":true}");
+}
+
+/* Open descriptors of this process. */
+static int open_descriptors(void)
+{
+    int n = 0;
+    DIR *dir = opendir("/proc/self/fd");
+    if (dir == NULL)
+        return -1;
+    while (readdir(dir) != NULL)
+        n++;
+    closedir(dir);
+    return n;
+}
+
+/* Shutdown leaves no descriptor behind: not libcurl's cached connection,
+ * not curl_uv's epoll set. */
+static void shutdown_closes_every_descriptor(void)
+{
+    static const struct reply replies[] = {
+        {{W(SSE_HEAD), CHUNK("data: {\"n\":1}\n\n"), LAST_CHUNK, KEEP}},
+    };
+    int before = open_descriptors();
+    struct fake f;
+    struct probe p = {0};
+    fake_start(&f, replies, 1);
+    struct upstream_config cfg = default_config(f.port);
+    setup(&cfg);
+    start_call(&p, 1, NULL);
+    CHECK(wait_until(probe_ended, &p, WAIT_MS));
+    CHECK(wait_until(no_live_transfers, NULL, WAIT_MS));
+    teardown();
+    fake_stop(&f);
+    CHECK_EQ(p.outcome, UPSTREAM_COMPLETED);
+    CHECK_EQ(atomic_load(&f.client_closes), 1);
+    CHECK_EQ(open_descriptors(), before);
+}
+
 /* A call started from inside another call's on_event (libcurl on the stack)
  * still runs. */
 static void start_inside_on_event(struct probe *p)
@@ -1574,6 +1653,8 @@ int main(void)
     RUN_TEST(cancel_inside_on_event_stops_everything);
     RUN_TEST(cancel_right_after_start_runs_no_callback);
     RUN_TEST(connection_is_reused_between_calls);
+    RUN_TEST(reused_easy_handle_carries_nothing_over);
+    RUN_TEST(shutdown_closes_every_descriptor);
     RUN_TEST(call_started_inside_on_event_runs);
     RUN_TEST(reset_kept_alive_connection_is_retried);
     RUN_TEST(closed_kept_alive_connection_is_retried);
