@@ -417,7 +417,7 @@ def test_node_stalled_with_its_answers_waiting_keeps_its_store_connection(t):
     A.freeze()
     os.kill(redis_pid, signal.SIGCONT)   # Redis answers A, whose socket keeps the answers
     # Stalled past the store's command deadline (the larger of the lease and 2 s).
-    time.sleep(max(c.lease_s, 2.0) + 0.5)
+    time.sleep(max(c.lease_s, 2.0) + 0.5)   # the stall's length (the fault), not a wait for a result
     A.thaw()
     eq(A.readyz(), (200, {"status": "ready"}), "/readyz on the woken node")
     eq(status_of(A, "s")["run_id"], r, "task-status on the woken node, asked at once")
