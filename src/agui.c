@@ -58,7 +58,7 @@ struct agui_tr {
 static void tr_init(struct agui_tr *t, const char *thread_id, int keep_messages)
 {
     memset(t, 0, sizeof(*t));
-    snprintf(t->thread_id, sizeof(t->thread_id), "%s", thread_id);
+    str_copy(t->thread_id, sizeof(t->thread_id), thread_id);
     t->call_ids = json_object();
     t->messages = keep_messages ? json_array() : NULL;
     t->out = json_array();
@@ -337,7 +337,7 @@ static json_t *run_event(struct agui_tr *t, const char *type, json_t *runcast)
 static void begin_run(struct agui_tr *t, const char *run_id, json_t *data)
 {
     close_open(t);
-    snprintf(t->run_id, sizeof(t->run_id), "%s", run_id);
+    str_copy(t->run_id, sizeof(t->run_id), run_id);
     t->in_run = 1;
     t->ended = 0;
     t->streamed = 0;
@@ -848,7 +848,7 @@ static void agui_start_run(struct agui_stream *a, struct session *s, struct run_
     json_decref(a->input);
     a->input = NULL;
     struct run *r = session_start_run(s, in, agui_registered, a);
-    snprintf(a->run_id, sizeof(a->run_id), "%s", r->id);
+    str_copy(a->run_id, sizeof(a->run_id), r->id);
     a->begun = 1;
     if (a->registered)
         agui_registered(a, a->status);
@@ -942,7 +942,7 @@ void agui_handle_post(struct conn *c, const struct http_request *req, const stru
         return;
     }
     struct route_params tp = *p;
-    snprintf(tp.session, sizeof(tp.session), "%s", json_string_value(json_object_get(input, "threadId")));
+    str_copy(tp.session, sizeof(tp.session), json_string_value(json_object_get(input, "threadId")));
     struct agui_stream *a = agui_stream_new(c, &tp, 0);
     a->input = input;
     if (agui_count_stream(a) < 0)

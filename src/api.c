@@ -331,9 +331,9 @@ static void handle_post_run(struct conn *c, const struct http_request *req,
     a->c = c;
     struct run_input in = {.new_message = message, .state_delta = state_delta, .streaming = stream};
     struct run *r = session_start_run(s, &in, post_registered, a);
-    snprintf(a->run_id, sizeof(a->run_id), "%s", r->id);
-    snprintf(a->session_id, sizeof(a->session_id), "%s", s->id);
-    snprintf(a->state, sizeof(a->state), "%s", run_state_name(r->state));
+    str_copy(a->run_id, sizeof(a->run_id), r->id);
+    str_copy(a->session_id, sizeof(a->session_id), s->id);
+    str_copy(a->state, sizeof(a->state), run_state_name(r->state));
     events_path(a->path, sizeof(a->path), p);
     a->begun = 1;
     if (a->registered)
@@ -491,7 +491,7 @@ static void handle_get_stream(struct conn *c, const struct http_request *req,
     q->c = c;
     q->p = *p;
     q->has_id = has_id;
-    snprintf(q->id, sizeof(q->id), "%s", has_id ? id : "");
+    str_copy(q->id, sizeof(q->id), has_id ? id : "");
     q->from_live = from_live;
     q->deadline_ms = auth_grant_deadline_ms(grant);
     stream_step(q);
@@ -530,7 +530,7 @@ static struct store_answer *store_answer_new(struct conn *c, int route, const ch
     struct store_answer *a = xmalloc(sizeof(*a));
     a->c = c;
     a->route = route;
-    snprintf(a->session_id, sizeof(a->session_id), "%s", session_id ? session_id : "");
+    str_copy(a->session_id, sizeof(a->session_id), session_id ? session_id : "");
     return a;
 }
 
@@ -616,7 +616,7 @@ static void delete_forward(struct conn *c, struct proxy_forward *fwd, json_t *ou
     }
     struct delete_request *d = xcalloc(1, sizeof(*d));
     d->ours = ours;
-    snprintf(d->session_id, sizeof(d->session_id), "%s", session_id);
+    str_copy(d->session_id, sizeof(d->session_id), session_id);
     proxy_forward_start(fwd, delete_forwarded, d);
 }
 
@@ -652,7 +652,7 @@ static void handle_delete_session(struct conn *c, const struct http_request *req
         struct store_delete *sd = xcalloc(1, sizeof(*sd));
         sd->c = c;
         sd->fwd = proxy_forward_new(c, req);
-        snprintf(sd->session_id, sizeof(sd->session_id), "%s", p->session);
+        str_copy(sd->session_id, sizeof(sd->session_id), p->session);
         store_redis_delete(p->app, p->user, p->session, store_deleted, sd);
         return;
     }

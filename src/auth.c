@@ -919,7 +919,7 @@ int auth_check_request(struct conn *c, const struct http_request *req, int route
     if (route == ROUTE_ADK_RUN_SSE || route == ROUTE_ADK_RUN) {
         /* The user is named in the body: the handler compares it. */
         if (!claims.admin)
-            snprintf(out->user, sizeof(out->user), "%s", claims.user);
+            str_copy(out->user, sizeof(out->user), claims.user);
     } else if (route == ROUTE_FORWARD) {
         /* A user's path of the upstream's (/apps/{app}/users/{user}/…,
          * params->user as proxy_check_path() decoded it) is that user's;

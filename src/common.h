@@ -76,6 +76,11 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
+/* Copies s (NULL: "") or s[0..n) into out[size] as a string, cut to fit
+ * (size > 0). */
+void str_copy(char *out, size_t size, const char *s);
+void str_copyn(char *out, size_t size, const char *s, size_t n);
+
 /* Monotonic milliseconds / nanoseconds (uv_hrtime based). */
 uint64_t time_mono_ms(void);
 uint64_t time_mono_ns(void);

@@ -606,11 +606,11 @@ static void option_store(const struct option *opt, const struct option_value *v,
     case OPTION_ENUM:
     case OPTION_STRING:
     case OPTION_SECRET:
-        snprintf(field, opt->size, "%s", v->text);
+        str_copy(field, opt->size, v->text);
         break;
     case OPTION_LISTEN:
     case OPTION_LISTEN_OPTIONAL:
-        snprintf(field, opt->size, "%s", v->listen.host);
+        str_copy(field, opt->size, v->listen.host);
         memcpy((char *)cfg + opt->port_offset, &v->listen.port, sizeof(v->listen.port));
         break;
     case OPTION_ORIGINS: /* appends; option_apply() checked that it fits */

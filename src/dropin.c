@@ -76,7 +76,7 @@ static json_t *error_frame(const char *type, json_t *data)
         if (code && strcmp(code, "agent_error") == 0 && json_is_object(detail))
             return json_object_get(detail, "errorCode") ? NULL : json_incref(detail);
         const char *message = json_string_value(json_object_get(data, "message"));
-        snprintf(text, sizeof(text), "%s", message ? message : "the run failed");
+        str_copy(text, sizeof(text), message ? message : "the run failed");
         what = code ? code : what;
     } else if (strcmp(what, "superseded") == 0) {
         snprintf(text, sizeof(text), "the run was superseded by run %s",
@@ -421,7 +421,7 @@ void dropin_handle_request(struct conn *c, const struct http_request *req, int r
     struct run_input in = {
         .new_message = q.message, .state_delta = q.state_delta, .streaming = d->sse && q.streaming};
     struct run *r = session_start_run(s, &in, dropin_registered, d);
-    snprintf(d->run_id, sizeof(d->run_id), "%s", r->id);
+    str_copy(d->run_id, sizeof(d->run_id), r->id);
     d->begun = 1;
     if (d->registered)
         dropin_registered(d, d->status);

@@ -232,7 +232,7 @@ int main(int argc, char **argv)
         return 2;
 
     char upstream[sizeof(cfg.upstream) + 32];
-    snprintf(upstream, sizeof(upstream), "%s", cfg.upstream);
+    str_copy(upstream, sizeof(upstream), cfg.upstream);
     api_set_upstream_kind(strcmp(cfg.upstream, "demo") == 0 ? "demo" : "http");
     int err = start_demo_if_needed(upstream, sizeof(upstream));
     if (err < 0) {

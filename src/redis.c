@@ -994,7 +994,7 @@ struct redis *redis_open(uv_loop_t *loop, const char *host, int port, const stru
     }
     struct redis *r = xcalloc(1, sizeof(*r));
     r->loop = loop;
-    snprintf(r->host, sizeof(r->host), "%s", host);
+    str_copy(r->host, sizeof(r->host), host);
     r->port = port;
     r->cfg = *cfg;
     r->cb = *cb;

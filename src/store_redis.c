@@ -165,26 +165,17 @@ static void stop_check(void);
 
 /* ---- small helpers ------------------------------------------------------ */
 
-/* Copies text[0..n) into out[size] as a string, cut to fit. */
-static void copy_text(char *out, size_t size, const char *text, size_t n)
-{
-    if (n >= size)
-        n = size - 1;
-    memcpy(out, text, n);
-    out[n] = '\0';
-}
-
 static char *u64_text(char *out, size_t size, uint64_t v)
 {
     char digits[20];
-    copy_text(out, size, digits, fmt_u64(digits, v));
+    str_copyn(out, size, digits, fmt_u64(digits, v));
     return out;
 }
 
 static void epoch_text(char *out, size_t size, uint32_t epoch)
 {
     char digits[8];
-    copy_text(out, size, digits, fmt_hex32(digits, epoch));
+    str_copyn(out, size, digits, fmt_hex32(digits, epoch));
 }
 
 /* A random non-zero 32-bit epoch: xorshift64 seeded once from the kernel
@@ -319,10 +310,10 @@ static void note_run_ended(struct redis_log *l, const char *run_id, const char *
     if (l->closed)
         return;
     struct note *n = note_add(l, NOTE_RUN_ENDED);
-    snprintf(n->run_id, sizeof(n->run_id), "%s", run_id);
+    str_copy(n->run_id, sizeof(n->run_id), run_id);
     if (event) {
         n->has_event = 1;
-        snprintf(n->event, sizeof(n->event), "%s", event);
+        str_copy(n->event, sizeof(n->event), event);
     }
 }
 
@@ -353,7 +344,7 @@ static void mirror_apply(struct redis_log *l, uint64_t seq, char flag, const cha
         struct note *n = note_add(l, NOTE_CLOSED);
         json_t *o = json_loadb(data, len, 0, NULL);
         const char *reason = json_string_value(json_object_get(o, "reason"));
-        snprintf(n->event, sizeof(n->event), "%s", reason ? reason : "closed");
+        str_copy(n->event, sizeof(n->event), reason ? reason : "closed");
         json_decref(o);
     }
 }
@@ -589,9 +580,9 @@ static struct store_log *redis_open_log(const char *app, const char *user, const
     l->base.ops = &store_redis_ops;
     l->cache = store_memory_open_cache(0);
     l->refs = 1;
-    snprintf(l->app, sizeof(l->app), "%s", app);
-    snprintf(l->user, sizeof(l->user), "%s", user);
-    snprintf(l->sid, sizeof(l->sid), "%s", session);
+    str_copy(l->app, sizeof(l->app), app);
+    str_copy(l->user, sizeof(l->user), user);
+    str_copy(l->sid, sizeof(l->sid), session);
     session_key(l->S, app, user, session);
     snprintf(l->channel, sizeof(l->channel), "rc:{%s}:c", l->S);
     list_init(&l->buffered);
@@ -700,8 +691,8 @@ static struct write *write_new(struct redis_log *l, enum write_kind kind, const 
     w->log = l;
     w->kind = kind;
     run_id = run_id ? run_id : "";
-    copy_text(w->run_id, sizeof(w->run_id), run_id, strlen(run_id));
-    copy_text(w->event, sizeof(w->event), event, strlen(event));
+    str_copy(w->run_id, sizeof(w->run_id), run_id);
+    str_copy(w->event, sizeof(w->event), event);
     w->argc = argc;
     w->argv = (const char **)(w + 1);
     char *text = (char *)(w->argv + argc);
@@ -908,7 +899,7 @@ static int64_t redis_start_run(struct store_log *log, const char *run_id, const 
     char *text = xstrndup(data, len);
     const char *args[] = {"start", l->S, l->user, l->app, l->sid, rs.node_id, run_id, epoch,
                           event, text, rs.arg.runs_cap, rs.arg.sessions_cap, rs.arg.ttl, rs.arg.history};
-    snprintf(l->run_id, sizeof(l->run_id), "%s", run_id);
+    str_copy(l->run_id, sizeof(l->run_id), run_id);
     l->run_over = 0;
     l->run_epoch = 0;
     l->run_k = 0;
@@ -999,7 +990,7 @@ static const struct redis_sub_callbacks probe_callbacks = {
 static void log_session_event(const char *event, const char *S)
 {
     char copy[MAX_KEY];
-    snprintf(copy, sizeof(copy), "%s", S);
+    str_copy(copy, sizeof(copy), S);
     char *part[4] = {copy, "", "", ""};
     for (int i = 1; i < 4 && part[i - 1]; i++) {
         char *slash = strchr(part[i - 1], '/');
@@ -1232,7 +1223,7 @@ int store_redis_start(uv_loop_t *loop, const struct store_redis_config *cfg)
 {
     rs.loop = loop;
     rs.cfg = *cfg;
-    snprintf(rs.node_id, sizeof(rs.node_id), "%s", cfg->node_id);
+    str_copy(rs.node_id, sizeof(rs.node_id), cfg->node_id);
     rs.cfg.node_id = rs.node_id;
     u64_text(rs.arg.ttl, sizeof(rs.arg.ttl), cfg->session_ttl_ms);
     u64_text(rs.arg.runs_cap, sizeof(rs.arg.runs_cap), (uint64_t)cfg->max_runs_per_user);

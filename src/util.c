@@ -50,6 +50,19 @@ char *xstrndup(const char *s, size_t n)
     return p;
 }
 
+void str_copyn(char *out, size_t size, const char *s, size_t n)
+{
+    if (n >= size)
+        n = size - 1;
+    memcpy(out, s, n);
+    out[n] = '\0';
+}
+
+void str_copy(char *out, size_t size, const char *s)
+{
+    str_copyn(out, size, s ? s : "", s ? strnlen(s, size) : 0);
+}
+
 void buf_reserve(struct buf *b, size_t extra)
 {
     size_t need = b->len + extra + 1;
