@@ -10,7 +10,9 @@
  * asked (default true), a newMessage equal to the one built, with a string
  * role and a non-empty "parts" array of non-empty objects (a "text" part
  * being a non-empty string), and "stateDelta" exactly when the body had an
- * object. No crash and no leak (LeakSanitizer runs per input).
+ * object. Every JSON input is written by json_text() exactly as
+ * json_dumps(JSON_COMPACT) writes it. No crash and no leak (LeakSanitizer
+ * runs per input).
  */
 #include <stdint.h>
 
@@ -66,12 +68,24 @@ static void check_request(const char *text, const json_t *message, const json_t 
     json_decref(o);
 }
 
+/* json_text() writes what json_dumps() writes, for any JSON at all. */
+static void same_text_as_jansson(const json_t *v)
+{
+    char *ours = json_text(v);
+    char *theirs = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    if (theirs == NULL || strcmp(ours, theirs) != 0)
+        abort();
+    free(ours);
+    free(theirs);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     json_error_t jerr;
     json_t *body = json_loadb((const char *)data, size, JSON_REJECT_DUPLICATES, &jerr);
     if (body == NULL)
         return 0;
+    same_text_as_jansson(body);
 
     json_t *state_delta;
     int streaming;
@@ -93,7 +107,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         .state_delta = state_delta,
         .streaming = streaming,
     };
-    char *text = take_json_text(run_body(&req));
+    char *text = run_body(&req);
     if (text == NULL)
         abort(); /* a message the API accepted must reach the upstream */
     check_request(text, message, state_delta, streaming);

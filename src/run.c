@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "json_text.h"
 #include "log.h"
 #include "metrics.h"
 #include "quota.h"
@@ -162,6 +163,8 @@ static void run_log_transition(const struct run *r, enum run_state to, json_t *d
 {
     const char *session = r->host->session_id;
     char ms[32], n[32];
+    if (!log_enabled(LOG_INFO))
+        return; /* nothing to format */
     if (to == RUN_QUEUED) {
         snprintf(n, sizeof(n), "%" JSON_INTEGER_FORMAT,
                  json_integer_value(json_object_get(data, "position")));
@@ -208,7 +211,7 @@ static void run_transition(struct run *r, enum run_state to, json_t *data, enum 
     else /* the server's clock: a tab replaying the run later shows its true age */
         json_object_set_new(data, "created_at", json_real(r->created_at));
 
-    char *text = json_dumps(data, JSON_COMPACT);
+    char *text = json_text(data);
     /* The first event of a run is where a new subscriber's replay starts. */
     if (from == RUN_REGISTERED) {
         store_start_run(host->log, r->id, state_events[to], text, strlen(text), r->on_registered,
@@ -280,8 +283,9 @@ static void on_event(void *arg, const char *json, size_t len)
         char ms[32];
         uint64_t after_ns = time_mono_ns() - (r->sent_ns ? r->sent_ns : r->started_ns);
         metrics_observe(METRICS_TIME_TO_FIRST_EVENT, (double)after_ns / 1e9);
-        log_event(LOG_INFO, "run.first_event", "session", r->host->session_id, "run", r->id,
-                  "after_ms", ms_text(ms, sizeof(ms), after_ns), NULL);
+        if (log_enabled(LOG_INFO))
+            log_event(LOG_INFO, "run.first_event", "session", r->host->session_id, "run", r->id,
+                      "after_ms", ms_text(ms, sizeof(ms), after_ns), NULL);
     }
     metrics_count_event();
     store_append(r->host->log, r->id, "agent.event", json, len);

@@ -60,6 +60,7 @@
 
 #include "curl_uv.h"
 #include "frame_scan.h"
+#include "json_text.h"
 #include "log.h"
 #include "sse.h"
 #include "table.h"
@@ -851,6 +852,22 @@ static json_t *created_id(const struct upstream_call *call)
     return id;
 }
 
+/* Prepares the create-session request in the body form, POST …/sessions
+ * {"sessionId": …}, when the path form was refused: its URL is the path
+ * form's without the last segment. Built only then, as most calls never
+ * need it (the session is ready, or the path form works). */
+static void prepare_create_by_body(struct upstream_call *call)
+{
+    struct upstream_post *post = &call->post[STEP_CREATE_BY_BODY];
+    if (post->url != NULL)
+        return;
+    const char *by_path = call->post[STEP_CREATE_BY_PATH].url;
+    post->url = xstrndup(by_path, (size_t)(strrchr(by_path, '/') - by_path));
+    json_t *o = json_pack("{s:s}", "sessionId", call->session);
+    post->body = json_text(o);
+    json_decref(o);
+}
+
 /* Decides what a create-session answer means, with its body: the session
  * exists (go on with /run_sse), the path form is not there (try the body
  * form), or the run fails. "Already exists" is ready too: Python ADK says
@@ -880,6 +897,7 @@ static void judge_created(struct upstream_call *call)
     } else if ((status == 404 || status == 405) && call->step == STEP_CREATE_BY_PATH) {
         transfer_release(call);
         call->step = STEP_CREATE_BY_BODY;
+        prepare_create_by_body(call);
         attempt_begin(call);
         return;
     }
@@ -1133,17 +1151,7 @@ static char *run_body(const struct upstream_request *req)
         fields += json_object_set(o, "customMetadata", req->custom_metadata) == 0;
     char *text = NULL;
     if (json_object_size(o) == fields)
-        text = json_dumps(o, JSON_COMPACT);
-    json_decref(o);
-    return text;
-}
-
-/* The body form's body: {"sessionId": …}. */
-static char *create_by_body_body(const struct upstream_request *req)
-{
-    json_t *o = json_object();
-    json_object_set_new(o, "sessionId", json_string(req->session));
-    char *text = json_object_size(o) == 1 ? json_dumps(o, JSON_COMPACT) : NULL;
+        text = json_text(o);
     json_decref(o);
     return text;
 }
@@ -1178,15 +1186,6 @@ static void sessions_url(struct buf *url, const struct upstream_request *req)
     buf_printf(url, "/sessions");
 }
 
-/* Copies a jansson-allocated string into our allocator's memory. */
-static char *take_json_text(char *text)
-{
-    if (text == NULL)
-        return NULL;
-    char *copy = xstrdup(text);
-    free(text);
-    return copy;
-}
 
 struct upstream_call *upstream_call_start(const struct upstream_request *req,
                                           const struct upstream_callbacks *cb, void *arg,
@@ -1204,11 +1203,8 @@ struct upstream_call *upstream_call_start(const struct upstream_request *req,
         *err = -EINVAL;
         return NULL;
     }
-    char *rbody = take_json_text(run_body(req));
-    char *cbody = take_json_text(create_by_body_body(req));
-    if (rbody == NULL || cbody == NULL) {
-        free(rbody);
-        free(cbody);
+    char *rbody = run_body(req);
+    if (rbody == NULL) {
         *err = -EINVAL;
         return NULL;
     }
@@ -1225,9 +1221,6 @@ struct upstream_call *upstream_call_start(const struct upstream_request *req,
     sessions_url(&url, req);
     url_append_segment(&url, req->session);
     call->post[STEP_CREATE_BY_PATH] = (struct upstream_post){url.data, xstrdup("{}")};
-    url = (struct buf){0};
-    sessions_url(&url, req);
-    call->post[STEP_CREATE_BY_BODY] = (struct upstream_post){url.data, cbody};
     url = (struct buf){0};
     buf_printf(&url, "%s/run_sse", up.base_url);
     call->post[STEP_RUN] = (struct upstream_post){url.data, rbody};

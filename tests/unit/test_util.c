@@ -1,10 +1,12 @@
 /* test_util.c: common.h's helpers: str_list_next (the one comma-separated
  * list scanner, used for HTTP token lists and If-None-Match), the
- * console's ETag matching built on it, and the number formatters. */
+ * console's ETag matching built on it, the number formatters and string
+ * copies, and json_text against json_dumps. */
 #include "../../src/console.c"
 
 #include <inttypes.h>
 
+#include "../../src/json_text.h"
 #include "../../src/store.h"
 
 #include "test.h"
@@ -124,6 +126,118 @@ static void if_none_match_compares_weakly(void)
     CHECK_EQ(etag_listed(list, strlen(list), etag), 0);
 }
 
+static void copies_are_cut_to_fit(void)
+{
+    char out[6];
+    str_copy(out, sizeof(out), "abc");
+    CHECK_STREQ(out, "abc");
+    str_copy(out, sizeof(out), "abcdefgh");
+    CHECK_STREQ(out, "abcde"); /* as snprintf("%s") cuts */
+    str_copy(out, sizeof(out), NULL);
+    CHECK_STREQ(out, "");
+    str_copyn(out, sizeof(out), "xyz!", 2);
+    CHECK_STREQ(out, "xy");
+}
+
+/* Checks json_text(v) against json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+ * steals v. */
+static void check_text_matches(json_t *v)
+{
+    char *ours = json_text(v);
+    char *theirs = json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
+    CHECK_STREQ(ours, theirs);
+    free(ours);
+    free(theirs);
+    json_decref(v);
+}
+
+static uint64_t rng_state = 0x9e3779b97f4a7c15u;
+
+static uint64_t rng(void)
+{
+    rng_state ^= rng_state << 13;
+    rng_state ^= rng_state >> 7;
+    rng_state ^= rng_state << 17;
+    return rng_state;
+}
+
+/* A random value up to depth levels deep: every kind of value, strings
+ * with every byte below 0x80 and some multi-byte UTF-8, doubles from
+ * random bits (every exponent) and from a few decimal digits. */
+static json_t *random_value(int depth)
+{
+    static const char *const multibyte[] = {"\xc3\xa9", "\xe2\x80\xa8", "\xf0\x9f\x98\x80"};
+    switch (rng() % (depth > 0 ? 8 : 6)) {
+    case 0: {
+        char text[40];
+        size_t n = 0, len = rng() % 12;
+        for (size_t i = 0; i < len; i++) {
+            uint64_t r = rng();
+            if (r % 5 == 0) {
+                const char *m = multibyte[r % 3];
+                memcpy(text + n, m, strlen(m));
+                n += strlen(m);
+            } else {
+                text[n++] = (char)(1 + r % 127);
+            }
+        }
+        return json_stringn(text, n);
+    }
+    case 1:
+        return json_integer((json_int_t)rng() >> (rng() % 64));
+    case 2: {
+        uint64_t bits = rng();
+        double d;
+        memcpy(&d, &bits, sizeof(d));
+        return json_real(d); /* NULL for NaN and infinities: json_object_set_new skips it */
+    }
+    case 3:
+        return json_real((double)(int64_t)(rng() % 2000001 - 1000000) / 1000.0);
+    case 4:
+        return json_boolean(rng() % 2);
+    case 5:
+        return json_null();
+    case 6: {
+        json_t *a = json_array();
+        for (int i = (int)(rng() % 4); i > 0; i--)
+            json_array_append_new(a, random_value(depth - 1));
+        return a;
+    }
+    default: {
+        json_t *o = json_object();
+        for (int i = (int)(rng() % 5); i > 0; i--) {
+            char key[8];
+            snprintf(key, sizeof(key), "%c%u", (char)(1 + rng() % 127), (unsigned)(rng() % 10));
+            json_object_set_new(o, key, random_value(depth - 1));
+        }
+        return o;
+    }
+    }
+}
+
+static void json_text_writes_what_jansson_writes(void)
+{
+    check_text_matches(json_pack("{s:s, s:f, s:f}", "run_id", "r0000000100000001", "created_at",
+                                 1764860000.1234567, "started_at", 1764860000.0));
+    check_text_matches(json_string("\"\\/\b\f\n\r\t\x01\x1f\x7f end"));
+    check_text_matches(json_integer(INT64_MIN));
+    check_text_matches(json_integer(INT64_MAX));
+    check_text_matches(json_integer(0));
+    static const double reals[] = {0.0, -0.0, 1.0, -1.5, 0.1, 1e20, 1e21, 1e-5, 1.5e-300, 1e300,
+                                   123456789012345680.0, 5e-324, 1.7976931348623157e308};
+    for (size_t i = 0; i < sizeof(reals) / sizeof(reals[0]); i++)
+        check_text_matches(json_real(reals[i]));
+    check_text_matches(json_object());
+    check_text_matches(json_array());
+    check_text_matches(json_pack("{s:[{s:s},{}], s:{s:n, s:b}}", "parts", "text", "hi",
+                                 "meta", "a", "b", 0));
+    for (int i = 0; i < 20000; i++) {
+        json_t *v = random_value(4);
+        if (v != NULL)
+            check_text_matches(v);
+    }
+}
+
 int main(void)
 {
     RUN_TEST(numbers_format_like_printf);
@@ -132,5 +246,7 @@ int main(void)
     RUN_TEST(quoted_commas_do_not_split);
     RUN_TEST(scan_stops_at_len);
     RUN_TEST(if_none_match_compares_weakly);
+    RUN_TEST(copies_are_cut_to_fit);
+    RUN_TEST(json_text_writes_what_jansson_writes);
     return test_report("test_util");
 }

@@ -1,0 +1,28 @@
+/* json_text.h: compact JSON text from jansson values, without json_dumps.
+ *
+ * jansson 2.14's json_dumps checks every object and array it writes for a
+ * reference loop, by formatting the container's address with snprintf("%p")
+ * into a hash table, and goes through a callback per fragment. For the
+ * small objects a run start writes (its state events, the /run_sse body)
+ * that was two thirds of the dump's cost. The values runcast builds cannot
+ * hold a loop (jansson refuses to insert a container into itself, and
+ * nothing here builds one indirectly), so this writer skips the check.
+ *
+ * The text is byte for byte what json_dumps(v, JSON_COMPACT) writes (keys in
+ * insertion order, the same string escapes, reals as "%.17g" with ".0"
+ * added to integral ones); tests/unit/test_util.c compares the two. */
+#ifndef RUNCAST_JSON_TEXT_H
+#define RUNCAST_JSON_TEXT_H
+
+#include <jansson.h>
+
+#include "common.h"
+
+/* Appends v's compact text to out. */
+void json_text_append(struct buf *out, const json_t *v);
+
+/* v's compact text in a new NUL-terminated string (free() it); NULL for a
+ * NULL v. */
+char *json_text(const json_t *v);
+
+#endif
