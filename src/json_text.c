@@ -4,7 +4,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 
-/* The escape of each byte below 0x20, '"' and '\\'; NULL: the byte as is. */
+/* The short escapes; the other bytes below 0x20 are written \u00XX. */
 static const char *const escapes[128] = {
     ['\b'] = "\\b", ['\f'] = "\\f", ['\n'] = "\\n", ['\r'] = "\\r", ['\t'] = "\\t",
     ['"'] = "\\\"", ['\\'] = "\\\\",
@@ -50,7 +50,8 @@ static void append_real(struct buf *out, double value)
     }
     char *e = strchr(text, 'e');
     if (e != NULL) {
-        /* "e+05" -> "e5", "e-05" -> "e-5": from start, up to end, goes. */
+        /* The exponent loses its '+' and leading zeros: "e+05" -> "e5",
+         * "e-05" -> "e-5" (the bytes from start up to end go). */
         char *start = e + 1, *end = e + 2;
         if (*start == '-')
             start++;

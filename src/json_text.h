@@ -2,11 +2,12 @@
  *
  * jansson 2.14's json_dumps checks every object and array it writes for a
  * reference loop, by formatting the container's address with snprintf("%p")
- * into a hash table, and goes through a callback per fragment. For the
- * small objects a run start writes (its state events, the /run_sse body)
- * that was two thirds of the dump's cost. The values runcast builds cannot
- * hold a loop (jansson refuses to insert a container into itself, and
- * nothing here builds one indirectly), so this writer skips the check.
+ * into a hash table, and goes through a callback per fragment: about 12,000
+ * instructions for each small text a run start writes (its state events,
+ * the /run_sse body), against about 7,000 here, most of them the times'
+ * "%.17g". The values runcast builds cannot hold a loop (jansson refuses
+ * to insert a container into itself, and nothing here builds one
+ * indirectly), so this writer skips the check.
  *
  * The text is byte for byte what json_dumps(v, JSON_COMPACT) writes (keys in
  * insertion order, the same string escapes, reals as "%.17g" with ".0"

@@ -855,7 +855,8 @@ static json_t *created_id(const struct upstream_call *call)
 /* Prepares the create-session request in the body form, POST …/sessions
  * {"sessionId": …}, when the path form was refused: its URL is the path
  * form's without the last segment. Built only then, as most calls never
- * need it (the session is ready, or the path form works). */
+ * need it (the session is ready, or the path form works). It cannot fail:
+ * the session id is in the /run_sse body already, so jansson took it. */
 static void prepare_create_by_body(struct upstream_call *call)
 {
     struct upstream_post *post = &call->post[STEP_CREATE_BY_BODY];
@@ -1185,7 +1186,6 @@ static void sessions_url(struct buf *url, const struct upstream_request *req)
     url_append_segment(url, req->user);
     buf_printf(url, "/sessions");
 }
-
 
 struct upstream_call *upstream_call_start(const struct upstream_request *req,
                                           const struct upstream_callbacks *cb, void *arg,
