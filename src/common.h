@@ -76,8 +76,8 @@ void *xrealloc(void *p, size_t n);
 char *xstrdup(const char *s);
 char *xstrndup(const char *s, size_t n);
 
-/* Copies s (NULL: "") or s[0..n) into out[size] as a string, cut to fit
- * (size > 0). */
+/* Copies s (NULL: "") or s[0..n) into out[size] as a string, cut to fit,
+ * as snprintf(out, size, "%s", s) would (size 0: nothing is written). */
 void str_copy(char *out, size_t size, const char *s);
 void str_copyn(char *out, size_t size, const char *s, size_t n);
 

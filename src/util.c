@@ -52,6 +52,8 @@ char *xstrndup(const char *s, size_t n)
 
 void str_copyn(char *out, size_t size, const char *s, size_t n)
 {
+    if (size == 0)
+        return;
     if (n >= size)
         n = size - 1;
     memcpy(out, s, n);

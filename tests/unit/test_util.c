@@ -137,6 +137,8 @@ static void copies_are_cut_to_fit(void)
     CHECK_STREQ(out, "");
     str_copyn(out, sizeof(out), "xyz!", 2);
     CHECK_STREQ(out, "xy");
+    str_copy(out, 0, "overwrites nothing");
+    CHECK_STREQ(out, "xy");
 }
 
 /* Checks json_text(v) against json_dumps(v, JSON_COMPACT | JSON_ENCODE_ANY);
