@@ -530,7 +530,7 @@ static struct store_answer *store_answer_new(struct conn *c, int route, const ch
     struct store_answer *a = xmalloc(sizeof(*a));
     a->c = c;
     a->route = route;
-    str_copy(a->session_id, sizeof(a->session_id), session_id ? session_id : "");
+    str_copy(a->session_id, sizeof(a->session_id), session_id);
     return a;
 }
 

@@ -83,14 +83,14 @@ static int scan_utf8(struct scan *s)
     return 1;
 }
 
-/* A string; s->p is at its opening quote. *plain is set when it had no
- * escape (its raw bytes are its value). */
 /* 1 for the bytes that end a run of ordinary string characters: '"', '\\',
  * control characters and the bytes of UTF-8 sequences. */
 static const unsigned char string_stop[256] = {
     [0x00 ... 0x1f] = 1, ['"'] = 1, ['\\'] = 1, [0x80 ... 0xff] = 1,
 };
 
+/* A string; s->p is at its opening quote. *plain is set when it had no
+ * escape (its raw bytes are its value). */
 static int scan_string(struct scan *s, int *plain)
 {
     s->p++;

@@ -690,7 +690,6 @@ static struct write *write_new(struct redis_log *l, enum write_kind kind, const 
     memset(w, 0, sizeof(*w));
     w->log = l;
     w->kind = kind;
-    run_id = run_id ? run_id : "";
     str_copy(w->run_id, sizeof(w->run_id), run_id);
     str_copy(w->event, sizeof(w->event), event);
     w->argc = argc;
