@@ -10,7 +10,7 @@ static const char *const escapes[128] = {
     ['"'] = "\\\"", ['\\'] = "\\\\",
 };
 
-static void append_string(struct buf *out, const char *s, size_t len)
+void json_text_string(struct buf *out, const char *s, size_t len)
 {
     static const char hex[] = "0123456789ABCDEF";
     buf_reserve(out, len + 2);
@@ -90,7 +90,7 @@ void json_text_append(struct buf *out, const json_t *v)
             if (!first)
                 buf_append(out, ",", 1);
             first = 0;
-            append_string(out, key, strlen(key));
+            json_text_string(out, key, strlen(key));
             buf_append(out, ":", 1);
             json_text_append(out, value);
         }
@@ -107,7 +107,7 @@ void json_text_append(struct buf *out, const json_t *v)
         buf_append(out, "]", 1);
         break;
     case JSON_STRING:
-        append_string(out, json_string_value(v), json_string_length(v));
+        json_text_string(out, json_string_value(v), json_string_length(v));
         break;
     case JSON_INTEGER:
         append_integer(out, json_integer_value(v));

@@ -19,6 +19,10 @@
 
 #include "common.h"
 
+/* Appends s[0..len) to out as a JSON string, quoted and escaped as
+ * json_dumps escapes it (s must be UTF-8, as jansson's strings are). */
+void json_text_string(struct buf *out, const char *s, size_t len);
+
 /* Appends v's compact text to out. */
 void json_text_append(struct buf *out, const json_t *v);
 

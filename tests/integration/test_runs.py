@@ -463,8 +463,8 @@ def test_run_queued_and_started_carry_the_servers_times(t):
 
 @test()
 def test_post_answers_202_with_exact_bytes(t):
-    # The 202 is written from a template (api.c): its head and body must be
-    # byte for byte what jansson wrote before, for a running and a queued
+    # The 202 is written without jansson (api.c, json_text_string): its head
+    # and body must be byte for byte what jansson wrote before, for a running and a queued
     # run, with dots, dashes and underscores in every parameter.
     d = t.daemon("--max-concurrent-runs", "1")
 
