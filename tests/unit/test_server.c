@@ -1456,8 +1456,8 @@ static const char *const batch_head =
 static const char *const batch_head_close =
     "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n";
 
-/* Sets the send path for the next test: io_uring (returns 0 where the
- * kernel refuses it, and the caller skips), or the forced fallback. */
+/* Sets the send path: io_uring (returns 0 where the kernel refuses it, and
+ * the caller skips), or the forced fallback. */
 static int use_send_path(int io_uring)
 {
     conn_send_batch_close();
@@ -1472,6 +1472,18 @@ static int use_send_path(int io_uring)
     if (io_uring && !on)
         fprintf(stderr, "  io_uring unavailable here: its half of this test is skipped\n");
     return io_uring ? on : 1;
+}
+
+/* Runs scenario on a fresh harness *h over the given send path. Returns 0
+ * (nothing run) where io_uring was asked for and the kernel refuses it. */
+static int run_on_send_path(int io_uring, void (*scenario)(struct harness *), struct harness *h)
+{
+    if (!use_send_path(io_uring))
+        return 0;
+    *h = (struct harness){0};
+    struct server_config cfg = test_config();
+    harness_run(h, &cfg, scenario);
+    return 1;
 }
 
 static void batch_small_scenario(struct harness *h)
@@ -1491,11 +1503,9 @@ static void batch_small_scenario(struct harness *h)
 static void batched_send_that_fits_completes_once_at_the_batch_end(void)
 {
     for (int io_uring = 1; io_uring >= 0; io_uring--) {
-        if (!use_send_path(io_uring))
+        struct harness h;
+        if (!run_on_send_path(io_uring, batch_small_scenario, &h))
             continue;
-        struct harness h = {0};
-        struct server_config cfg = test_config();
-        harness_run(&h, &cfg, batch_small_scenario);
         CHECK_EQ(h.batch_send, io_uring ? 0 : 1);
         CHECK_EQ(h.batch_pending, io_uring ? 8 : 0); /* "3\r\n" "xyz" "\r\n" */
         CHECK_EQ(h.batch_queued_after_end, 0);
@@ -1538,11 +1548,9 @@ static void batch_big_scenario(struct harness *h)
 static void batched_partial_send_queues_the_exact_rest(void)
 {
     for (int io_uring = 1; io_uring >= 0; io_uring--) {
-        if (!use_send_path(io_uring))
+        struct harness h;
+        if (!run_on_send_path(io_uring, batch_big_scenario, &h))
             continue;
-        struct harness h = {0};
-        struct server_config cfg = test_config();
-        harness_run(&h, &cfg, batch_big_scenario);
         size_t total = strlen("927c0\r\n") + BIG_CHUNK + 2;
         CHECK_EQ(h.batch_send, 0);
         CHECK_EQ(h.batch_pending, io_uring ? (long)total : h.batch_queued_after_end);
@@ -1585,11 +1593,9 @@ static void batch_full_scenario(struct harness *h)
 static void batched_send_to_a_full_socket_is_queued_whole(void)
 {
     for (int io_uring = 1; io_uring >= 0; io_uring--) {
-        if (!use_send_path(io_uring))
+        struct harness h;
+        if (!run_on_send_path(io_uring, batch_full_scenario, &h))
             continue;
-        struct harness h = {0};
-        struct server_config cfg = test_config();
-        harness_run(&h, &cfg, batch_full_scenario);
         CHECK_EQ(h.batch_send, 0);
         CHECK_EQ(h.batch_pending, 11); /* in the batch, or queued in libuv */
         CHECK_EQ(h.batch_queued_after_end, 11);
@@ -1619,11 +1625,9 @@ static void batch_epipe_scenario(struct harness *h)
 static void batched_send_on_a_dead_socket_fails_once_and_closes(void)
 {
     for (int io_uring = 1; io_uring >= 0; io_uring--) {
-        if (!use_send_path(io_uring))
+        struct harness h;
+        if (!run_on_send_path(io_uring, batch_epipe_scenario, &h))
             continue;
-        struct harness h = {0};
-        struct server_config cfg = test_config();
-        harness_run(&h, &cfg, batch_epipe_scenario);
         CHECK_EQ(h.batch_send, io_uring ? 0 : UV_EPIPE);
         CHECK_EQ(h.batch_done_calls, io_uring ? 1 : 0);
         CHECK_EQ(h.batch_done_calls_at_end, io_uring ? 1 : 0);
@@ -1650,11 +1654,9 @@ static void batch_close_scenario(struct harness *h)
 static void conn_closed_inside_the_batch_sends_first_then_closes(void)
 {
     for (int io_uring = 1; io_uring >= 0; io_uring--) {
-        if (!use_send_path(io_uring))
+        struct harness h;
+        if (!run_on_send_path(io_uring, batch_close_scenario, &h))
             continue;
-        struct harness h = {0};
-        struct server_config cfg = test_config();
-        harness_run(&h, &cfg, batch_close_scenario);
         CHECK_EQ(h.batch_send, io_uring ? 0 : 1);
         CHECK_EQ(h.batch_done_calls, io_uring ? 1 : 0);
         CHECK_EQ(h.batch_done_calls_at_end, io_uring ? 1 : 0);
